@@ -16,13 +16,14 @@ and dates come from the synthetic visit, so the same seed gives identical files.
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 
 from .study import Series, Study
 
@@ -31,9 +32,12 @@ _IMPLEMENTATION_UID = "1.2.826.0.1.3680043.10.1462.1"  # neuroread phantoms (und
 _SOP_CLASS = {"CT": CTImageStorage, "MR": MRImageStorage}
 
 
+_UID_NAMESPACE = uuid.UUID("5a0e3c52-8f0e-4b1c-9a57-6e6575726f72")  # neuroread phantoms
+
+
 def uid(*parts: object) -> str:
-    """A deterministic 2.25 UID from the given parts."""
-    return generate_uid(prefix=None, entropy_srcs=[str(p) for p in parts])
+    """A deterministic UID from the given parts: 2.25 + a name-based (v5) UUID (PS3.5 B.2)."""
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, chr(31).join(map(str, parts))).int}"
 
 
 def study_uids(study: Study) -> dict[str, str]:
