@@ -67,8 +67,16 @@ def to_stored(values: np.ndarray, max_stored: int = 4095) -> np.ndarray:
 
 
 def mr_window(stored: np.ndarray) -> tuple[float, float]:
-    """A display window as scanners set it (covering the bulk of the head's values)."""
-    lo, hi = np.percentile(stored[stored > 0], [1, 99.5]) if np.any(stored > 0) else (0.0, 1.0)
+    """A display window as scanners set it: covering the tissue, not the background noise.
+
+    Percentiles are taken over voxels brighter than a tenth of the bright end, so the air
+    around the head (often half the field of view) does not drag the window down.
+    """
+    top = float(np.percentile(stored, 99.5)) if stored.size else 0.0
+    tissue = stored[stored > 0.1 * top]
+    if tissue.size == 0:
+        return 0.5, 1.0
+    lo, hi = np.percentile(tissue, [1, 99.5])
     return float(round((lo + hi) / 2)), float(round(max(hi - lo, 1.0)))
 
 
@@ -98,7 +106,6 @@ def mr_attributes(rng: np.random.Generator, sequence: str, scanner: Scanner, gri
         "InPlanePhaseEncodingDirection": "ROW",
         "PatientWeight": float(rng.integers(50, 100)),
         "AngioFlag": "N",
-        "TriggerTime": 0,
         "EchoNumbers": 1,
         "MRAcquisitionType": "2D",
         "AcquisitionMatrix": [0, int(grid.shape[2]), int(grid.shape[1]), 0],
@@ -134,7 +141,7 @@ def mr_attributes(rng: np.random.Generator, sequence: str, scanner: Scanner, gri
         image_type = {
             "siemens": ["DERIVED", "PRIMARY", "SWI", "NORM", "DIS2D"],
             "ge": ["ORIGINAL", "PRIMARY", "SWAN", "NONE"],
-            "philips": ["DERIVED", "PRIMARY", "SWI", "MINIP"],
+            "philips": ["ORIGINAL", "PRIMARY", "M_SWI", "M", "SWI"],
         }[scanner.style]
     elif sequence == "T1_MPRAGE":
         attrs = {

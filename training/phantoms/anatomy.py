@@ -69,13 +69,21 @@ class Volume:
         return np.linalg.inv(self.affine)
 
     def sample(self, points: np.ndarray, order: int = 1, cval: float = 0.0) -> np.ndarray:
-        """Values at LPS points (shape (..., 3)); order 0 for labels, 1 for maps."""
-        inv = self._inverse
-        flat = points.reshape(-1, 3)
-        idx = flat @ inv[:3, :3].T + inv[:3, 3]
-        out = ndimage.map_coordinates(
-            self.array, idx.T, order=order, mode="constant", cval=cval, prefilter=False
-        )
+        """Values at LPS points (shape (..., 3)); order 0 for labels, 1 for maps.
+
+        Index coordinates are computed in float32: on millions of points this is several
+        times faster than the float64 matrix product, and far more precise than a voxel.
+        """
+        inv = self._inverse.astype(np.float32)
+        flat = points.reshape(-1, 3).astype(np.float32, copy=False)
+        idx = np.empty((3, len(flat)), np.float32)
+        if np.count_nonzero(inv[:3, :3] - np.diag(np.diag(inv[:3, :3]))) == 0:  # axis-aligned
+            for axis in range(3):
+                np.multiply(flat[:, axis], inv[axis, axis], out=idx[axis])
+                idx[axis] += inv[axis, 3]
+        else:
+            idx[:] = (flat @ inv[:3, :3].T + inv[:3, 3]).T
+        out = ndimage.map_coordinates(self.array, idx, order=order, mode="constant", cval=cval, prefilter=False)
         return out.reshape(points.shape[:-1])
 
 
@@ -148,11 +156,19 @@ def load_template() -> BrainTemplate:
 
     # Envelope: the brain outline with sulci closed, as the inner skull surface sees it.
     # Built at 2 mm (distances are smooth), kept on its own grid.
-    small = inside[::2, ::2, ::2]
-    envelope_mask = ndimage.gaussian_filter(small.astype(np.float32), 2.5) > 0.35
-    envelope_mask = ndimage.binary_fill_holes(envelope_mask)
+    # A closing with a 12 mm ball bridges the notches between the temporal poles, the
+    # brainstem and the cerebellum, so the skull base is one shell (the gaps become cisterns).
     pad = 20  # room for skull and scalp around the brain (2 mm voxels)
-    envelope_mask = np.pad(envelope_mask, pad)
+    small = np.pad(inside[::2, ::2, ::2], pad)
+    r = 6
+    ball = np.sum(np.mgrid[-r : r + 1, -r : r + 1, -r : r + 1] ** 2, axis=0) <= r * r
+    closed = ndimage.binary_closing(small, structure=ball)
+    envelope_mask = ndimage.gaussian_filter(closed.astype(np.float32), 1.5) > 0.4
+    # Cisterns open from below (suprasellar, interpeduncular) are holes in axial planes:
+    # fill them plane by plane so the skull does not dip into them.
+    for k in range(envelope_mask.shape[2]):
+        envelope_mask[:, :, k] = ndimage.binary_fill_holes(envelope_mask[:, :, k])
+    envelope_mask = ndimage.binary_fill_holes(envelope_mask)
     signed = ndimage.distance_transform_edt(~envelope_mask) - ndimage.distance_transform_edt(
         envelope_mask
     )

@@ -24,8 +24,8 @@ from scipy import ndimage
 
 from .anatomy import BrainTemplate, load_template
 from .baseline import read_series
-from .geometry import Grid, SubjectWarp, ellipsoid_distance, render, soft_inside
-from .head import head_tissues, random_head
+from .geometry import Grid, Scene, SubjectWarp, ellipsoid_distance, render, soft_inside
+from .head import HeadParams, head_tissues, random_head
 from .identity import make_identity, pick_description
 from .registry import TaskSpec
 from .study import Series, Study
@@ -105,10 +105,12 @@ class _Lesions:
             if radius > 8:
                 self.pushes.append((centre, radius * rng.uniform(0.25, 0.5), radius * 2.5 + 20))
         if "ivh" in bleeds:
+            vent = template.region_points("Left_Lateral_Ventricle", "Right_Lateral_Ventricle")
+            front, back = (float(v) for v in np.quantile(vent[:, 1], [0.02, 0.98]))
+            fill = float(rng.uniform(0.15, 0.65))  # how far forward the dependent blood reaches
             self.items.append({
-                "type": "ivh", "location": "ventricular",
-                "level": float(rng.uniform(0.35, 0.85)), "hu": float(rng.uniform(45, 70)),
-                "centre": template.region_centroid("Left_Lateral_Ventricle", "Right_Lateral_Ventricle"),
+                "type": "ivh", "location": "ventricular", "level_y": back - fill * (back - front),
+                "hu": float(rng.uniform(45, 70)), "centre": vent.mean(axis=0),
             })
         if "sah" in bleeds:
             site = rng.choice(["basal_cisterns", "sylvian", "convexity"])
@@ -192,17 +194,15 @@ class _Lesions:
         if kind == "ivh":
             ids = self.template.ids("Left_Lateral_Ventricle", "Right_Lateral_Ventricle")
             in_vent = np.isin(labels, ids)
-            y = q[..., 1]
-            vent_pts_y = (-20.0, 45.0)  # template y range of the lateral ventricles (anterior→posterior)
-            level = vent_pts_y[0] + (1.0 - item["level"]) * (vent_pts_y[1] - vent_pts_y[0])
-            return in_vent * soft_inside(level - y, 1.0) * fr["csf"]
+            # Supine patient: blood settles posteriorly (+y in LPS), in the occipital horns first.
+            return in_vent * soft_inside(item["level_y"] - q[..., 1], 1.0) * fr["csf"]
         if kind == "sah":
             ids = self.template.ids("Left_Lateral_Ventricle", "Right_Lateral_Ventricle", "3rd_Ventricle", "4th_Ventricle")
             w = np.exp(-0.5 * np.sum((q - item["centre"]) ** 2, axis=-1) / item["sigma"] ** 2)
             return fr["csf"] * ~np.isin(labels, ids) * np.clip((w - 0.3) / 0.4, 0, 1)
         raise ValueError(kind)
 
-    def scene(self, warp: SubjectWarp, head) -> callable:
+    def scene(self, warp: SubjectWarp, head: HeadParams) -> Scene:
         template = self.template
 
         def scene(p: np.ndarray) -> dict[str, np.ndarray]:

@@ -168,12 +168,12 @@ class SubjectWarp:
         self.scale = np.asarray(scale, float)
         self.template_centre = np.zeros(3) if template_centre is None else np.asarray(template_centre, float)
         # Smooth displacement: random values on a coarse lattice (every 40 mm over the
-        # template's bounding box), spline-interpolated once onto a 4 mm lattice that is then
+        # template's bounding box), spline-interpolated once onto an 8 mm lattice that is then
         # sampled linearly, which keeps warping cheap for millions of points.
         self._lo = np.array([-100.0, -140.0, -80.0], np.float32)
         coarse_step, n = 40.0, 7
         coarse = rng.normal(0.0, warp_mm, size=(3, n, n, n)).astype(np.float32)
-        self._step = 4.0
+        self._step = 8.0
         m = int((n - 1) * coarse_step / self._step) + 1
         fine = np.stack(np.meshgrid(*[np.arange(m, dtype=np.float32) * self._step / coarse_step] * 3, indexing="ij"))
         self._field = np.stack(

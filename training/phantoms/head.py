@@ -71,6 +71,17 @@ def head_tissues(
     """
     qb = q if q_brain is None else q_brain
     d = template.envelope.sample(q, order=1, cval=1e3)
+    # Much of a field of view is air: evaluate the tissues only where the head can be.
+    reach = params.csf_gap_mm + 1.6 * params.skull_mm + params.scalp_mm + 3.0
+    head = d < reach
+    if not head.all():
+        out = {k: np.zeros(q.shape[:-1], np.float32) for k in TISSUES}
+        out["air"][~head] = 1.0
+        if head.any():
+            part = head_tissues(template, q[head], params, None if q_brain is None else qb[head])
+            for k, v in part.items():
+                out[k][head] = v
+        return out
     brain = np.clip(template.brain.sample(qb, order=1), 0.0, 1.0)
     gm = template.gm.sample(qb, order=1)
     wm = template.wm.sample(qb, order=1)

@@ -57,9 +57,12 @@ def _fmt_time(t) -> str:
 
 
 def _ds(value: float) -> str:
-    """A DS value that fits in 16 characters."""
-    text = f"{value:.6g}"
-    return text if len(text) <= 16 else f"{value:.4e}"
+    """A DS value with as many significant digits as 16 characters allow."""
+    for digits in range(10, 4, -1):
+        text = f"{value:.{digits}g}"
+        if len(text) <= 16:
+            return text
+    return f"{value:.4e}"
 
 
 def _common(study: Study, uids: dict[str, str], series: Series, number: int) -> Dataset:
@@ -119,7 +122,7 @@ def _common(study: Study, uids: dict[str, str], series: Series, number: int) -> 
     ds.PixelRepresentation = 1 if series.pixels.dtype == np.int16 else 0
     # Image plane
     ds.PixelSpacing = [_ds(v) for v in series.grid.pixel_spacing]
-    ds.ImageOrientationPatient = [_ds(round(v, 6)) for v in series.grid.orientation]
+    ds.ImageOrientationPatient = [_ds(round(v, 8)) for v in series.grid.orientation]
     ds.SliceThickness = _ds(series.grid.thickness)
     ds.SpacingBetweenSlices = _ds(series.grid.slice_spacing)
     # VOI LUT
@@ -152,8 +155,8 @@ def write_series(study: Study, uids: dict[str, str], series: Series, number: int
         ds.AcquisitionDate = ds.StudyDate
         ds.InstanceNumber = k + 1
         pos = series.grid.position(k)
-        ds.ImagePositionPatient = [_ds(round(float(v), 4)) for v in pos]
-        ds.SliceLocation = _ds(round(float(pos @ series.grid.slice_dir), 4))
+        ds.ImagePositionPatient = [_ds(round(float(v), 5)) for v in pos]
+        ds.SliceLocation = _ds(round(float(pos @ series.grid.slice_dir), 5))
         plane = np.ascontiguousarray(series.pixels[k])
         ds.SmallestImagePixelValue = int(plane.min())
         ds.LargestImagePixelValue = int(plane.max())
