@@ -29,7 +29,7 @@ def _all(studies):
 
 def _in_box(grid, box: dict, lps, tol: float = 0.5) -> bool:
     """Whether LPS point ``lps`` falls inside an index box of ``grid`` (± ``tol`` voxels)."""
-    idx = ax._index_of(grid, np.asarray(lps, float))[0]
+    idx = grid.lps_to_index(np.asarray(lps, float))
     return bool(np.all(idx >= np.array(box["index_min"]) - tol) and np.all(idx <= np.array(box["index_max"]) + tol))
 
 

@@ -24,6 +24,17 @@ def test_grid_positions_match_itk_geometry():
     assert np.allclose(centre, [10.0, -5.0, 40.0])
 
 
+def test_grid_index_and_lps_convert_both_ways():
+    rot = np.array(sitk.VersorTransform((0.3, 1, 0.2), 0.4).GetMatrix()).reshape(3, 3)
+    grid = Grid.centred(np.array([3.0, 2.0, 1.0]), (6, 8, 10), (0.7, 1.1), 2.0, 2.0, rot, base="coronal")
+    idx = np.array([[0.0, 0.0, 0.0], [5.0, 7.0, 9.0], [2.5, 1.25, 3.0]])
+    lps = grid.index_to_lps(idx)
+    img = grid.to_sitk(np.zeros(grid.shape, np.uint8))
+    for (k, r, c), p in zip(idx, lps):
+        assert np.allclose(img.TransformContinuousIndexToPhysicalPoint((c, r, k)), p)
+    assert np.allclose(grid.lps_to_index(lps), idx)
+
+
 def test_grid_refuses_bad_values():
     with pytest.raises(ValueError, match="spacings"):
         Grid((2, 2, 2), (0.0, 1.0), 1.0, 1.0, np.zeros(3), np.array([1, 0, 0]), np.array([0, 1, 0]))

@@ -452,7 +452,7 @@ def generate(rng: np.random.Generator, case_id: str, label: str, size: str) -> S
             "measured_change": round(n_all / n_age - 1.0, 4) if n_age else None,
             "measured_change_total": round(n_all / n_plain - 1.0, 4) if n_plain else None,
             "volume_mm3": round(n_all * vox, 1),
-            "centroid_lps": _to_lps(grid, centre) if n_all else None,
+            "centroid_lps": [round(float(v), 2) for v in grid.index_to_lps(centre)] if n_all else None,
         })
 
     scanner = identity.scanner
@@ -485,13 +485,6 @@ def generate(rng: np.random.Generator, case_id: str, label: str, size: str) -> S
             "regions": regions,
         },
     )
-
-
-def _to_lps(grid: Grid, index: tuple[float, float, float]) -> list[float]:
-    """LPS mm of a (slice, row, column) index on ``grid``."""
-    k, r, c = index
-    p = grid.position(k) + grid.col_dir * grid.pixel_spacing[0] * r + grid.row_dir * grid.pixel_spacing[1] * c
-    return [round(float(v), 2) for v in p]
 
 
 def brain_fraction(volume: np.ndarray) -> float:

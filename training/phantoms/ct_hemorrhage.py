@@ -426,8 +426,7 @@ def generate(rng: np.random.Generator, case_id: str, label: str, size: str) -> S
 
 
 def _lesion_record(lid: int, item: dict, mask: np.ndarray, grid: Grid, vox: float) -> dict:
-    idx = np.argwhere(mask).mean(axis=0)
-    centroid = grid.position(0) + grid.slice_dir * grid.slice_spacing * idx[0] + grid.col_dir * grid.pixel_spacing[0] * idx[1] + grid.row_dir * grid.pixel_spacing[1] * idx[2]
+    centroid = grid.index_to_lps(np.argwhere(mask).mean(axis=0))
     rec = {"id": lid, "type": item["type"], "location": item["location"], "hu": round(item["hu"], 1),
            "volume_mm3": round(float(mask.sum() * vox), 1), "centroid_lps": [round(float(v), 2) for v in centroid],
            "slices": sorted({int(k) for k in np.nonzero(mask.any(axis=(1, 2)))[0]})}

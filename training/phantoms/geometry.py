@@ -100,6 +100,24 @@ class Grid:
         """ImagePositionPatient of slice ``k``."""
         return self.origin + self.slice_dir * self.slice_spacing * k
 
+    def index_to_lps(self, index: np.ndarray) -> np.ndarray:
+        """LPS mm of continuous (slice, row, column) indices, shape (..., 3)."""
+        idx = np.asarray(index, float)
+        return (
+            self.origin
+            + idx[..., 0:1] * self.slice_spacing * self.slice_dir
+            + idx[..., 1:2] * self.pixel_spacing[0] * self.col_dir
+            + idx[..., 2:3] * self.pixel_spacing[1] * self.row_dir
+        )
+
+    def lps_to_index(self, points: np.ndarray) -> np.ndarray:
+        """Continuous (slice, row, column) indices of LPS points, shape (..., 3)."""
+        d = np.asarray(points, float) - self.origin
+        return np.stack(
+            [d @ self.slice_dir / self.slice_spacing, d @ self.col_dir / self.pixel_spacing[0], d @ self.row_dir / self.pixel_spacing[1]],
+            axis=-1,
+        )
+
     def slice_points(self, k: float) -> np.ndarray:
         """LPS centres of the pixels of (possibly fractional) slice ``k``, shape (rows, cols, 3)."""
         ny, nx = self.shape[1:]

@@ -176,5 +176,5 @@ def generate_set(
         writer.writeheader()
         for row in rows:
             writer.writerow({**row, "size": size, "seed": seed})
-    logger.info("phantom set written", extra={"task": task, "n": n, "out": str(out)})
+    logger.debug("wrote %d %s studies of %s to %s", n, size, task, out)
     return manifest

@@ -28,7 +28,6 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 from .study import Series, Study
 
 SYNTHETIC_NOTE = "neuroread synthetic phantom - not a patient"
-_IMPLEMENTATION_UID = "1.2.826.0.1.3680043.10.1462.1"  # neuroread phantoms (under pydicom's root)
 _SOP_CLASS = {"CT": CTImageStorage, "MR": MRImageStorage}
 
 
@@ -38,6 +37,9 @@ _UID_NAMESPACE = uuid.UUID("5a0e3c52-8f0e-4b1c-9a57-6e6575726f72")  # neuroread 
 def uid(*parts: object) -> str:
     """A deterministic UID from the given parts: 2.25 + a name-based (v5) UUID (PS3.5 B.2)."""
     return f"2.25.{uuid.uuid5(_UID_NAMESPACE, chr(31).join(map(str, parts))).int}"
+
+
+_IMPLEMENTATION_UID = uid("neuroread-phantoms", "implementation", 1)
 
 
 def study_uids(study: Study) -> dict[str, str]:

@@ -145,19 +145,6 @@ def _image(rng: np.random.Generator, fr: dict[str, np.ndarray], grid: Grid, cont
     return acquisition.rician(rng, image, sigma)
 
 
-def _index_of(grid: Grid, lps: np.ndarray) -> np.ndarray:
-    """Continuous (slice, row, column) indices of LPS points."""
-    d = np.atleast_2d(lps) - grid.origin
-    return np.stack([d @ grid.slice_dir / grid.slice_spacing, d @ grid.col_dir / grid.pixel_spacing[0],
-                     d @ grid.row_dir / grid.pixel_spacing[1]], axis=-1)
-
-
-def _lps_of(grid: Grid, idx: np.ndarray) -> np.ndarray:
-    idx = np.atleast_2d(np.asarray(idx, float))
-    return (grid.origin + idx[:, :1] * grid.slice_spacing * grid.slice_dir + idx[:, 1:2] * grid.pixel_spacing[0]
-            * grid.col_dir + idx[:, 2:3] * grid.pixel_spacing[1] * grid.row_dir)
-
-
 def _roi_boxes(joint: dict[str, np.ndarray], grid: Grid, grids: dict[str, Grid], margin: float = 12.0) -> dict:
     """Per side: an oriented box around the cartilaginous joint (+ margin), in LPS and per series."""
     out = {}
@@ -169,10 +156,10 @@ def _roi_boxes(joint: dict[str, np.ndarray], grid: Grid, grids: dict[str, Grid],
         pad = np.array([0.5, margin / grid.pixel_spacing[0], margin / grid.pixel_spacing[1]])
         lo, hi = lo - pad, hi + pad
         corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
-        lps = _lps_of(grid, corners)
+        lps = grid.index_to_lps(corners)
         per_series = {}
         for key, g in grids.items():
-            ci = _index_of(g, lps)
+            ci = g.lps_to_index(lps)
             i0 = np.clip(np.floor(ci.min(axis=0) + 0.5), 0, np.array(g.shape) - 1).astype(int)
             i1 = np.clip(np.ceil(ci.max(axis=0) - 0.5), 0, np.array(g.shape) - 1).astype(int)
             per_series[key] = {"index_min": i0.tolist(), "index_max": i1.tolist()}
@@ -292,7 +279,7 @@ def generate(rng: np.random.Generator, case_id: str, label: str, size: str, subt
             idx = np.argwhere(m)
             lesion_truth[les.id][key] = {
                 "voxels": int(m.sum()), "volume_mm3": round(float(m.sum() * vox), 1),
-                "centroid_lps": np.round(_lps_of(g, idx.mean(axis=0))[0], 2).tolist(),
+                "centroid_lps": np.round(g.index_to_lps(idx.mean(axis=0)), 2).tolist(),
                 "slices": sorted({int(k) for k in idx[:, 0]}),
             }
             for k in lesion_truth[les.id][key]["slices"]:

@@ -58,19 +58,13 @@ class Subject:
             p = p + target - self.warp.to_patient(self.warp(p.astype(np.float32)).astype(float))
         return p
 
-    def _steps(self) -> np.ndarray:
-        """Rows: the LPS step of one slice, one row and one column of the series grid."""
-        g = self.grid
-        return np.stack([g.slice_dir * g.slice_spacing, g.col_dir * g.pixel_spacing[0], g.row_dir * g.pixel_spacing[1]])
-
     def grid_index(self, p: np.ndarray) -> np.ndarray:
         """(slice, row, column) float indices of patient points on the series grid."""
-        steps = self._steps()  # orthogonal rows: the inverse is the transpose over the squared lengths
-        return (np.atleast_2d(p) - self.grid.origin) @ (steps.T / (steps**2).sum(axis=1))
+        return self.grid.lps_to_index(np.atleast_2d(p))
 
     def voxel_centres(self, idx: np.ndarray) -> np.ndarray:
         """Patient (LPS) centres of (slice, row, column) indices, shape (N, 3)."""
-        return self.grid.origin + np.atleast_2d(np.asarray(idx, float)) @ self._steps()
+        return self.grid.index_to_lps(np.atleast_2d(np.asarray(idx, float)))
 
     def covers(self, q: np.ndarray, margin_mm: float) -> bool:
         """Whether template point ``q`` lies in the series with ``margin_mm`` to spare."""

@@ -67,17 +67,6 @@ _STUDY_DESCRIPTIONS = ("MRI BRAIN WO CONTRAST", "MR HEAD W/O", "Brain^Routine", 
 _MASK_FRACTION = 0.4  # a voxel belongs to a lesion's mask when the lesion fills this much of it
 
 
-def _lps_of_voxels(grid: Grid, idx: np.ndarray) -> np.ndarray:
-    """LPS centres of voxel indices (k, row, col)."""
-    k, r, c = idx[:, 0:1], idx[:, 1:2], idx[:, 2:3]
-    return (
-        grid.origin
-        + k * grid.slice_spacing * grid.slice_dir
-        + r * grid.pixel_spacing[0] * grid.col_dir
-        + c * grid.pixel_spacing[1] * grid.row_dir
-    )
-
-
 def _flair_window(stored: np.ndarray) -> tuple[float, float]:
     """A FLAIR window from black to the brightest tissue, so that lesions stand out of the
     cortex instead of sharing its white (the histogram window saturates both)."""
@@ -165,7 +154,7 @@ def generate(rng: np.random.Generator, case_id: str, label: str, size: str) -> S
             "location": les.location,
             "region": names.get(region, "unlabelled"),
             "side": "midline" if abs(les.centre[0]) < 3 else ("left" if les.centre[0] > 0 else "right"),
-            "centroid_lps": [round(float(v), 2) for v in _lps_of_voxels(grid, idx).mean(axis=0)],
+            "centroid_lps": [round(float(v), 2) for v in grid.index_to_lps(idx).mean(axis=0)],
             "volume_mm3": round(len(idx) * voxel_mm3, 1),
             "true_volume_mm3": round(les.volume_mm3 * scale_det, 1),
             "slices": sorted({int(k) for k in idx[:, 0]}),
