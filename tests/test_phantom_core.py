@@ -98,3 +98,25 @@ def test_cli_makes_all_tasks_with_a_preview(tmp_path):
         assert im.width > 200 and im.height > 5 * 100
     for task in ("ct-hemorrhage", "ms-csvd", "cmb-svd", "axspa-sij", "ad-lrp"):
         assert (tmp_path / "set" / task / "manifest.csv").is_file()
+
+
+def test_a_set_is_the_same_whatever_the_number_of_workers(tmp_path):
+    from training.phantoms.registry import generate_set
+
+    generate_set("ms-csvd", 3, 9, tmp_path / "one", workers=1, progress=False)
+    generate_set("ms-csvd", 3, 9, tmp_path / "two", workers=2, progress=False)
+    one = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
+    two = sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*") if p.is_file())
+    assert one == two and len(one) > 3
+    for rel in one:
+        assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "two" / rel).read_bytes(), rel
+
+
+def test_study_i_does_not_depend_on_the_set_size(tmp_path):
+    from training.phantoms.registry import generate_set
+
+    generate_set("ct-hemorrhage", 1, 4, tmp_path / "small", balance="normal=1", workers=1, progress=False)
+    generate_set("ct-hemorrhage", 2, 4, tmp_path / "large", balance="normal=1", workers=1, progress=False)
+    first = "ct-hemorrhage-s4-0000"
+    for f in (tmp_path / "small" / first).rglob("*.dcm"):
+        assert f.read_bytes() == (tmp_path / "large" / first / f.relative_to(tmp_path / "small" / first)).read_bytes()

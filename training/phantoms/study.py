@@ -40,6 +40,7 @@ class Series:
     attributes: dict[str, Any] = field(default_factory=dict)
     rescale: tuple[float, float] = (1.0, 0.0)
     body_part: str = "HEAD"
+    patient_position: str = "HFS"
     protocol: str = ""
 
     def __post_init__(self) -> None:

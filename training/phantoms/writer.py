@@ -97,7 +97,7 @@ def _common(study: Study, uids: dict[str, str], series: Series, number: int) -> 
     ds.SeriesDescription = series.description
     ds.ProtocolName = series.protocol or series.description
     ds.BodyPartExamined = series.body_part
-    ds.PatientPosition = "HFS" if series.body_part == "HEAD" else "FFS"
+    ds.PatientPosition = series.patient_position
     # Frame of reference (one per study: all series share the patient's position)
     ds.FrameOfReferenceUID = uids["frame_of_reference"]
     ds.PositionReferenceIndicator = ""

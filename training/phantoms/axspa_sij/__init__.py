@@ -259,7 +259,7 @@ def generate(rng: np.random.Generator, case_id: str, label: str, size: str, subt
         series.append(Series(
             key=key, kind="T1" if key == "t1" else ("STIR" if seq == "STIR" else "T2FS"), modality="MR", grid=g,
             pixels=pixels, description=pick_description(rng, _DESCRIPTIONS[seq], scanner.style, _MISLEADING[seq]),
-            image_type=image_type, window=acquisition.mr_window(pixels), attributes=attrs, body_part=body_part,
+            image_type=image_type, window=acquisition.mr_window(pixels), attributes=attrs, body_part=body_part, patient_position="FFS",
             protocol=protocol,
         ))
 
