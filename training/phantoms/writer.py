@@ -20,7 +20,6 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
@@ -233,9 +232,3 @@ def _json_default(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def read_back(folder: Path) -> list[pydicom.Dataset]:
-    """Read a series folder (for tests and previews), sorted by InstanceNumber."""
-    files = sorted(Path(folder).glob("*.dcm"))
-    return sorted((pydicom.dcmread(f) for f in files), key=lambda d: int(d.InstanceNumber))
