@@ -1,0 +1,81 @@
+"""Models by name: the protocol every model follows and an immutable registry of them.
+
+The node is handed a :class:`ModelRegistry` (dependencies passed in, never read from a
+global); :func:`default_registry` lists the product models, and tests build registries of
+their own. A model is created by its factory and loaded once per worker.
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from .result import ModelResult, SeriesVolume
+from .spec import ModelSpec
+
+
+@runtime_checkable
+class Model(Protocol):
+    """What the node needs of a model.
+
+    ``load(weights, device)`` reads weights from a local file (``None``: the model's demo
+    weights); ``predict(inputs)`` takes one :class:`SeriesVolume` per input slot name and
+    returns a :class:`ModelResult` that satisfies ``ModelResult.check(spec, inputs)``.
+    """
+
+    spec: ModelSpec
+
+    def load(self, weights: Path | None, device: str = "cpu") -> None: ...
+
+    def predict(self, inputs: dict[str, SeriesVolume]) -> ModelResult: ...
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: its spec, known without loading anything, and its factory."""
+
+    spec: ModelSpec
+    factory: Callable[[], Model]
+
+
+class ModelRegistry:
+    """An immutable set of models by name."""
+
+    def __init__(self, entries: Iterable[ModelEntry] = ()) -> None:
+        self._entries: dict[str, ModelEntry] = {}
+        for entry in entries:
+            if entry.spec.name in self._entries:
+                raise ValueError(f"model {entry.spec.name!r} registered twice")
+            self._entries[entry.spec.name] = entry
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def _entry(self, name: str) -> ModelEntry:
+        if name not in self._entries:
+            close = difflib.get_close_matches(name, self._entries, n=2)
+            hint = f" Did you mean {' or '.join(close)}?" if close else ""
+            known = ", ".join(self.names()) or "none"
+            raise ValueError(f"unknown model {name!r} (registered: {known}).{hint}")
+        return self._entries[name]
+
+    def spec(self, name: str) -> ModelSpec:
+        return self._entry(name).spec
+
+    def create(self, name: str) -> Model:
+        """A new, unloaded instance of the model ``name``."""
+        model = self._entry(name).factory()
+        if model.spec != self.spec(name):
+            raise ValueError(f"model {name!r}: its factory made a model with another spec")
+        return model
+
+    def with_model(self, entry: ModelEntry) -> "ModelRegistry":
+        """A new registry with ``entry`` added."""
+        return ModelRegistry([*self._entries.values(), entry])
+
+
+def default_registry() -> ModelRegistry:
+    """The product models. Each model issue adds its entry here (none has landed yet)."""
+    return ModelRegistry([])

@@ -1,0 +1,86 @@
+"""The model contract: specs refuse bad values, results are checked against their spec."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from models import Code, InputSlot, Label, ModelRegistry, ModelSpec, SeriesVolume, default_registry
+from training.phantoms.baseline import load_truth, read_series
+
+from tiny_model import ENTRY, SPEC
+
+
+def _volume(study_dir) -> SeriesVolume:
+    truth = load_truth(study_dir)
+    info = truth["series"]["ct"]
+    img = read_series(study_dir, "ct")
+    return SeriesVolume(
+        series_instance_uid=info["series_instance_uid"],
+        array=sitk.GetArrayFromImage(img),
+        spacing=img.GetSpacing(),
+        origin=img.GetOrigin(),
+        direction=np.array(img.GetDirection()).reshape(3, 3),
+        sop_instance_uids=tuple(info["sop_instance_uids"]),
+        modality="CT",
+    )
+
+
+def test_spec_refuses_bad_values_naming_them():
+    code = Code("1", "SCT", "x")
+    slot = InputSlot("t1", "MR", sequences=("T1",))
+    with pytest.raises(ValueError, match="MAJOR.MINOR.PATCH"):
+        ModelSpec("m", "1", "s", (slot,), (Label("a", code),))
+    with pytest.raises(ValueError, match="unknown sequence classes"):
+        InputSlot("x", "MR", sequences=("T7",))
+    with pytest.raises(ValueError, match="MR only"):
+        InputSlot("x", "CT", sequences=("T1",))
+    with pytest.raises(ValueError, match="threshold"):
+        Label("a", code, threshold=1.5)
+    with pytest.raises(ValueError, match="duplicate label"):
+        ModelSpec("m", "1.0.0", "s", (slot,), (Label("a", code), Label("a", code)))
+    with pytest.raises(ValueError, match="64 characters"):
+        Code("1", "SCT", "x" * 65)
+
+
+def test_registry_finds_models_and_suggests_names():
+    reg = ModelRegistry([ENTRY])
+    assert reg.names() == ["tiny-test"] and reg.spec("tiny-test") is SPEC
+    with pytest.raises(ValueError, match="Did you mean tiny-test"):
+        reg.spec("tiny-tset")
+    with pytest.raises(ValueError, match="registered twice"):
+        reg.with_model(ENTRY)
+    assert default_registry().names() == []  # the product models land with their own issues
+
+
+def test_tiny_model_runs_on_a_phantom_and_its_result_honours_the_contract(phantom_sets):
+    study = sorted(p.parent for p in phantom_sets["ct-hemorrhage"].glob("*/truth.json"))[0]
+    vol = _volume(study)
+    model = ModelRegistry([ENTRY]).create("tiny-test")
+    model.load(None)
+    result = model.predict({"ct": vol})
+    result.check(SPEC, {"ct": vol})
+    assert [k.rank for k in result.key_slices] == [1, 2, 3]
+    assert result.heatmaps[0].array.shape == vol.array.shape
+    again = model.predict({"ct": vol})
+    assert again.findings == result.findings  # deterministic
+
+
+def test_check_names_what_breaks_the_contract(phantom_sets):
+    study = sorted(p.parent for p in phantom_sets["ct-hemorrhage"].glob("*/truth.json"))[0]
+    vol = _volume(study)
+    model = ENTRY.factory()
+    model.load(None)
+    result = model.predict({"ct": vol})
+    h = result.heatmaps[0]
+    wrong_grid = dataclasses.replace(result, heatmaps=(dataclasses.replace(h, array=h.array[:-1]),))
+    with pytest.raises(ValueError, match="is not its series' grid"):
+        wrong_grid.check(SPEC, {"ct": vol})
+    k = result.key_slices[0]
+    wrong_sop = dataclasses.replace(result, key_slices=(dataclasses.replace(k, sop_instance_uid="1.2.3"),) + result.key_slices[1:])
+    with pytest.raises(ValueError, match="wrong SOP instance"):
+        wrong_sop.check(SPEC, {"ct": vol})
+    with pytest.raises(ValueError, match="do not match labels"):
+        dataclasses.replace(result, findings=()).check(SPEC, {"ct": vol})
