@@ -1,0 +1,427 @@
+"""The receive stage: a DICOM SCP (C-ECHO, C-STORE) that hands instances to the spool.
+
+:class:`StorageSCP` wraps a pynetdicom ``AE`` started as a non-blocking server.
+
+Negotiation
+    Every storage SOP class pynetdicom knows (``AllStoragePresentationContexts``: CT, MR,
+    Enhanced CT/MR, PET, US, SC, SR, SEG, …) plus Verification, each with the transfer
+    syntaxes in :data:`TRANSFER_SYNTAXES` (implicit/explicit VR little endian, deflated,
+    JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, HTJ2K, RLE). Data sets are stored as
+    received, never transcoded. A SOP class outside that list (a private one, say) gets its
+    presentation context rejected ("abstract syntax not supported"); if no context is left the
+    peer cannot send anything on the association (pynetdicom's SCU then aborts it).
+
+Who may associate (checked on the A-ASSOCIATE-RQ, before any negotiation)
+    * ``peers``: an allow-list of :class:`Peer` (calling AE title and/or address or network);
+      ``None`` (the default, for one-machine use) accepts any peer. A peer not on the list
+      gets A-ASSOCIATE-RJ *rejected-permanent, service-user, calling AE title not recognised*.
+    * the called AE title must equal ``ae_title`` unless ``require_called_ae=False``;
+      otherwise A-ASSOCIATE-RJ *rejected-permanent, service-user, called AE title not recognised*.
+    * at most ``max_associations`` at once; one more gets *rejected-transient,
+      service-provider (presentation), local limit exceeded* (pynetdicom's own check).
+    Each rejection is logged at WARNING with the AE titles and the address (no patient data).
+
+C-STORE statuses (:class:`StoreStatus`)
+    Success only after :meth:`node.spool.Spool.store` has returned (the instance is durable).
+    ``0xA700`` disk full, ``0xA701`` another storage I/O error, ``0xA900`` data set's SOP Class
+    UID differs from the request's, ``0xC000`` data set cannot be parsed, ``0xC001`` a required
+    UID (SOP class/instance, study, series) is missing, ``0xC002`` a UID is not a valid DICOM UID
+    (e.g. path characters; nothing is written), ``0xC003`` the data set's SOP Instance UID
+    differs from the request's. Failures carry an Error Comment saying why.
+
+Nagle
+    The accepted socket gets ``TCP_NODELAY`` so that a small C-STORE-RSP is never held back
+    waiting for the peer's delayed ACK (dcmtk's ``storescu`` needs ``TCP_NODELAY=1`` in its
+    environment for the same reason on its side).
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import ssl
+import struct
+import threading
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    HTJ2K,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    ImplicitVRLittleEndian,
+    JPEG2000,
+    JPEG2000Lossless,
+    JPEG2000MC,
+    JPEG2000MCLossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.dsutils import encode_file_meta
+from pynetdicom.sop_class import Verification
+
+from node.spool import InvalidUIDError, Spool, SpoolFullError
+
+logger = logging.getLogger(__name__)
+
+TRANSFER_SYNTAXES: tuple[str, ...] = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    JPEG2000MCLossless,
+    JPEG2000MC,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    HTJ2K,
+    RLELossless,
+)
+
+# What a malformed data set can raise from pydicom's (lazy) decoding.
+# (pydicom raises OSError "No tag to read" for an element that never ends.)
+_PARSE_ERRORS = (InvalidDicomError, ValueError, TypeError, KeyError, IndexError, EOFError, OSError,
+                 OverflowError, NotImplementedError, struct.error, zlib.error, UnicodeDecodeError)
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+# A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
+_RJ_CALLING_AE = (0x01, 0x01, 0x03)
+_RJ_CALLED_AE = (0x01, 0x01, 0x07)
+
+
+class StoreStatus(IntEnum):
+    """The C-STORE response statuses this SCP answers (PS3.4 B.2.3; 0xC0xx are ours)."""
+
+    SUCCESS = 0x0000
+    OUT_OF_RESOURCES = 0xA700
+    OUT_OF_RESOURCES_IO_ERROR = 0xA701
+    DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    CANNOT_UNDERSTAND = 0xC000
+    CANNOT_UNDERSTAND_MISSING_UID = 0xC001
+    CANNOT_UNDERSTAND_INVALID_UID = 0xC002
+    CANNOT_UNDERSTAND_INSTANCE_MISMATCH = 0xC003
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One allowed peer: a calling AE title and/or an address (IP, or network like 10.0.0.0/8).
+
+    ``None`` for either means any. ``Peer("PACS", "10.1.2.3")`` allows PACS from that host only.
+    """
+
+    ae_title: str | None = None
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.ae_title is not None:
+            if not isinstance(self.ae_title, str) or not 0 < len(self.ae_title.strip()) <= 16:
+                raise ValueError(f"Peer.ae_title must be 1-16 characters, got {self.ae_title!r}")
+            if "\\" in self.ae_title or any(ord(c) < 32 for c in self.ae_title):
+                raise ValueError(f"Peer.ae_title contains a forbidden character: {self.ae_title!r}")
+        if self.address is not None:
+            try:
+                ipaddress.ip_network(self.address, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"Peer.address must be an IP address or network, got {self.address!r}") from exc
+
+    def matches(self, ae_title: str, address: str) -> bool:
+        if self.ae_title is not None and ae_title.strip() != self.ae_title.strip():
+            return False
+        if self.address is None:
+            return True
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        net = ipaddress.ip_network(self.address, strict=False)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return ip.version == net.version and ip in net
+
+
+def _check_ae_title(value: object, field: str) -> str:
+    if not isinstance(value, str) or not 0 < len(value.strip()) <= 16 or "\\" in value:
+        raise ValueError(f"{field} must be 1-16 characters without '\\', got {value!r}")
+    return value.strip()
+
+
+def _truncated_element(ds: Dataset) -> str | None:
+    """The first top-level element whose value is shorter than its declared length, if any.
+
+    pydicom reads a truncated stream without complaint (the last value just comes up short),
+    so a data set cut in the middle of its pixel data would otherwise be stored as if whole.
+    """
+    for tag in ds.keys():
+        raw = ds.get_item(tag)
+        if isinstance(raw, RawDataElement) and raw.length != _UNDEFINED_LENGTH \
+                and raw.value is not None and len(raw.value) < raw.length:
+            return f"{raw.tag} holds {len(raw.value)} of {raw.length} bytes"
+    return None
+
+
+def _failure(status: StoreStatus, comment: str) -> Dataset:
+    rsp = Dataset()
+    rsp.Status = int(status)
+    rsp.ErrorComment = comment[:64]
+    return rsp
+
+
+class StorageSCP:
+    """A C-ECHO / C-STORE SCP that stores every instance in a :class:`~node.spool.Spool`.
+
+    Parameters
+    ----------
+    spool:
+        Where instances go; its ``on_stored`` callback is the hand-off to the next stage.
+    ae_title:
+        Our AE title (1-16 characters).
+    host, port:
+        Where to listen; ``port=0`` picks a free port, read it from :attr:`port` after
+        :meth:`start`.
+    peers:
+        Allowed peers, or ``None`` to accept any (the one-machine default).
+    require_called_ae:
+        Refuse an association whose called AE title is not ``ae_title``.
+    max_associations:
+        Concurrent associations accepted (>= 1).
+    ssl_context:
+        A server-side :class:`ssl.SSLContext` for DICOM-TLS, or ``None`` for plain TCP.
+    transfer_syntaxes:
+        Transfer syntaxes accepted for storage (default :data:`TRANSFER_SYNTAXES`).
+    """
+
+    def __init__(
+        self,
+        spool: Spool,
+        *,
+        ae_title: str = "NEUROREAD",
+        host: str = "127.0.0.1",
+        port: int = 11112,
+        peers: Iterable[Peer] | None = None,
+        require_called_ae: bool = True,
+        max_associations: int = 10,
+        ssl_context: ssl.SSLContext | None = None,
+        transfer_syntaxes: Sequence[str] = TRANSFER_SYNTAXES,
+        acse_timeout: float = 30.0,
+        dimse_timeout: float = 60.0,
+        network_timeout: float = 60.0,
+    ) -> None:
+        if not isinstance(spool, Spool):
+            raise ValueError(f"StorageSCP.spool must be a Spool, got {type(spool).__name__}")
+        self.ae_title = _check_ae_title(ae_title, "StorageSCP.ae_title")
+        if not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ValueError(f"StorageSCP.port must be 0-65535, got {port!r}")
+        if not isinstance(max_associations, int) or max_associations < 1:
+            raise ValueError(f"StorageSCP.max_associations must be >= 1, got {max_associations!r}")
+        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+            raise ValueError(f"StorageSCP.ssl_context must be an ssl.SSLContext, got {ssl_context!r}")
+        self.peers: tuple[Peer, ...] | None = None if peers is None else tuple(peers)
+        if self.peers is not None:
+            for p in self.peers:
+                if not isinstance(p, Peer):
+                    raise ValueError(f"StorageSCP.peers must hold Peer objects, got {p!r}")
+        if not transfer_syntaxes:
+            raise ValueError("StorageSCP.transfer_syntaxes must not be empty")
+        self.spool = spool
+        self.host = host
+        self._port = port
+        self.require_called_ae = bool(require_called_ae)
+        self.max_associations = max_associations
+        self.ssl_context = ssl_context
+        self.transfer_syntaxes = tuple(transfer_syntaxes)
+        self._timeouts = (acse_timeout, dimse_timeout, network_timeout)
+        self._server = None
+        self._lock = threading.Lock()
+        self._stored: dict[int, int] = {}  # id(association) -> instances stored on it
+
+    # -- life cycle -------------------------------------------------------------------------
+    def _make_ae(self) -> AE:
+        ae = AE(ae_title=self.ae_title)
+        ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = self._timeouts
+        ae.maximum_associations = self.max_associations
+        ae.require_called_aet = False  # checked in _on_requested, with logging
+        ae.require_calling_aet = []
+        ae.maximum_pdu_size = 0  # no limit on what the peer may send us in one PDU
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, list(self.transfer_syntaxes))
+        ae.add_supported_context(Verification)
+        return ae
+
+    def start(self) -> None:
+        """Start listening (non-blocking). Raises ``OSError`` if the port cannot be bound."""
+        if self._server is not None:
+            raise RuntimeError("StorageSCP is already started")
+        handlers = [
+            (evt.EVT_CONN_OPEN, self._on_conn_open),
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_RELEASED, self._on_finished),
+            (evt.EVT_ABORTED, self._on_finished),
+            (evt.EVT_C_STORE, self._on_c_store),
+        ]
+        self._server = self._make_ae().start_server(
+            (self.host, self._port), block=False, evt_handlers=handlers, ssl_context=self.ssl_context)
+        logger.info("SCP %s listening on %s:%d%s", self.ae_title, self.host, self.port,
+                    " (TLS)" if self.ssl_context else "")
+
+    def stop(self) -> None:
+        """Stop listening and abort associations still open."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        for assoc in server.active_associations:
+            assoc.abort()
+        server.shutdown()
+        logger.info("SCP %s stopped", self.ae_title)
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the real one when constructed with ``port=0``)."""
+        if self._server is None:
+            return self._port
+        return int(self._server.server_address[1])
+
+    def __enter__(self) -> "StorageSCP":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- association events -----------------------------------------------------------------
+    @staticmethod
+    def _peer(event: evt.Event) -> tuple[str, str, int]:
+        rq = event.assoc.requestor
+        return (rq.primitive.calling_ae_title if rq.primitive else rq.ae_title), rq.address, rq.port
+
+    def _on_conn_open(self, event: evt.Event) -> None:
+        sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _on_requested(self, event: evt.Event) -> None:
+        primitive = event.assoc.requestor.primitive
+        calling, address, port = self._peer(event)
+        called = str(primitive.called_ae_title).strip()
+        reason = None
+        if self.peers is not None and not any(p.matches(calling, address) for p in self.peers):
+            reason, rsd = "peer not in the allow-list", _RJ_CALLING_AE
+        elif self.require_called_ae and called != self.ae_title:
+            reason, rsd = f"called AE title {called!r} is not {self.ae_title!r}", _RJ_CALLED_AE
+        if reason is None:
+            return
+        logger.warning("association rejected: %s (calling AE %r from %s:%d, called AE %r)",
+                       reason, calling, address, port, called,
+                       extra={"calling_ae": calling, "peer_address": address})
+        event.assoc.acse.send_reject(*rsd)
+        event.assoc.kill()  # waits until the A-ASSOCIATE-RJ has been sent
+
+    def _on_rejected(self, event: evt.Event) -> None:
+        calling, address, port = self._peer(event)
+        logger.warning("association rejected by negotiation (e.g. more than %d associations): "
+                       "calling AE %r from %s:%d", self.max_associations, calling, address, port,
+                       extra={"calling_ae": calling, "peer_address": address})
+
+    def _on_accepted(self, event: evt.Event) -> None:
+        calling, address, port = self._peer(event)
+        n_cx = len(event.assoc.accepted_contexts)
+        with self._lock:
+            self._stored[id(event.assoc)] = 0
+        logger.info("association accepted: calling AE %r from %s:%d, %d presentation contexts "
+                    "accepted, %d rejected", calling, address, port, n_cx,
+                    len(event.assoc.rejected_contexts),
+                    extra={"calling_ae": calling, "peer_address": address})
+
+    def _on_finished(self, event: evt.Event) -> None:
+        with self._lock:
+            n = self._stored.pop(id(event.assoc), None)
+        if n is not None:
+            calling, address, _ = self._peer(event)
+            logger.info("association %s: calling AE %r from %s, %d instances stored",
+                        "released" if event.assoc.is_released else "aborted", calling, address, n,
+                        extra={"calling_ae": calling, "instances": n})
+
+    # -- C-STORE ----------------------------------------------------------------------------
+    def _on_c_store(self, event: evt.Event) -> Dataset | int:
+        req = event.request
+        calling = event.assoc.requestor.ae_title
+        try:
+            ds = event.dataset
+            truncated = _truncated_element(ds)
+            uids = {kw: ds.get(kw) for kw in
+                    ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")}
+        except _PARSE_ERRORS as exc:
+            logger.warning("C-STORE from %r: data set cannot be parsed (%s: %s), request SOP "
+                           "instance %s", calling, type(exc).__name__, exc, req.AffectedSOPInstanceUID)
+            return _failure(StoreStatus.CANNOT_UNDERSTAND, f"data set cannot be parsed: {type(exc).__name__}")
+        if truncated:
+            logger.warning("C-STORE from %r: data set truncated, %s (request SOP instance %s)",
+                           calling, truncated, req.AffectedSOPInstanceUID)
+            return _failure(StoreStatus.CANNOT_UNDERSTAND, "data set truncated")
+        missing = [kw for kw, v in uids.items() if not v]
+        if missing:
+            logger.warning("C-STORE from %r: data set lacks %s (request SOP instance %s)",
+                           calling, ", ".join(missing), req.AffectedSOPInstanceUID)
+            return _failure(StoreStatus.CANNOT_UNDERSTAND_MISSING_UID, f"missing {', '.join(missing)}")
+        uids = {kw: str(v) for kw, v in uids.items()}
+        if uids["SOPClassUID"] != str(req.AffectedSOPClassUID):
+            logger.warning("C-STORE from %r: data set SOP class %s, request says %s",
+                           calling, uids["SOPClassUID"], req.AffectedSOPClassUID)
+            return _failure(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                            "SOP Class UID differs from the request's")
+        if uids["SOPInstanceUID"] != str(req.AffectedSOPInstanceUID):
+            logger.warning("C-STORE from %r: data set SOP instance %r, request says %r",
+                           calling, uids["SOPInstanceUID"], req.AffectedSOPInstanceUID)
+            return _failure(StoreStatus.CANNOT_UNDERSTAND_INSTANCE_MISMATCH,
+                            "SOP Instance UID differs from the request's")
+
+        meta = event.file_meta
+        meta.SourceApplicationEntityTitle = calling
+        data = b"".join((b"\x00" * 128, b"DICM", encode_file_meta(meta),
+                         event.encoded_dataset(include_meta=False)))
+        try:
+            self.spool.store(
+                data,
+                study_uid=uids["StudyInstanceUID"],
+                series_uid=uids["SeriesInstanceUID"],
+                sop_instance_uid=uids["SOPInstanceUID"],
+                sop_class_uid=uids["SOPClassUID"],
+                transfer_syntax_uid=str(event.context.transfer_syntax),
+                calling_ae=calling,
+            )
+        except InvalidUIDError as exc:
+            logger.warning("C-STORE from %r refused: %s", calling, exc)
+            return _failure(StoreStatus.CANNOT_UNDERSTAND_INVALID_UID, str(exc))
+        except SpoolFullError as exc:
+            logger.error("C-STORE from %r refused: %s", calling, exc)
+            return _failure(StoreStatus.OUT_OF_RESOURCES, "spool full")
+        except OSError as exc:
+            logger.error("C-STORE from %r refused, spool I/O error: %s", calling, exc)
+            return _failure(StoreStatus.OUT_OF_RESOURCES_IO_ERROR, f"spool I/O error: {exc.strerror}")
+        with self._lock:
+            key = id(event.assoc)
+            if key in self._stored:
+                self._stored[key] += 1
+        return StoreStatus.SUCCESS

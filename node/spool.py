@@ -1,0 +1,279 @@
+"""The spool: received instances on disk, written durably and atomically.
+
+An instance is *stored* only once its bytes are on disk under their final name:
+
+1. the bytes go to a temporary file in the instance's own directory (same file system),
+2. the file is flushed and ``fsync``-ed,
+3. it is renamed (``os.replace``, atomic) to ``<root>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``,
+4. the directory is ``fsync``-ed so that the rename itself survives a crash.
+
+Only then does :meth:`Spool.store` return an :class:`InstanceRecord` and call the injected
+``on_stored`` callback (the assemble stage subscribes there). The receive stage answers a
+C-STORE with success only after :meth:`Spool.store` has returned.
+
+UIDs are validated before they become path components (:func:`validate_uid`): a value such as
+``../../x`` raises :class:`InvalidUIDError` and nothing is written.
+
+Duplicates (same SOP Instance UID again) are idempotent:
+
+* same bytes: nothing is rewritten, the record says ``outcome="duplicate"``;
+* different bytes: **the new bytes replace the old ones atomically** (``outcome="replaced"``).
+  A SOP Instance UID names one object (PS3.3 C.12.1.1.1); a peer that sends it again with other
+  bytes is re-sending that object (another transfer syntax, corrected attributes), so the latest
+  copy wins, as in Orthanc's and dcmtk storescp's default behaviour. A reader that opened the
+  old file keeps reading the old bytes; a new reader sees only the new ones, never a mix.
+
+``on_stored`` is called for every outcome, so a subscriber can tell a new instance from a
+re-send. A full disk (``ENOSPC``/``EDQUOT``) removes the temporary file and raises
+:class:`SpoolFullError`, which the SCP answers with "out of resources".
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import BinaryIO, Callable, Literal
+
+from pydicom.uid import UID
+
+logger = logging.getLogger(__name__)
+
+MAX_UID_LENGTH = 64
+# PS3.5 9.1: components of digits separated by '.', no leading zero in a multi-digit component.
+_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+TEMP_PREFIX = ".incoming-"
+TEMP_SUFFIX = ".tmp"
+
+Outcome = Literal["new", "duplicate", "replaced"]
+
+
+class SpoolError(Exception):
+    """Base class of the spool's errors."""
+
+
+class InvalidUIDError(SpoolError, ValueError):
+    """A UID that is not a valid DICOM UID (and so must never become a path)."""
+
+
+class SpoolFullError(SpoolError):
+    """The file system is full (ENOSPC) or over quota (EDQUOT); nothing was left behind."""
+
+
+def validate_uid(value: object, field: str) -> str:
+    """Return ``value`` if it is a valid DICOM UID, else raise :class:`InvalidUIDError`.
+
+    Checks the PS3.5 syntax with a strict regular expression (digits and dots only, so no
+    path separator, ``..`` or NUL can pass) and the 64-character limit, and that pydicom agrees.
+    """
+    if not isinstance(value, str):
+        raise InvalidUIDError(f"{field} must be a str, got {type(value).__name__}")
+    if not value:
+        raise InvalidUIDError(f"{field} is empty")
+    if len(value) > MAX_UID_LENGTH:
+        raise InvalidUIDError(f"{field} is {len(value)} characters long, more than {MAX_UID_LENGTH}")
+    if not _UID_RE.fullmatch(value) or not UID(value).is_valid:
+        raise InvalidUIDError(f"{field} {value!r} is not a valid DICOM UID (digits and '.', no leading zeros)")
+    return value
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """One stored instance, handed to the next stage.
+
+    ``path`` is the final file (DICOM Part 10: preamble, file meta, data set as received);
+    ``size`` its length in bytes; ``received_at`` a timezone-aware UTC time;
+    ``outcome`` is ``"new"``, ``"duplicate"`` (same bytes, not rewritten) or ``"replaced"``.
+    """
+
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    path: Path
+    size: int
+    received_at: datetime
+    outcome: Outcome = "new"
+    calling_ae: str = ""
+
+
+def _write_all(f: BinaryIO, data: bytes) -> None:
+    f.write(data)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _same_bytes(path: Path, data: bytes) -> bool:
+    try:
+        if path.stat().st_size != len(data):
+            return False
+        return path.read_bytes() == data
+    except FileNotFoundError:
+        return False
+
+
+class Spool:
+    """Instances on disk under ``root`` (see the module docstring for the guarantees).
+
+    Parameters
+    ----------
+    root:
+        The spool folder; made if missing. Everything the spool writes stays under it.
+    on_stored:
+        Called with each :class:`InstanceRecord` after the instance is durable. It runs in the
+        caller's thread (an SCP association thread); an exception it raises propagates to
+        the caller, after the instance is already stored.
+    fsync:
+        ``False`` skips the ``fsync`` calls (tests, benchmarks of the network path only);
+        the rename stays atomic but is no longer durable across a power cut.
+    writer:
+        ``writer(file, data)`` writes the bytes to the open temporary file; injectable so that
+        tests can simulate a full disk. Defaults to ``file.write(data)``.
+    """
+
+    def __init__(
+        self,
+        root: Path | str,
+        on_stored: Callable[[InstanceRecord], None] | None = None,
+        *,
+        fsync: bool = True,
+        writer: Callable[[BinaryIO, bytes], None] = _write_all,
+    ) -> None:
+        if not isinstance(root, (str, Path)) or not str(root):
+            raise ValueError(f"Spool.root must be a non-empty path, got {root!r}")
+        if on_stored is not None and not callable(on_stored):
+            raise ValueError(f"Spool.on_stored must be callable, got {on_stored!r}")
+        if not callable(writer):
+            raise ValueError(f"Spool.writer must be callable, got {writer!r}")
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.root.is_dir():
+            raise ValueError(f"Spool.root {self.root} is not a directory")
+        self._on_stored = on_stored
+        self._fsync = bool(fsync)
+        self._writer = writer
+
+    def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
+        """The final path of an instance; raises :class:`InvalidUIDError` for a bad UID."""
+        parts = (
+            validate_uid(study_uid, "StudyInstanceUID"),
+            validate_uid(series_uid, "SeriesInstanceUID"),
+            validate_uid(sop_instance_uid, "SOPInstanceUID"),
+        )
+        path = self.root / parts[0] / parts[1] / f"{parts[2]}.dcm"
+        # Belt and braces: the regex already excludes separators and '..'.
+        if path.resolve().parent.parent.parent != self.root:
+            raise InvalidUIDError(f"instance path {path} would leave the spool {self.root}")
+        return path
+
+    def store(
+        self,
+        data: bytes,
+        *,
+        study_uid: str,
+        series_uid: str,
+        sop_instance_uid: str,
+        sop_class_uid: str,
+        transfer_syntax_uid: str,
+        calling_ae: str = "",
+    ) -> InstanceRecord:
+        """Store one instance's bytes durably and return its record.
+
+        Raises :class:`InvalidUIDError` (nothing written) for an invalid UID,
+        :class:`SpoolFullError` (temporary file removed) when the disk is full, and ``OSError``
+        for any other I/O failure (temporary file removed too).
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)) or not len(data):
+            raise ValueError("Spool.store data must be non-empty bytes")
+        validate_uid(sop_class_uid, "SOPClassUID")
+        validate_uid(transfer_syntax_uid, "TransferSyntaxUID")
+        path = self.path_for(study_uid, series_uid, sop_instance_uid)
+        data = bytes(data)
+
+        try:
+            self._make_dirs(path.parent)
+            if path.exists() and _same_bytes(path, data):
+                outcome: Outcome = "duplicate"
+            else:
+                outcome = "replaced" if path.exists() else "new"
+                self._write_atomic(path, data)
+        except OSError as exc:
+            if exc.errno in _FULL_ERRNOS:
+                logger.error("spool full storing SOP instance %s: %s", sop_instance_uid, exc.strerror,
+                             extra={"sop_instance_uid": sop_instance_uid})
+                raise SpoolFullError(f"no space left in spool {self.root}: {exc.strerror}") from exc
+            raise
+
+        record = InstanceRecord(
+            study_uid=study_uid,
+            series_uid=series_uid,
+            sop_instance_uid=sop_instance_uid,
+            sop_class_uid=sop_class_uid,
+            transfer_syntax_uid=transfer_syntax_uid,
+            path=path,
+            size=len(data),
+            received_at=datetime.now(timezone.utc),
+            outcome=outcome,
+            calling_ae=calling_ae,
+        )
+        logger.debug("stored %s (%s, %d bytes)", sop_instance_uid, outcome, len(data),
+                     extra={"sop_instance_uid": sop_instance_uid, "series_uid": series_uid})
+        if self._on_stored is not None:
+            self._on_stored(record)
+        return record
+
+    def remove_stale_temp_files(self) -> int:
+        """Remove temporary files a crash left behind (call at start, before serving)."""
+        n = 0
+        for tmp in self.root.glob(f"*/*/{TEMP_PREFIX}*{TEMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)
+            n += 1
+        if n:
+            logger.warning("removed %d stale temporary files from the spool", n)
+        return n
+
+    def _make_dirs(self, series_dir: Path) -> None:
+        """Make the study and series folders, fsync-ing each parent a new entry appeared in."""
+        for d in (series_dir.parent, series_dir):
+            if d.is_dir():
+                continue
+            try:
+                d.mkdir()
+            except FileExistsError:
+                continue  # another association made it first
+            if self._fsync:
+                _fsync_dir(d.parent)
+
+    def _write_atomic(self, path: Path, data: bytes) -> None:
+        fd, tmp_name = _mkstemp(path.parent, path.stem)
+        tmp = Path(tmp_name)
+        renamed = False
+        try:
+            with os.fdopen(fd, "wb") as f:
+                self._writer(f, data)
+                f.flush()
+                if self._fsync:
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
+            renamed = True
+        finally:
+            if not renamed:  # whatever went wrong, leave no half-written file behind
+                tmp.unlink(missing_ok=True)
+        if self._fsync:
+            _fsync_dir(path.parent)
+
+
+def _mkstemp(folder: Path, stem: str) -> tuple[int, str]:
+    return tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{stem}-", suffix=TEMP_SUFFIX, dir=folder)
