@@ -31,15 +31,15 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Callable, Literal
 
 from pydicom.uid import UID
+
+from .durable import atomic_write, make_dirs, write_all
 
 logger = logging.getLogger(__name__)
 
@@ -103,18 +103,6 @@ class InstanceRecord:
     calling_ae: str = ""
 
 
-def _write_all(f: BinaryIO, data: bytes) -> None:
-    f.write(data)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _same_bytes(path: Path, data: bytes) -> bool:
     try:
         if path.stat().st_size != len(data):
@@ -149,7 +137,7 @@ class Spool:
         on_stored: Callable[[InstanceRecord], None] | None = None,
         *,
         fsync: bool = True,
-        writer: Callable[[BinaryIO, bytes], None] = _write_all,
+        writer: Callable[[BinaryIO, bytes], None] = write_all,
     ) -> None:
         if not isinstance(root, (str, Path)) or not str(root):
             raise ValueError(f"Spool.root must be a non-empty path, got {root!r}")
@@ -246,34 +234,8 @@ class Spool:
 
     def _make_dirs(self, series_dir: Path) -> None:
         """Make the study and series folders, fsync-ing each parent a new entry appeared in."""
-        for d in (series_dir.parent, series_dir):
-            if d.is_dir():
-                continue
-            try:
-                d.mkdir()
-            except FileExistsError:
-                continue  # another association made it first
-            if self._fsync:
-                _fsync_dir(d.parent)
+        make_dirs(series_dir, self.root, fsync=self._fsync)
 
     def _write_atomic(self, path: Path, data: bytes) -> None:
-        fd, tmp_name = _mkstemp(path.parent, path.stem)
-        tmp = Path(tmp_name)
-        renamed = False
-        try:
-            with os.fdopen(fd, "wb") as f:
-                self._writer(f, data)
-                f.flush()
-                if self._fsync:
-                    os.fsync(f.fileno())
-            os.replace(tmp, path)
-            renamed = True
-        finally:
-            if not renamed:  # whatever went wrong, leave no half-written file behind
-                tmp.unlink(missing_ok=True)
-        if self._fsync:
-            _fsync_dir(path.parent)
-
-
-def _mkstemp(folder: Path, stem: str) -> tuple[int, str]:
-    return tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{stem}-", suffix=TEMP_SUFFIX, dir=folder)
+        atomic_write(path, data, fsync=self._fsync, writer=self._writer,
+                     temp_prefix=f"{TEMP_PREFIX}{path.stem}-", temp_suffix=TEMP_SUFFIX)

@@ -22,7 +22,6 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from models import Code, Lesion, SeriesVolume
 from node.deliver import (Backoff, Deliverer, DicomDestination, FolderDestination, Outbox,
                           destination_from_dict)
-from node.deliver import destinations as destinations_module
 from node.encode import EncodeInfo, encode_result
 from node.receive import StorageSCP
 from node.spool import Spool
@@ -282,20 +281,22 @@ def test_folder_destination_layout_and_bytes(tmp_path, objects):
     assert not [p for p in (tmp_path / "archive").rglob(".outgoing-*")]
 
 
-def test_folder_write_failure_leaves_nothing_and_retries(tmp_path, objects, monkeypatch):
-    folder = FolderDestination(name="archive", path=tmp_path / "archive")
-    outbox = make_outbox(tmp_path, folder)
-    outbox.add("job-1", objects[:3], ["archive"])
+def test_folder_write_failure_leaves_nothing_and_retries(tmp_path, objects):
+    failing = {"on": True}
 
     def half_then_full(f, data):
-        f.write(data[: len(data) // 2])
-        raise OSError(errno.ENOSPC, "No space left on device")
+        if failing["on"]:
+            f.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        f.write(data)
 
-    monkeypatch.setattr(destinations_module, "_write_all", half_then_full)
+    folder = FolderDestination(name="archive", path=tmp_path / "archive", writer=half_then_full)
+    outbox = make_outbox(tmp_path, folder)
+    outbox.add("job-1", objects[:3], ["archive"])
     assert outbox.deliver_due(T0).retrying == 3
     assert [p for p in (tmp_path / "archive").rglob("*") if p.is_file()] == []  # no partial, no temp file
     assert all("No space left" in i.last_error for i in outbox.status("job-1"))
-    monkeypatch.undo()
+    failing["on"] = False
     assert outbox.deliver_due(T0 + 10).sent == 3
 
 

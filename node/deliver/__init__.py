@@ -44,9 +44,9 @@ PostgreSQL by URL: portable types only, one unique constraint, no dialect-specif
 it. Time is injected (``clock``, ``now``), so tests need no sleeps.
 """
 from .destinations import (DESTINATION_TYPES, PLANNED_TYPES, DicomDestination, Destination, FolderDestination,
-                           Outcome, OutboxItem, TlsSettings, atomic_write, destination_from_dict)
+                           Outcome, OutboxItem, TlsSettings, destination_from_dict, write_file)
 from .outbox import STATES, Backoff, Deliverer, DeliveryReport, Outbox, State
 
 __all__ = ["DESTINATION_TYPES", "PLANNED_TYPES", "STATES", "Backoff", "Deliverer", "DeliveryReport",
            "DicomDestination", "Destination", "FolderDestination", "Outbox", "OutboxItem", "Outcome", "State",
-           "TlsSettings", "atomic_write", "destination_from_dict"]
+           "TlsSettings", "destination_from_dict", "write_file"]

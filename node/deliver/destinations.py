@@ -4,21 +4,19 @@ See :mod:`node.deliver` for the contract; a new kind implements :class:`Destinat
 """
 from __future__ import annotations
 
-import contextlib
 import difflib
 import logging
 import os
 import socket
 import ssl
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from io import BytesIO
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, BinaryIO, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -29,6 +27,7 @@ from pynetdicom._globals import STATUS_SUCCESS, STATUS_WARNING
 from pynetdicom.association import Association
 from pynetdicom.status import code_to_category
 
+from node.durable import Writer, atomic_write, make_dirs, write_all
 from node.spool import InvalidUIDError, validate_uid
 
 logger = logging.getLogger(__name__)
@@ -122,50 +121,16 @@ def _from_dict(cls: type, cfg: object, where: str, skip: tuple[str, ...] = ()) -
 
 
 # -- files -----------------------------------------------------------------------------------------
-def _write_all(f: BinaryIO, data: bytes) -> None:
-    f.write(data)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _layout(root: Path, study: str, series: str, sop: str) -> Path:
     """``root/study/series/sop.dcm`` after checking each UID (no path characters can pass)."""
     return root / validate_uid(study, "StudyInstanceUID") / validate_uid(series, "SeriesInstanceUID") \
         / f"{validate_uid(sop, 'SOPInstanceUID')}.dcm"
 
 
-def atomic_write(root: Path, target: Path, data: bytes, *, fsync: bool = True) -> None:
-    """Write ``data`` to ``target`` under ``root``: temporary file, fsync, rename, directory fsync.
-
-    A reader sees the old file or the whole new one, never a part; on any error the temporary
-    file is removed and the error propagates.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _write_all(f, data)
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    if fsync:
-        d = target.parent
-        while True:  # the new series and study folders' own entries too
-            _fsync_dir(d)
-            if d == root or root not in d.parents:
-                break
-            d = d.parent
+def write_file(root: Path, target: Path, data: bytes, *, fsync: bool = True, writer: Writer = write_all) -> None:
+    """``target`` (below ``root``) written durably, its new folders included (node.durable)."""
+    make_dirs(target.parent, root, fsync=fsync)
+    atomic_write(target, data, fsync=fsync, writer=writer, temp_prefix=TEMP_PREFIX, temp_suffix=".tmp")
 
 
 def _part10(ds: Dataset) -> bytes:
@@ -370,6 +335,7 @@ class FolderDestination:
     name: str
     path: Path
     fsync: bool = True
+    writer: Writer = field(default=write_all, repr=False, compare=False)  # injected by tests
 
     def __post_init__(self) -> None:
         _check_name(self.name, "name")
@@ -383,7 +349,7 @@ class FolderDestination:
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any], where: str = "destination") -> "FolderDestination":
-        return _from_dict(cls, cfg, where)
+        return _from_dict(cls, cfg, where, skip=("writer",))
 
     def send(self, items: Sequence[OutboxItem]) -> list[Outcome]:
         outcomes = []
@@ -395,7 +361,7 @@ class FolderDestination:
                 continue
             try:
                 target = _layout(self.path, item.study_uid, item.series_uid, item.sop_instance_uid)
-                atomic_write(self.path, target, data, fsync=self.fsync)
+                write_file(self.path, target, data, fsync=self.fsync, writer=self.writer)
             except InvalidUIDError as exc:
                 outcomes.append(Outcome(item.sop_instance_uid, "rejected", None, str(exc)))
             except OSError as exc:

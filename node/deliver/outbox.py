@@ -17,7 +17,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from pydicom.dataset import Dataset
 
-from .destinations import Destination, Outcome, OutboxItem, _check_positive, _layout, _part10, atomic_write
+from .destinations import Destination, Outcome, OutboxItem, _check_positive, _layout, _part10, write_file
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class Outbox:
                 raise ValueError(f"a data set lacks {exc} (UIDs and file meta are required)") from exc
             path = _layout(self.folder, uids["StudyInstanceUID"], uids["SeriesInstanceUID"], uids["SOPInstanceUID"])
             if not path.exists():  # deterministic UIDs: an existing file is this same object
-                atomic_write(self.folder, path, _part10(ds), fsync=self.fsync)
+                write_file(self.folder, path, _part10(ds), fsync=self.fsync)
             for name in names:
                 rows.append(dict(destination=name, sop_instance_uid=uids["SOPInstanceUID"],
                                  sop_class_uid=uids["SOPClassUID"], transfer_syntax_uid=ts,
