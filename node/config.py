@@ -1,0 +1,382 @@
+"""The node's configuration: one YAML file read into validated, frozen dataclasses.
+
+Every setting has a default that works on one machine with nothing else installed
+(``load_config(None)``). Errors name the key path and the problem, and unknown keys get a
+suggestion::
+
+    config: node.port: must be an integer 1-65535, got 'abc'
+    config: node: unknown key 'prot' (did you mean 'port'?)
+
+The file, with every section and its default::
+
+    node:
+      ae_title: NEUROREAD          # our AE title (1-16 characters)
+      host: 127.0.0.1              # listen address (0.0.0.0: every interface)
+      port: 11112
+      require_called_ae: true      # the called AE title must be ours
+      max_associations: 10
+      peers: []                    # [{ae_title: PACS, address: 10.0.0.5}]; empty: anyone
+      tls: null                    # {cert: node.pem, key: node.key, ca: peers-ca.pem}
+    storage:
+      root: neuroread-data         # relative paths are relative to this file's folder
+      spool: null                  # null: <root>/spool
+      outbox: null                 # null: <root>/outbox
+    assemble:
+      stable_age_s: 30             # a series is complete after this quiet period
+      early_completion: true       # ... or sooner when its headers say it is complete
+    routes: []                     # passed untouched to node.route.load_routes
+    models: {}                     # name: {weights: path|null, device: cpu, thresholds: {label: 0.4}}
+    destinations: {}               # name: {type: dicom|folder|stowrs|orthanc, ...}
+    queue:
+      backend: embedded            # or celery (needs broker)
+      database: null               # SQLAlchemy URL; null: sqlite:///<root>/state.db
+      broker: null                 # celery only, e.g. redis://localhost:6379/0
+      workers: 1
+      torch_threads: null          # null: torch's default
+    dicomweb: null                 # {host: 127.0.0.1, port: 8080, base_path: /dicomweb}
+
+``Config.to_dict()`` gives the effective configuration (defaults filled in) as plain data.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DESTINATION_TYPES = {  # type -> required keys (besides ``type``)
+    "dicom": ("host", "port", "ae_title"),
+    "folder": ("path",),
+    "stowrs": ("url",),
+    "orthanc": ("url",),
+}
+QUEUE_BACKENDS = ("embedded", "celery")
+_DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+_URL = re.compile(r"^https?://[^\s/]+")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names the key path and the problem."""
+
+
+class _Section:
+    """A mapping being read: typed getters that record which keys were used."""
+
+    def __init__(self, data: object, path: str) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"config: {path or 'top level'}: must be a mapping, got {_show(data)}")
+        self.data, self.path, self.used = data, path, set()
+
+    def where(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"config: {self.where(key)}: {problem}")
+
+    def get(self, key: str, default: Any, check: Callable[[Any], bool], problem: str) -> Any:
+        self.used.add(key)
+        value = self.data.get(key, default)
+        if value is None and default is None:
+            return None
+        if not check(value):
+            raise self.fail(key, f"{problem}, got {_show(value)}")
+        return value
+
+    def str(self, key: str, default: str | None) -> str | None:
+        return self.get(key, default, lambda v: isinstance(v, str) and v.strip() != "", "must be a non-empty string")
+
+    def int(self, key: str, default: int | None, lo: int, hi: int | None = None) -> int | None:
+        span = f"{lo}-{hi}" if hi is not None else f">= {lo}"
+        return self.get(key, default, lambda v: isinstance(v, int) and not isinstance(v, bool)
+                        and lo <= v and (hi is None or v <= hi), f"must be an integer {span}")
+
+    def bool(self, key: str, default: bool) -> bool:
+        return self.get(key, default, lambda v: isinstance(v, bool), "must be true or false")
+
+    def ae(self, key: str, default: str | None) -> str | None:
+        return self.get(key, default, _is_ae, "must be an AE title of 1-16 characters without '\\' or control characters")
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        return self.get(key, default, lambda v: v in choices, f"must be one of {', '.join(choices)}")
+
+    def path_(self, key: str, default: Path | None, base: Path) -> Path | None:
+        value = self.str(key, None if default is None else str(default))
+        return None if value is None else _resolve(value, base)
+
+    def finish(self, known: tuple[str, ...] | None = None) -> None:
+        allowed = set(known) if known is not None else self.used
+        for key in self.data:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(sorted(allowed))})"
+                where = f"{self.path}: " if self.path else ""
+                raise ConfigError(f"config: {where}unknown key {key!r}{hint}")
+
+
+def _show(value: object) -> str:
+    return repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+
+
+def _is_ae(v: object) -> bool:
+    return (isinstance(v, str) and 0 < len(v.strip()) <= 16 and "\\" not in v
+            and all(32 <= ord(c) < 127 for c in v))
+
+
+def _resolve(value: str, base: Path) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """An allowed peer: calling AE title and/or address (IP or network); ``None`` is any."""
+
+    ae_title: str | None = None
+    address: str | None = None
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """DICOM-TLS: our certificate and key; ``ca`` set: peers must present a certificate it signed."""
+
+    cert: Path
+    key: Path
+    ca: Path | None = None
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    ae_title: str = "NEUROREAD"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    require_called_ae: bool = True
+    max_associations: int = 10
+    peers: tuple[PeerConfig, ...] = ()
+    tls: TLSConfig | None = None
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    root: Path
+    spool: Path
+    outbox: Path
+
+
+@dataclass(frozen=True)
+class AssembleConfig:
+    stable_age_s: float = 30.0
+    early_completion: bool = True
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One model's settings: weights file (``None``: demo weights), device, threshold overrides."""
+
+    weights: Path | None = None
+    device: str = "cpu"
+    thresholds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    database: str
+    backend: str = "embedded"
+    broker: str | None = None
+    workers: int = 1
+    torch_threads: int | None = None
+
+
+@dataclass(frozen=True)
+class DicomWebConfig:
+    """The STOW-RS receiver's listen address and base path."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    base_path: str = "/dicomweb"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole node configuration. ``routes`` and ``destinations`` stay plain data
+    (``node.route.load_routes`` and the deliver stage build their objects); treat them as
+    read-only."""
+
+    node: NodeConfig
+    storage: StorageConfig
+    assemble: AssembleConfig
+    queue: QueueConfig
+    routes: tuple[dict, ...] = ()
+    models: dict[str, ModelConfig] = field(default_factory=dict)
+    destinations: dict[str, dict] = field(default_factory=dict)
+    dicomweb: DicomWebConfig | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The effective configuration as plain YAML-ready data (paths as strings)."""
+        return _plain(dataclasses.asdict(self))
+
+    def check_models(self, specs: Mapping[str, Any]) -> None:
+        """Check model names and threshold labels against ``specs`` (name -> ModelSpec)."""
+        for name, model in self.models.items():
+            if name not in specs:
+                close = difflib.get_close_matches(name, sorted(specs), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(sorted(specs)) or 'none'})"
+                raise ConfigError(f"config: models: unknown model {name!r}{hint}")
+            labels = [lb.name for lb in specs[name].labels]
+            for label in model.thresholds:
+                if label not in labels:
+                    raise ConfigError(f"config: models.{name}.thresholds: {name} has no label {label!r} (labels: {', '.join(labels)})")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def load_config(path: Path | None) -> Config:
+    """Read and validate the YAML file at ``path``; ``None`` gives every default.
+
+    Relative paths in the file are relative to its folder (to the working directory when
+    ``path`` is ``None``). Raises :class:`ConfigError` naming the key and the problem.
+    """
+    if path is None:
+        return parse_config({}, Path.cwd())
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config: {path} is not valid YAML: {exc}") from exc
+    return parse_config(data, path.resolve().parent)
+
+
+def parse_config(data: object, base: Path) -> Config:
+    """A :class:`Config` from already-parsed YAML data; relative paths resolve against ``base``."""
+    top = _Section(data, "")
+    top.finish(("node", "storage", "assemble", "routes", "models", "destinations", "queue", "dicomweb"))
+    node = _node(_Section(top.get("node", {}, lambda v: True, ""), "node"), base)
+    storage = _Section(top.get("storage", {}, lambda v: True, ""), "storage")
+    root = storage.path_("root", Path("neuroread-data"), base)
+    store = StorageConfig(root, storage.path_("spool", root / "spool", base), storage.path_("outbox", root / "outbox", base))
+    storage.finish()
+    asm = _Section(top.get("assemble", {}, lambda v: True, ""), "assemble")
+    assemble = AssembleConfig(
+        asm.get("stable_age_s", 30.0, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+                "must be a number of seconds > 0"),
+        asm.bool("early_completion", True))
+    asm.finish()
+    routes = top.get("routes", [], lambda v: isinstance(v, list), "must be a list of routes")
+    for i, route in enumerate(routes):
+        if not isinstance(route, Mapping):
+            raise ConfigError(f"config: routes[{i}]: must be a mapping, got {_show(route)}")
+    models = _models(top.get("models", {}, lambda v: isinstance(v, Mapping), "must be a mapping of model names"), base)
+    destinations = _destinations(top.get("destinations", {}, lambda v: isinstance(v, Mapping),
+                                         "must be a mapping of destination names"), base)
+    queue = _queue(_Section(top.get("queue", {}, lambda v: True, ""), "queue"), root)
+    web = top.get("dicomweb", None, lambda v: True, "")
+    dicomweb = None
+    if web is not None:
+        section = _Section(web, "dicomweb")
+        dicomweb = DicomWebConfig(section.str("host", "127.0.0.1"), section.int("port", 8080, 1, 65535),
+                                  section.get("base_path", "/dicomweb", lambda v: isinstance(v, str) and v.startswith("/"),
+                                              "must be a path starting with '/'"))
+        section.finish()
+    return Config(node, store, assemble, queue, tuple(dict(r) for r in routes), models, destinations, dicomweb)
+
+
+def _node(s: _Section, base: Path) -> NodeConfig:
+    peers = []
+    items = s.get("peers", [], lambda v: isinstance(v, list), "must be a list of {ae_title, address}")
+    for i, item in enumerate(items):
+        p = _Section(item, f"node.peers[{i}]")
+        ae = p.ae("ae_title", None)
+        address = p.get("address", None, _is_network, "must be an IP address or network like 10.0.0.0/8")
+        if ae is None and address is None:
+            raise ConfigError(f"config: node.peers[{i}]: give ae_title, address or both")
+        p.finish()
+        peers.append(PeerConfig(ae, None if address is None else str(address)))
+    tls = None
+    raw_tls = s.get("tls", None, lambda v: True, "")
+    if raw_tls is not None:
+        t = _Section(raw_tls, "node.tls")
+        for key in ("cert", "key"):
+            if key not in t.data:
+                raise ConfigError(f"config: node.tls: missing key {key!r}")
+        tls = TLSConfig(t.path_("cert", None, base), t.path_("key", None, base), t.path_("ca", None, base))
+        t.finish()
+    node = NodeConfig(s.ae("ae_title", "NEUROREAD"), s.str("host", "127.0.0.1"), s.int("port", 11112, 1, 65535),
+                      s.bool("require_called_ae", True), s.int("max_associations", 10, 1), tuple(peers), tls)
+    s.finish()
+    return node
+
+
+def _is_network(v: object) -> bool:
+    try:
+        ipaddress.ip_network(str(v), strict=False)
+    except ValueError:
+        return False
+    return isinstance(v, str)
+
+
+def _models(data: Mapping, base: Path) -> dict[str, ModelConfig]:
+    out = {}
+    for name, raw in data.items():
+        m = _Section(raw, f"models.{name}")
+        thresholds = m.get("thresholds", {}, lambda v: isinstance(v, Mapping), "must be a mapping label -> threshold")
+        for label, value in thresholds.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+                raise ConfigError(f"config: models.{name}.thresholds.{label}: must be a number in (0, 1), got {_show(value)}")
+        out[str(name)] = ModelConfig(m.path_("weights", None, base),
+                                     m.get("device", "cpu", lambda v: isinstance(v, str) and bool(_DEVICE.match(v)),
+                                           "must be cpu, cuda, cuda:N or mps"),
+                                     {str(k): float(v) for k, v in thresholds.items()})
+        m.finish()
+    return out
+
+
+def _destinations(data: Mapping, base: Path) -> dict[str, dict]:
+    out = {}
+    for name, raw in data.items():
+        d = _Section(raw, f"destinations.{name}")
+        kind = d.choice("type", None, tuple(DESTINATION_TYPES)) if "type" in d.data else None
+        if kind is None:
+            raise ConfigError(f"config: destinations.{name}: missing key 'type' (one of {', '.join(DESTINATION_TYPES)})")
+        for key in DESTINATION_TYPES[kind]:
+            if key not in d.data:
+                raise ConfigError(f"config: destinations.{name}: a {kind} destination needs {key!r}")
+        dest = dict(d.data)
+        if kind == "dicom":
+            d.str("host", None)
+            d.int("port", None, 1, 65535)
+            d.ae("ae_title", None)
+        elif kind == "folder":
+            dest["path"] = str(d.path_("path", None, base))
+        else:
+            d.get("url", None, lambda v: isinstance(v, str) and bool(_URL.match(v)), "must be an http(s) URL")
+        out[str(name)] = dest  # other keys (retries, auth, …) belong to the deliver stage
+    return out
+
+
+def _queue(s: _Section, root: Path) -> QueueConfig:
+    backend = s.choice("backend", "embedded", QUEUE_BACKENDS)
+    broker = s.str("broker", None)
+    if backend == "celery" and broker is None:
+        raise ConfigError("config: queue.broker: the celery backend needs a broker URL (e.g. redis://localhost:6379/0)")
+    database = s.get("database", f"sqlite:///{root / 'state.db'}",
+                     lambda v: isinstance(v, str) and "://" in v, "must be an SQLAlchemy URL like sqlite:///state.db")
+    queue = QueueConfig(database, backend, broker, s.int("workers", 1, 1), s.int("torch_threads", None, 1))
+    s.finish()
+    return queue

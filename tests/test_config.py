@@ -1,0 +1,145 @@
+"""Config: defaults, a full example, each validation error, unknown-key suggestions."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from node.config import Config, ConfigError, load_config, parse_config
+from tiny_model import SPEC
+
+FULL = """
+node:
+  ae_title: NEURO1
+  host: 0.0.0.0
+  port: 11113
+  require_called_ae: false
+  max_associations: 4
+  peers:
+    - {ae_title: PACS, address: 10.0.0.5}
+    - {address: 192.168.0.0/16}
+  tls: {cert: certs/node.pem, key: certs/node.key, ca: /etc/ca.pem}
+storage:
+  root: data
+  spool: /srv/spool
+assemble: {stable_age_s: 12.5, early_completion: false}
+routes:
+  - {name: ct, match: {modality: CT}, model: tiny-test, slot: ct, destinations: [pacs]}
+models:
+  tiny-test: {weights: w/tiny.pt, device: "cuda:0", thresholds: {finding: 0.3}}
+destinations:
+  pacs: {type: dicom, host: pacs.local, port: 104, ae_title: PACS, retries: 5}
+  out: {type: folder, path: results}
+  web: {type: stowrs, url: "https://pacs.local/dicomweb"}
+  orth: {type: orthanc, url: "http://localhost:8042"}
+queue: {backend: celery, broker: "redis://localhost:6379/0", database: "postgresql://u@db/neuro", workers: 3, torch_threads: 2}
+dicomweb: {port: 8081}
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "neuroread.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_work_on_one_machine(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None)
+    assert cfg.node.ae_title == "NEUROREAD" and cfg.node.port == 11112 and cfg.node.peers == ()
+    assert cfg.node.require_called_ae and cfg.node.tls is None and cfg.node.max_associations == 10
+    assert cfg.storage.spool == tmp_path / "neuroread-data" / "spool"
+    assert cfg.storage.outbox == tmp_path / "neuroread-data" / "outbox"
+    assert cfg.queue.database == f"sqlite:///{tmp_path}/neuroread-data/state.db"
+    assert (cfg.queue.backend, cfg.queue.workers, cfg.queue.torch_threads) == ("embedded", 1, None)
+    assert cfg.assemble.stable_age_s == 30 and cfg.assemble.early_completion
+    assert cfg.routes == () and cfg.models == {} and cfg.destinations == {} and cfg.dicomweb is None
+    assert load_config(_write(tmp_path, "")) == cfg  # an empty file is all defaults too
+
+
+def test_full_example(tmp_path):
+    cfg = load_config(_write(tmp_path, FULL))
+    assert cfg.node.host == "0.0.0.0" and not cfg.node.require_called_ae
+    assert [(p.ae_title, p.address) for p in cfg.node.peers] == [("PACS", "10.0.0.5"), (None, "192.168.0.0/16")]
+    assert cfg.node.tls.cert == tmp_path / "certs/node.pem" and cfg.node.tls.ca == Path("/etc/ca.pem")
+    assert cfg.storage.root == tmp_path / "data" and cfg.storage.spool == Path("/srv/spool")
+    assert cfg.storage.outbox == tmp_path / "data" / "outbox"
+    assert cfg.assemble.stable_age_s == 12.5 and not cfg.assemble.early_completion
+    assert cfg.routes[0]["model"] == "tiny-test"
+    model = cfg.models["tiny-test"]
+    assert (model.weights, model.device, model.thresholds) == (tmp_path / "w/tiny.pt", "cuda:0", {"finding": 0.3})
+    assert cfg.destinations["pacs"]["retries"] == 5  # passed through for the deliver stage
+    assert cfg.destinations["out"]["path"] == str(tmp_path / "results")
+    assert cfg.queue.broker.startswith("redis://") and cfg.queue.workers == 3 and cfg.queue.torch_threads == 2
+    assert cfg.dicomweb.port == 8081 and cfg.dicomweb.base_path == "/dicomweb"
+    cfg.check_models({"tiny-test": SPEC})
+    with pytest.raises(AttributeError):
+        cfg.node.port = 1  # frozen
+
+
+def test_to_dict_round_trips(tmp_path):
+    cfg = load_config(_write(tmp_path, FULL))
+    text = yaml.safe_dump(cfg.to_dict())
+    assert parse_config(yaml.safe_load(text), tmp_path) == cfg
+
+
+@pytest.mark.parametrize("text,message", [
+    ("node: {port: abc}", "config: node.port: must be an integer 1-65535, got 'abc'"),
+    ("node: {port: 70000}", "config: node.port: must be an integer 1-65535, got 70000"),
+    ("node: {prot: 104}", "config: node: unknown key 'prot' (did you mean 'port'?)"),
+    ("nodes: {}", "config: unknown key 'nodes' (did you mean 'node'?)"),
+    ("node: {ae_title: THIS_IS_FAR_TOO_LONG}", "config: node.ae_title: must be an AE title of 1-16 characters"),
+    ("node: {max_associations: 0}", "config: node.max_associations: must be an integer >= 1, got 0"),
+    ("node: {require_called_ae: yes please}", "config: node.require_called_ae: must be true or false, got 'yes please'"),
+    ("node: {peers: [{address: not-an-ip}]}", "config: node.peers[0].address: must be an IP address or network"),
+    ("node: {peers: [{}]}", "config: node.peers[0]: give ae_title, address or both"),
+    ("node: {peers: [{ae_title: PACS, adress: 10.0.0.1}]}", "config: node.peers[0]: unknown key 'adress' (did you mean 'address'?)"),
+    ("node: {tls: {cert: a.pem}}", "config: node.tls: missing key 'key'"),
+    ("node: [1, 2]", "config: node: must be a mapping, got list"),
+    ("assemble: {stable_age_s: -1}", "config: assemble.stable_age_s: must be a number of seconds > 0, got -1"),
+    ("routes: {a: 1}", "config: routes: must be a list of routes, got dict"),
+    ("routes: [rule]", "config: routes[0]: must be a mapping, got 'rule'"),
+    ("models: {m: {device: gpu}}", "config: models.m.device: must be cpu, cuda, cuda:N or mps, got 'gpu'"),
+    ("models: {m: {thresholds: {any: 1.0}}}", "config: models.m.thresholds.any: must be a number in (0, 1), got 1.0"),
+    ("models: {m: {weigths: x.pt}}", "config: models.m: unknown key 'weigths' (did you mean 'weights'?)"),
+    ("destinations: {p: {host: x}}", "config: destinations.p: missing key 'type' (one of dicom, folder, stowrs, orthanc)"),
+    ("destinations: {p: {type: ftp}}", "config: destinations.p.type: must be one of dicom, folder, stowrs, orthanc, got 'ftp'"),
+    ("destinations: {p: {type: dicom, host: h, port: 104}}", "config: destinations.p: a dicom destination needs 'ae_title'"),
+    ("destinations: {p: {type: dicom, host: h, port: x, ae_title: A}}", "config: destinations.p.port: must be an integer 1-65535, got 'x'"),
+    ("destinations: {f: {type: folder}}", "config: destinations.f: a folder destination needs 'path'"),
+    ("destinations: {w: {type: stowrs, url: pacs.local}}", "config: destinations.w.url: must be an http(s) URL, got 'pacs.local'"),
+    ("queue: {backend: rabbit}", "config: queue.backend: must be one of embedded, celery, got 'rabbit'"),
+    ("queue: {backend: celery}", "config: queue.broker: the celery backend needs a broker URL"),
+    ("queue: {workers: 0}", "config: queue.workers: must be an integer >= 1, got 0"),
+    ("queue: {database: state.db}", "config: queue.database: must be an SQLAlchemy URL"),
+    ("queue: {worker: 2}", "config: queue: unknown key 'worker' (did you mean 'workers'?)"),
+    ("dicomweb: {base_path: dicomweb}", "config: dicomweb.base_path: must be a path starting with '/'"),
+    ("node: {port: 1", "is not valid YAML"),
+    ("- just\n- a list", "config: top level: must be a mapping, got list"),
+])
+def test_each_error_names_key_and_problem(tmp_path, text, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, text))
+    assert message in str(err.value)
+    assert isinstance(err.value, ValueError)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="config: cannot read .*absent.yaml"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_check_models_against_specs(tmp_path):
+    cfg = load_config(_write(tmp_path, "models: {tiny-tset: {}}"))
+    with pytest.raises(ConfigError, match="config: models: unknown model 'tiny-tset' \\(did you mean 'tiny-test'\\?\\)"):
+        cfg.check_models({"tiny-test": SPEC})
+    cfg = load_config(_write(tmp_path, "models: {tiny-test: {thresholds: {findng: 0.2}}}"))
+    with pytest.raises(ConfigError, match="models.tiny-test.thresholds: tiny-test has no label 'findng'"):
+        cfg.check_models({"tiny-test": SPEC})
+
+
+def test_no_shared_state(tmp_path):
+    a = load_config(_write(tmp_path, "node: {port: 2000}"))
+    b = load_config(None)
+    assert a.node.port == 2000 and b.node.port == 11112 and isinstance(a, Config)
