@@ -54,6 +54,115 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace):
+    from node.config import load_config
+
+    return load_config(Path(args.config) if args.config else None)
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from models import default_registry
+
+    registry = default_registry()
+    if not registry.names():
+        print("no models registered yet (the five models land with their own issues)")
+    for name in registry.names():
+        spec = registry.spec(name)
+        slots = ", ".join(f"{s.name}={s.modality}{'/' + '|'.join(s.sequences) if s.sequences else ''}" for s in spec.slots)
+        labels = ", ".join(lb.name for lb in spec.labels)
+        print(f"{name} {spec.version}: {spec.summary}\n  inputs: {slots}\n  labels: {labels}")
+    return 0
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    import yaml
+
+    from models import default_registry
+    from node.deliver import destination_from_dict
+    from node.route import load_routes
+
+    config = _config(args)
+    registry = default_registry()
+    specs = {n: registry.spec(n) for n in registry.names()}
+    config.check_models(specs)
+    for name, dest in config.destinations.items():
+        destination_from_dict({"name": name, **dest}, where=f"config: destinations.{name}")
+    load_routes(list(config.routes), specs=specs or None, destinations=list(config.destinations) or None)
+    print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+    print("# configuration is valid", file=sys.stderr)
+    return 0
+
+
+def _routes(config):
+    from models import default_registry
+    from node.route import default_routes, load_routes
+
+    registry = default_registry()
+    routes = list(load_routes(list(config.routes)))
+    for name in registry.names():
+        routes.extend(default_routes(registry.spec(name)))
+    return routes
+
+
+def _cmd_route_explain(args: argparse.Namespace) -> int:
+    from node.route import explain_path
+
+    print(explain_path(Path(args.path), _routes(_config(args))))
+    return 0
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    from sqlalchemy.engine import make_url
+
+    from node.queue import JobStore
+
+    url = _config(args).queue.database
+    db = make_url(url)
+    if db.get_backend_name() == "sqlite" and db.database and not Path(db.database).exists():
+        print(f"no job database yet at {db.database} (the node has not run with this configuration)")
+        return 0
+    store = JobStore(url)
+    try:
+        if args.action == "list":
+            jobs = store.list(state=args.state)
+            if not jobs:
+                print("no jobs")
+            for job in jobs:
+                reason = f"  ({job.reason})" if job.reason else ""
+                print(f"{job.id:6d}  {job.state:9s}  {job.model} {job.model_version}  "
+                      f"attempts={job.attempts}  {job.updated:%Y-%m-%d %H:%M:%S}{reason}")
+            return 0
+        if args.id is None:
+            raise ValueError(f"jobs {args.action} needs a job id")
+        if args.action == "retry":
+            job = store.retry(args.id)
+            print(f"job {job.id} queued again")
+            return 0
+        job = store.get(args.id)
+        print(f"job {job.id}: {job.model} {job.model_version}, {job.state}{' - ' + job.reason if job.reason else ''}")
+        for slot, series in job.inputs.items():
+            print(f"  input {slot}: series {series} ({len(job.instances.get(slot, []))} instances)")
+        for entry in store.audit_trail(job.id):
+            print(f"  {entry.at:%Y-%m-%d %H:%M:%S}  {entry.event:10s} {entry.detail}")
+        return 0
+    finally:
+        store.close()
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from node.replay import replay
+
+    host, sep, port = args.to.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--to must be HOST:PORT, got {args.to!r}")
+    report = replay([Path(p) for p in args.paths], host or "127.0.0.1", int(port), called_ae=args.aec,
+                    calling_ae=args.aet, progress=not args.quiet)
+    print(f"sent {report.sent}, failed {len(report.failed)}, skipped {len(report.skipped)} (not DICOM)")
+    for path, why in report.failed[:10]:
+        print(f"  failed: {path}: {why}")
+    return 0 if not report.failed else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neuroread",
@@ -87,6 +196,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preview", metavar="PNG", help="also render a PNG grid of slices with the truth outlined")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_phantoms)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("-c", "--config", metavar="YAML", help="node configuration (default: built-in defaults)")
+        return p
+
+    p = with_config(sub.add_parser("models", help="list the registered models",
+                                   description="List the registered models with their inputs and labels."))
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("config", help="check a configuration file",
+                       description="Validate a YAML configuration and print the effective settings.")
+    csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    p = with_config(csub.add_parser("check", help="validate and print the effective configuration",
+                                    description="Validate the configuration (keys, values, models, routes, "
+                                    "destinations) and print the effective settings, defaults included."))
+    p.set_defaults(func=_cmd_config_check)
+
+    p = sub.add_parser("route", help="routing tools", description="Routing tools.")
+    rsub = p.add_subparsers(dest="route_command", metavar="ACTION", required=True)
+    p = with_config(rsub.add_parser(
+        "explain", help="say which route matches each series under PATH, and why",
+        description="Read the series under PATH (a file or folder) and print, for each, its MR sequence class "
+        "and which route matched or why none did.",
+        epilog="example:\n  neuroread route explain out/phantoms/ms-csvd/ms-csvd-s0-0000",
+        formatter_class=argparse.RawDescriptionHelpFormatter))
+    p.add_argument("path", metavar="PATH")
+    p.set_defaults(func=_cmd_route_explain)
+
+    p = with_config(sub.add_parser(
+        "jobs", help="list jobs, show one with its audit trail, retry a failed one",
+        description="The node's jobs, from its job database (queue.database in the configuration).",
+        epilog="examples:\n  neuroread jobs\n  neuroread jobs list --state failed\n  neuroread jobs show 12\n"
+        "  neuroread jobs retry 12", formatter_class=argparse.RawDescriptionHelpFormatter))
+    p.add_argument("action", nargs="?", choices=("list", "show", "retry"), default="list")
+    p.add_argument("id", nargs="?", type=int, help="job id (show, retry)")
+    p.add_argument("--state", choices=("received", "queued", "running", "retrying", "done", "failed"),
+                   help="only jobs in this state (list)")
+    p.set_defaults(func=_cmd_jobs)
+
+    p = sub.add_parser(
+        "replay", help="send DICOM files to a node, as a PACS would",
+        description="Send every DICOM file under PATH... to HOST:PORT with C-STORE (files as stored, "
+        "TCP_NODELAY on), with a progress bar and a summary; exits 1 if any file failed.",
+        epilog="example:\n  neuroread replay out/phantoms/ct-hemorrhage --to 127.0.0.1:11112",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", metavar="PATH", nargs="+")
+    p.add_argument("--to", required=True, metavar="HOST:PORT")
+    p.add_argument("--aec", default="NEUROREAD", help="called AE title (default NEUROREAD)")
+    p.add_argument("--aet", default="NEUROREAD_SCU", help="our AE title (default NEUROREAD_SCU)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_replay)
     return parser
 
 
@@ -97,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError) as exc:
         print(f"neuroread {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

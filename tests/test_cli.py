@@ -1,0 +1,74 @@
+"""The command line as a user meets it: each command run as a subprocess."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from node.queue import JobStore
+from node.receive import StorageSCP
+from node.spool import Spool
+
+
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "node.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize("command", [[], ["models"], ["config", "check"], ["route", "explain"], ["jobs"], ["replay"]])
+def test_every_command_has_help(command):
+    res = _cli(*command, "--help")
+    assert res.returncode == 0, res.stderr
+    assert "usage: neuroread" in res.stdout
+
+
+def test_config_check_prints_effective_settings_and_names_bad_keys(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("node:\n  port: 11200\ndestinations:\n  archive: {type: folder, path: results}\n")
+    res = _cli("config", "check", "-c", str(good))
+    assert res.returncode == 0, res.stderr
+    assert "port: 11200" in res.stdout and "archive" in res.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("node:\n  prot: 11200\n")
+    res = _cli("config", "check", "-c", str(bad))
+    assert res.returncode == 2
+    assert "node" in res.stderr and "'prot'" in res.stderr and "port" in res.stderr
+
+
+def test_route_explain_names_the_sequence_class_from_parameters(phantom_sets):
+    study = sorted(p.parent for p in phantom_sets["ms-csvd"].glob("*/truth.json"))[0]
+    res = _cli("route", "explain", str(study))
+    assert res.returncode == 0, res.stderr
+    assert "sequence: FLAIR (from parameters)" in res.stdout
+    assert "UNROUTED" in res.stdout  # no model registered yet: said, with the reason
+
+
+def test_jobs_lists_and_shows_the_audit_trail(tmp_path):
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text(f"storage:\n  root: {tmp_path / 'data'}\n")
+    assert "no job database yet" in _cli("jobs", "-c", str(cfg)).stdout
+    (tmp_path / "data").mkdir()
+    store = JobStore(f"sqlite:///{tmp_path / 'data' / 'state.db'}")
+    job = store.enqueue("tiny-test", "0.1.0", {"ct": "1.2.3"}, {"ct": ["1.2.3.1", "1.2.3.2"]})
+    store.close()
+    res = _cli("jobs", "-c", str(cfg))
+    assert res.returncode == 0 and "tiny-test 0.1.0" in res.stdout and "queued" in res.stdout
+    res = _cli("jobs", "show", str(job.id), "-c", str(cfg))
+    assert "input ct: series 1.2.3 (2 instances)" in res.stdout and "queued" in res.stdout
+    res = _cli("jobs", "retry", str(job.id), "-c", str(cfg))
+    assert res.returncode == 2 and "error" in res.stderr  # only a failed job can be retried
+
+
+def test_replay_sends_a_study_to_a_real_scp_and_fails_loudly_when_down(tmp_path, phantom_sets):
+    study = sorted(p.parent for p in phantom_sets["ct-hemorrhage"].glob("*/truth.json"))[0]
+    n = len(list(study.rglob("*.dcm")))
+    spool = Spool(tmp_path / "spool", fsync=False)
+    with StorageSCP(spool, port=0) as scp:
+        port = scp.port
+        res = _cli("replay", str(study), "--to", f"127.0.0.1:{port}", "-q")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert f"sent {n}, failed 0" in res.stdout
+    assert len(list((tmp_path / "spool").rglob("*.dcm"))) == n
+    res = _cli("replay", str(study), "--to", f"127.0.0.1:{port}", "-q")  # the SCP has stopped
+    assert res.returncode == 1 and f"failed {n}" in res.stdout
