@@ -26,7 +26,8 @@ The file, with every section and its default::
       early_completion: true       # ... or sooner when its headers say it is complete
     routes: []                     # passed untouched to node.route.load_routes
     models: {}                     # name: {weights: path|null, device: cpu, thresholds: {label: 0.4}}
-    destinations: {}               # name: {type: dicom|folder|stowrs|orthanc, ...}
+    destinations: {}               # name: {type: dicom|folder|stowrs|orthanc, ...}, e.g.
+                                   # pacs: {type: dicom, host: pacs, port: 104, called_ae: PACS}
     queue:
       backend: embedded            # or celery (needs broker)
       database: null               # SQLAlchemy URL; null: sqlite:///<root>/state.db
@@ -51,7 +52,7 @@ from typing import Any
 import yaml
 
 DESTINATION_TYPES = {  # type -> required keys (besides ``type``)
-    "dicom": ("host", "port", "ae_title"),
+    "dicom": ("host", "port", "called_ae"),  # the deliver stage's DicomDestination keys
     "folder": ("path",),
     "stowrs": ("url",),
     "orthanc": ("url",),
@@ -361,12 +362,12 @@ def _destinations(data: Mapping, base: Path) -> dict[str, dict]:
         if kind == "dicom":
             d.str("host", None)
             d.int("port", None, 1, 65535)
-            d.ae("ae_title", None)
+            d.ae("called_ae", None)
         elif kind == "folder":
             dest["path"] = str(d.path_("path", None, base))
         else:
             d.get("url", None, lambda v: isinstance(v, str) and bool(_URL.match(v)), "must be an http(s) URL")
-        out[str(name)] = dest  # other keys (retries, auth, …) belong to the deliver stage
+        out[str(name)] = dest  # other keys (timeouts, TLS, …) belong to the deliver stage
     return out
 
 

@@ -25,7 +25,8 @@ def test_every_command_has_help(command):
 
 def test_config_check_prints_effective_settings_and_names_bad_keys(tmp_path):
     good = tmp_path / "good.yaml"
-    good.write_text("node:\n  port: 11200\ndestinations:\n  archive: {type: folder, path: results}\n")
+    good.write_text("node:\n  port: 11200\ndestinations:\n  archive: {type: folder, path: results}\n"
+                    "  pacs: {type: dicom, host: 127.0.0.1, port: 104, called_ae: PACS}\n")
     res = _cli("config", "check", "-c", str(good))
     assert res.returncode == 0, res.stderr
     assert "port: 11200" in res.stdout and "archive" in res.stdout

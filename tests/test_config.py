@@ -29,7 +29,7 @@ routes:
 models:
   tiny-test: {weights: w/tiny.pt, device: "cuda:0", thresholds: {finding: 0.3}}
 destinations:
-  pacs: {type: dicom, host: pacs.local, port: 104, ae_title: PACS, retries: 5}
+  pacs: {type: dicom, host: pacs.local, port: 104, called_ae: PACS, dimse_timeout: 90}
   out: {type: folder, path: results}
   web: {type: stowrs, url: "https://pacs.local/dicomweb"}
   orth: {type: orthanc, url: "http://localhost:8042"}
@@ -69,7 +69,7 @@ def test_full_example(tmp_path):
     assert cfg.routes[0]["model"] == "tiny-test"
     model = cfg.models["tiny-test"]
     assert (model.weights, model.device, model.thresholds) == (tmp_path / "w/tiny.pt", "cuda:0", {"finding": 0.3})
-    assert cfg.destinations["pacs"]["retries"] == 5  # passed through for the deliver stage
+    assert cfg.destinations["pacs"]["dimse_timeout"] == 90  # passed through for the deliver stage
     assert cfg.destinations["out"]["path"] == str(tmp_path / "results")
     assert cfg.queue.broker.startswith("redis://") and cfg.queue.workers == 3 and cfg.queue.torch_threads == 2
     assert cfg.dicomweb.port == 8081 and cfg.dicomweb.base_path == "/dicomweb"
@@ -105,8 +105,8 @@ def test_to_dict_round_trips(tmp_path):
     ("models: {m: {weigths: x.pt}}", "config: models.m: unknown key 'weigths' (did you mean 'weights'?)"),
     ("destinations: {p: {host: x}}", "config: destinations.p: missing key 'type' (one of dicom, folder, stowrs, orthanc)"),
     ("destinations: {p: {type: ftp}}", "config: destinations.p.type: must be one of dicom, folder, stowrs, orthanc, got 'ftp'"),
-    ("destinations: {p: {type: dicom, host: h, port: 104}}", "config: destinations.p: a dicom destination needs 'ae_title'"),
-    ("destinations: {p: {type: dicom, host: h, port: x, ae_title: A}}", "config: destinations.p.port: must be an integer 1-65535, got 'x'"),
+    ("destinations: {p: {type: dicom, host: h, port: 104}}", "config: destinations.p: a dicom destination needs 'called_ae'"),
+    ("destinations: {p: {type: dicom, host: h, port: x, called_ae: A}}", "config: destinations.p.port: must be an integer 1-65535, got 'x'"),
     ("destinations: {f: {type: folder}}", "config: destinations.f: a folder destination needs 'path'"),
     ("destinations: {w: {type: stowrs, url: pacs.local}}", "config: destinations.w.url: must be an http(s) URL, got 'pacs.local'"),
     ("queue: {backend: rabbit}", "config: queue.backend: must be one of embedded, celery, got 'rabbit'"),
