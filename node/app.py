@@ -1,0 +1,446 @@
+"""The node: every stage wired together (receive → spool → assemble → route → queue → infer →
+encode → validate → outbox → deliver), and the same pipeline on files with no network.
+
+:class:`Node` (``with Node(config, registry) as node: ...``)
+    * a :class:`~node.receive.StorageSCP` on ``config.node`` host/port (port 0: a free one,
+      see :attr:`Node.port`) stores into a :class:`~node.spool.Spool`, whose ``on_stored`` is
+      the :class:`~node.assemble.Assembler`'s ``add``;
+    * a ticker thread calls :meth:`Assembler.tick` every ``tick_s``; each
+      :class:`~node.assemble.CompleteSeries` is routed from a representative header
+      (configured routes, then each registry model's :func:`~node.route.default_routes`).
+      An unrouted series is recorded with its reason (``routing`` table, series state
+      ``unrouted``, a log line); a routed one gets one job per (model, slot) in the
+      :class:`~node.queue.JobStore` (idempotent: the same instances never make two jobs);
+    * a :class:`~node.queue.WorkerPool` runs each job: :func:`~node.infer.load_series`,
+      :meth:`ModelRunner.run`, :func:`~node.encode.encode_result`, :func:`~node.encode.validate`
+      on every object (one error: the job fails, nothing is sent), then
+      :meth:`Outbox.add` to the route's destinations (every configured destination when the
+      route names none) and an ``outbox`` audit event (inputs → model, version, weights →
+      outputs → destinations);
+    * a :class:`~node.deliver.Deliverer` thread sends the outbox.
+
+    Restart: the embedded queue has one node process per database, so at start-up every job
+    left ``running`` belonged to a dead process and is put back to ``queued`` at once
+    (:meth:`JobStore.recover` with a time past any lease); the spool is rescanned so series
+    received before a kill are assembled again (a done job is found by its key, not re-run).
+
+Limits (for now): only single-slot models run (a multi-slot model's series are recorded
+``unrouted`` with that reason); ``CompleteStudy`` events are ignored; per-model threshold
+overrides in the configuration are not applied.
+
+:func:`run_files` is the one-shot pipeline (route → infer → encode → validate → folder) on
+files, for ``neuroread run``.
+"""
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import sqlalchemy as sa
+from pydicom.errors import InvalidDicomError
+
+from models import ModelRegistry, ModelResult, ModelSpec
+
+from .assemble import Assembler, CompleteSeries
+from .config import Config
+from .deliver import Deliverer, Outbox, destination_from_dict
+from .deliver.destinations import Destination
+from .encode import EncodeInfo, encode_result, find_dciodvfy, validate
+from .infer import ModelRunner, SeriesError, load_series
+from .queue import Job, JobError, JobOutcome, JobStore, WorkerPool, utc_now
+from .receive import Peer, StorageSCP
+from .route import Route, RouteDecision, default_routes, load_routes, match_series
+from .spool import InstanceRecord, Spool
+
+logger = logging.getLogger(__name__)
+
+_routing_metadata = sa.MetaData()
+routing_table = sa.Table(
+    "routing", _routing_metadata,
+    sa.Column("series_uid", sa.String(64), primary_key=True),
+    sa.Column("study_uid", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # routed | unrouted
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+class PipelineError(Exception):
+    """One series that could not go through the pipeline; the message says why (UIDs, no names)."""
+
+    def __init__(self, reason: str, *, retryable: bool = False) -> None:
+        super().__init__(reason)
+        self.reason, self.retryable = reason, retryable
+
+
+# -- the pipeline shared by the node and run_files ---------------------------------------------------
+def build_routes(config: Config, registry: ModelRegistry) -> tuple[Route, ...]:
+    """Configured routes first (checked against the registry and destinations), then each
+    registry model's default routes (sorted by priority in :func:`match_series`)."""
+    specs = {name: registry.spec(name) for name in registry.names()}
+    routes = load_routes(list(config.routes), specs, destinations=list(config.destinations))
+    for spec in specs.values():
+        routes += default_routes(spec)
+    return routes
+
+
+def build_destinations(config: Config) -> list[Destination]:
+    """The configured destinations as deliver-stage objects (config keys mapped to theirs)."""
+    out = []
+    for name, raw in config.destinations.items():
+        cfg = {k: v for k, v in raw.items()}
+        cfg["name"] = name
+        if cfg.get("type") == "dicom":
+            if "ae_title" in cfg and "called_ae" not in cfg:  # older configuration key
+                cfg["called_ae"] = cfg.pop("ae_title")
+            cfg.setdefault("calling_ae", config.node.ae_title)
+        elif cfg.get("type") == "folder":
+            cfg["path"] = Path(cfg["path"])
+        out.append(destination_from_dict(cfg, f"destinations.{name}"))
+    return out
+
+
+def make_runner(config: Config, registry: ModelRegistry) -> ModelRunner:
+    return ModelRunner(registry, weights={n: m.weights for n, m in config.models.items()},
+                       device={n: m.device for n, m in config.models.items()},
+                       torch_threads=config.queue.torch_threads)
+
+
+def decide(header: pydicom.Dataset, instances: int, routes: Iterable[Route],
+           registry: ModelRegistry) -> tuple[RouteDecision, list[Route], str]:
+    """The route decision, the assignments this node can run, and why nothing runs ('' if some)."""
+    decision = match_series(header, instances, routes)
+    if not decision.routed:
+        return decision, [], decision.reason
+    runnable, skipped = [], []
+    for route in decision.assignments:
+        if len(registry.spec(route.model).slots) == 1:
+            runnable.append(route)
+        else:
+            skipped.append(f"{route.model}: multi-series models are not run yet")
+    return decision, runnable, "; ".join(skipped) if not runnable else ""
+
+
+def process_series(paths: Sequence[Path], spec: ModelSpec, slot: str, runner: ModelRunner,
+                   info: EncodeInfo, dciodvfy: str) -> tuple[ModelResult, list[pydicom.Dataset]]:
+    """Load, infer, encode and validate one series for ``slot`` of ``spec``.
+
+    Raises :class:`PipelineError` (not retryable) for a series the model cannot use, an
+    encoding that does not fit, or any dciodvfy error: nothing is returned to send then.
+    """
+    min_slices = next(s.min_slices for s in spec.slots if s.name == slot)
+    try:
+        volume = load_series(paths, min_slices=min_slices)
+    except SeriesError as exc:
+        raise PipelineError(f"series unusable: {exc}") from exc
+    try:
+        result = runner.run(spec.name, {slot: volume})
+    except ValueError as exc:  # contract checks (slot sizes, result shape)
+        raise PipelineError(f"model {spec.name}: {exc}") from exc
+    by_uid: dict[str, Path] = {}
+    for p in paths:
+        try:
+            by_uid[str(pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)] = p
+        except (OSError, InvalidDicomError) as exc:
+            raise PipelineError(f"cannot read {p.name}: {exc}") from exc
+    try:
+        sources = [pydicom.dcmread(by_uid[uid]) for uid in volume.sop_instance_uids]
+        objects = encode_result(result, spec, {slot: sources}, node_info=info)
+    except (KeyError, ValueError) as exc:
+        raise PipelineError(f"encoding failed: {exc}") from exc
+    for ds in objects:
+        errors = validate(ds, dciodvfy=dciodvfy)
+        if errors:
+            raise PipelineError(f"{ds.Modality} {ds.SOPInstanceUID} fails dciodvfy: {'; '.join(errors[:3])}")
+    return result, objects
+
+
+def encode_info(config: Config) -> EncodeInfo:
+    return EncodeInfo(device_name=f"neuroread node {config.node.ae_title}")
+
+
+# -- the node -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Inputs:
+    study_uid: str
+    paths: list[Path]
+
+
+class Node:
+    """The whole node (see the module docstring). ``start``/``stop`` or a ``with`` block.
+
+    ``tick_s``: how often the assembler is ticked; ``poll_s``: how often idle workers look for
+    jobs; ``deliver_interval_s``: how often the outbox is tried without a wake-up; ``lease_s``:
+    a running job's lease; ``port``: overrides ``config.node.port`` (0: a free port, see
+    :attr:`port`).
+    """
+
+    def __init__(self, config: Config, registry: ModelRegistry, *, tick_s: float = 1.0, poll_s: float = 0.5,
+                 deliver_interval_s: float = 5.0, lease_s: float = 60.0, port: int | None = None) -> None:
+        if not isinstance(config, Config):
+            raise ValueError(f"Node.config must be a Config, got {type(config).__name__}")
+        if not isinstance(registry, ModelRegistry):
+            raise ValueError(f"Node.registry must be a ModelRegistry, got {type(registry).__name__}")
+        for name, value in (("tick_s", tick_s), ("poll_s", poll_s), ("deliver_interval_s", deliver_interval_s),
+                            ("lease_s", lease_s)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"Node.{name} must be a positive number, got {value!r}")
+        config.check_models({n: registry.spec(n) for n in registry.names()})
+        self.config, self.registry = config, registry
+        self.tick_s, self.lease_s = float(tick_s), float(lease_s)
+        self.routes = build_routes(config, registry)
+        self.destinations = build_destinations(config)
+        self.info = encode_info(config)
+        self.dciodvfy = find_dciodvfy()
+        Path(config.storage.root).mkdir(parents=True, exist_ok=True)  # the default database lives there
+        self.store = JobStore(config.queue.database)
+        _routing_metadata.create_all(self.store.engine)
+        self.outbox = Outbox(self.store.engine, config.storage.outbox, self.destinations)
+        self.deliverer = Deliverer(self.outbox, interval=deliver_interval_s)
+        self.assembler = Assembler(self._on_complete, quiet_s=config.assemble.stable_age_s,
+                                   early=config.assemble.early_completion, store=self.store)
+        self.spool = Spool(config.storage.spool, on_stored=self.assembler.add)
+        n = config.node
+        peers = [Peer(p.ae_title, p.address) for p in n.peers] or None
+        ssl_context = None
+        if n.tls is not None:
+            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_context.load_cert_chain(n.tls.cert, n.tls.key)
+            if n.tls.ca is not None:
+                ssl_context.load_verify_locations(n.tls.ca)
+                ssl_context.verify_mode = ssl.CERT_REQUIRED
+        self.scp = StorageSCP(self.spool, ae_title=n.ae_title, host=n.host, port=n.port if port is None else port,
+                              peers=peers,
+                              require_called_ae=n.require_called_ae, max_associations=n.max_associations,
+                              ssl_context=ssl_context)
+        self._runners = threading.local()
+        self.pool = WorkerPool(self.store, self._run_job, n_workers=config.queue.workers, poll_s=poll_s,
+                               lease_s=lease_s, name="neuroread-worker")
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    # -- life cycle ---------------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        """The port the SCP listens on (the one picked when the configuration says 0)."""
+        return self.scp.port
+
+    def start(self) -> "Node":
+        if self._ticker is not None:
+            raise RuntimeError("Node is already started")
+        # embedded queue: one node process per database, so a job still running belongs to a dead one
+        leases = [j.lease_expires for j in self.store.list("running") if j.lease_expires is not None]
+        recovered = self.store.recover(now=max([utc_now(), *leases]) + timedelta(seconds=1))
+        if recovered:
+            logger.info("recovered %d jobs left running by a previous run: %s", len(recovered), recovered)
+        self.spool.remove_stale_temp_files()
+        self._rescan_spool()
+        self.deliverer.start()
+        self.pool.start()
+        self._stop.clear()
+        self._ticker = threading.Thread(target=self._tick_loop, name="neuroread-assemble", daemon=True)
+        self._ticker.start()
+        self.scp.start()
+        logger.info("node %s listening on %s:%d", self.config.node.ae_title, self.config.node.host, self.port)
+        return self
+
+    def stop(self) -> None:
+        self.scp.stop()
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(30)
+            self._ticker = None
+        self.pool.stop(60)
+        self.deliverer.stop()
+        self.store.close()
+
+    def __enter__(self) -> "Node":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def _tick_loop(self) -> None:
+        while not self._stop.wait(self.tick_s):
+            try:
+                self.assembler.tick()
+            except (OSError, sa.exc.SQLAlchemyError) as exc:
+                logger.error("assemble tick: %s: %s", type(exc).__name__, exc)
+
+    def _rescan_spool(self) -> None:
+        """Give the assembler every instance already in the spool (series received before a restart)."""
+        count = 0
+        for path in sorted(Path(self.config.storage.spool).glob("*/*/*.dcm")):
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+                record = InstanceRecord(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID),
+                                        str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID), path,
+                                        path.stat().st_size, utc_now(), "duplicate")
+            except (OSError, InvalidDicomError, AttributeError) as exc:
+                logger.warning("spool rescan: skipping %s: %s", path, exc)
+                continue
+            self.assembler.add(record)
+            count += 1
+        if count:
+            logger.info("spool rescan: %d instances handed to the assembler", count)
+
+    # -- routing ------------------------------------------------------------------------------------
+    def _on_complete(self, item: object) -> None:
+        if not isinstance(item, CompleteSeries):
+            return  # studies: multi-series models are not run yet
+        try:
+            self.route_series(item)
+        except (OSError, InvalidDicomError, ValueError, sa.exc.SQLAlchemyError) as exc:
+            logger.error("series %s: routing failed: %s: %s", item.series_uid, type(exc).__name__, exc)
+            self._record_routing(item, "unrouted", f"routing failed: {exc}")
+
+    def route_series(self, series: CompleteSeries) -> list[Job]:
+        """Route a complete series and enqueue its jobs (the assembler's ``on_complete``)."""
+        first = series.instances[sorted(series.instances)[0]]
+        header = pydicom.dcmread(first, stop_before_pixels=True)
+        _, routes, reason = decide(header, len(series.instances), self.routes, self.registry)
+        if not routes:
+            logger.warning("series %s unrouted (%d instances): %s", series.series_uid, len(series.instances), reason)
+            self._record_routing(series, "unrouted", reason)
+            return []
+        jobs = []
+        for route in routes:
+            spec = self.registry.spec(route.model)
+            job = self.store.enqueue(spec.name, spec.version, {route.slot: series.series_uid},
+                                     {route.slot: series.sop_instance_uids})
+            jobs.append(job)
+            logger.info("series %s → %s/%s: job %d (%s)", series.series_uid, route.model, route.slot, job.id, job.state)
+        self._record_routing(series, "routed", ", ".join(f"{r.name} → job {j.id}" for r, j in zip(routes, jobs)))
+        return jobs
+
+    def _record_routing(self, series: CompleteSeries, state: str, reason: str) -> None:
+        values = dict(study_uid=series.study_uid, state=state, reason=reason, at=utc_now())
+        with self.store.engine.begin() as conn:
+            n = conn.execute(routing_table.update().where(routing_table.c.series_uid == series.series_uid)
+                             .values(**values)).rowcount
+            if n == 0:
+                conn.execute(routing_table.insert().values(series_uid=series.series_uid, **values))
+        row = self.store.series(series.series_uid)
+        if row is not None and state == "unrouted":
+            self.store.record_series(row["study_uid"], series.series_uid, row["instances"], row["first_received"],
+                                     row["last_received"], "unrouted")
+
+    def routing(self, series_uid: str) -> dict[str, Any] | None:
+        """The routing record of a series: state (routed/unrouted) and reason; None if not seen."""
+        with self.store.engine.connect() as conn:
+            row = conn.execute(routing_table.select().where(routing_table.c.series_uid == series_uid)).mappings().first()
+        return dict(row) if row else None
+
+    # -- jobs ---------------------------------------------------------------------------------------
+    def _runner(self) -> ModelRunner:
+        runner = getattr(self._runners, "runner", None)
+        if runner is None:
+            runner = self._runners.runner = make_runner(self.config, self.registry)
+        return runner
+
+    def _inputs(self, series_uid: str, sop_uids: Sequence[str]) -> _Inputs:
+        row = self.store.series(series_uid)
+        if row is not None:
+            study = row["study_uid"]
+        else:
+            found = list(Path(self.config.storage.spool).glob(f"*/{series_uid}"))
+            if not found:
+                raise JobError(f"series {series_uid} is not in the spool")
+            study = found[0].parent.name
+        paths = [self.spool.path_for(study, series_uid, uid) for uid in sop_uids]
+        missing = [p.stem for p in paths if not p.exists()]
+        if missing:
+            raise JobError(f"series {series_uid}: {len(missing)} instances missing from the spool "
+                           f"(e.g. {missing[0]})")
+        return _Inputs(study, paths)
+
+    def _run_job(self, job: Job) -> JobOutcome:
+        spec = self.registry.spec(job.model)
+        if spec.version != job.model_version:
+            raise JobError(f"job for {job.model} {job.model_version}, registry has {spec.version}")
+        (slot, series_uid), = job.inputs.items()
+        inputs = self._inputs(series_uid, job.instances[slot])
+        try:
+            result, objects = process_series(inputs.paths, spec, slot, self._runner(), self.info, self.dciodvfy)
+        except PipelineError as exc:
+            raise JobError(exc.reason, retryable=exc.retryable) from exc
+        routes = [r for r in self.routes if r.model == job.model and r.slot == slot]
+        header = pydicom.dcmread(inputs.paths[0], stop_before_pixels=True)
+        decision, _, _ = decide(header, len(inputs.paths), routes, self.registry)
+        chosen = decision.matched[0].destinations if decision.matched else ()
+        names = list(chosen) or [d.name for d in self.destinations]
+        output_uids = [str(ds.SOPInstanceUID) for ds in objects]
+        added = self.outbox.add(str(job.id), objects, names) if names else 0
+        self.store.audit(job.id, "outbox", {
+            "inputs": {slot: {"series": series_uid, "instances": len(job.instances[slot])}},
+            "study": inputs.study_uid, "model": spec.name, "version": spec.version,
+            "weights_sha256": result.card.weights_sha256, "demo_weights": result.card.demo,
+            "outputs": output_uids, "destinations": names, "new_rows": added,
+        })
+        if not names:
+            logger.warning("job %d: no destination configured; %d objects kept only in the outbox audit",
+                           job.id, len(objects))
+        self.deliverer.wake()
+        logger.info("job %d: %s %s on %s → %d objects → %s", job.id, spec.name, spec.version, series_uid,
+                    len(objects), names)
+        return JobOutcome({"sop_instance_uids": output_uids, "destinations": names}, result.card.weights_sha256)
+
+
+# -- one-shot, no network ---------------------------------------------------------------------------
+def _series_files(paths: Iterable[Path]) -> dict[str, tuple[pydicom.Dataset, list[Path]]]:
+    """Series UID → (header of its first file by InstanceNumber, its files), from files or folders."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        files += sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    series: dict[str, list[tuple[pydicom.Dataset, Path]]] = {}
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+            uid = str(ds.SeriesInstanceUID)
+        except (OSError, InvalidDicomError, AttributeError):
+            logger.debug("skipping %s: not a DICOM instance", f)
+            continue
+        series.setdefault(uid, []).append((ds, f))
+    out = {}
+    for uid, items in series.items():
+        items.sort(key=lambda t: int(t[0].get("InstanceNumber", 0) or 0))
+        unique = {str(ds.SOPInstanceUID): f for ds, f in items}
+        out[uid] = (items[0][0], list(unique.values()))
+    return out
+
+
+def run_files(paths: Iterable[Path], out_dir: Path, config: Config, registry: ModelRegistry) -> list[Path]:
+    """Route, infer, encode and validate every series under ``paths``; write the results to
+    ``out_dir/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm`` and return the files written.
+
+    A series that is unrouted or unusable is logged (with the reason) and skipped.
+    """
+    config.check_models({n: registry.spec(n) for n in registry.names()})
+    routes = build_routes(config, registry)
+    runner, info, dciodvfy = make_runner(config, registry), encode_info(config), find_dciodvfy()
+    written: list[Path] = []
+    for uid, (header, files) in sorted(_series_files(paths).items()):
+        _, chosen, reason = decide(header, len(files), routes, registry)
+        if not chosen:
+            logger.warning("series %s unrouted: %s", uid, reason)
+            continue
+        for route in chosen:
+            try:
+                _, objects = process_series(files, registry.spec(route.model), route.slot, runner, info, dciodvfy)
+            except PipelineError as exc:
+                logger.error("series %s, %s/%s: %s", uid, route.model, route.slot, exc.reason)
+                continue
+            for ds in objects:
+                target = Path(out_dir) / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                ds.save_as(target, enforce_file_format=True)
+                written.append(target)
+            logger.info("series %s → %s: %d objects written", uid, route.model, len(objects))
+    return written

@@ -1,0 +1,273 @@
+"""The whole node against real peers: dcmtk storescu sends a phantom CT, dcmtk storescp receives
+the results, dciodvfy checks them; plus unusable series, a restart mid-job, and run_files."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from models import ModelRegistry
+from node.app import Node, run_files
+from node.assemble import CompleteSeries
+from node.config import parse_config
+from node.encode import validate
+from node.queue import JobStore
+from node.spool import Spool
+from training.phantoms.baseline import load_truth
+
+from tiny_model import ENTRY
+
+SR = "1.2.840.10008.5.1.4.1.1.88.34"
+KO = "1.2.840.10008.5.1.4.1.1.88.59"
+SEG = "1.2.840.10008.5.1.4.1.1.66.4"
+PM = "1.2.840.10008.5.1.4.1.1.30"
+SC = "1.2.840.10008.5.1.4.1.1.7"
+KINDS = {SR, KO, SEG, PM, SC}
+REGISTRY = ModelRegistry([ENTRY])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tools():
+    for tool in ("storescp", "storescu", "dciodvfy"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is required (Debian packages dcmtk, dicom3tools)")
+
+
+@pytest.fixture(scope="module")
+def ct(phantom_sets) -> tuple[Path, dict]:
+    """The first phantom CT series: its folder and its truth entry."""
+    study = sorted(p.parent for p in phantom_sets["ct-hemorrhage"].glob("*/truth.json"))[0]
+    info = load_truth(study)["series"]["ct"]
+    return study / info["folder"], info
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class StoreSCP:
+    """dcmtk storescp on a loopback port, one file per SOP instance."""
+
+    def __init__(self, out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        self.port, self.out = free_port(), out
+        self.proc = subprocess.Popen(
+            ["storescp", "-aet", "STORESCP", "+B", "-od", str(out), "-ta", "5", "-ts", "10", "-td", "10",
+             str(self.port)], env={**os.environ, "TCP_NODELAY": "1"}, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"storescp did not start: {self.proc.stderr.read()!r}")
+                time.sleep(0.05)
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.out.iterdir() if p.is_file())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def storescp(tmp_path):
+    scp = StoreSCP(tmp_path / "storescp")
+    yield scp
+    scp.stop()
+
+
+def make_config(tmp_path: Path, destinations: dict, routes: tuple = ()):
+    return parse_config({
+        "node": {"ae_title": "NEUROREAD"},
+        "storage": {"root": str(tmp_path / "node")},
+        "assemble": {"stable_age_s": 1},
+        "routes": list(routes),
+        "destinations": destinations,
+    }, tmp_path)
+
+
+def storescu(port: int, files) -> None:
+    proc = subprocess.run(["storescu", "-aet", "STORESCU", "-aec", "NEUROREAD", "127.0.0.1", str(port),
+                           *map(str, files)], env={**os.environ, "TCP_NODELAY": "1"},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def wait_for(check, timeout: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.25)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def referenced_uids(ds: pydicom.Dataset) -> set[str]:
+    """Every UID value anywhere in ``ds`` (nested sequences included)."""
+    out: set[str] = set()
+    for elem in ds.iterall():
+        if elem.VR == "UI" and elem.value:
+            out.update(map(str, elem.value if elem.VM > 1 else [elem.value]))
+    return out
+
+
+def refers_to_source(ds: pydicom.Dataset, info: dict) -> bool:
+    refs = referenced_uids(ds)
+    return info["series_instance_uid"] in refs or bool(refs & set(info["sop_instance_uids"]))
+
+
+def copy_series(src: list[Path], out: Path, *, modality: str | None = None) -> tuple[str, list[Path]]:
+    """A copy of ``src`` as a new series (new series and instance UIDs); optionally another modality."""
+    out.mkdir(parents=True)
+    series_uid = generate_uid()
+    paths = []
+    for i, path in enumerate(src):
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        if modality == "MR":
+            ds.Modality = "MR"
+            ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+        paths.append(out / f"{i}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    return series_uid, paths
+
+
+def test_node_end_to_end_results_valid_and_idempotent(tmp_path, ct, storescp):
+    folder, info = ct
+    files = sorted(folder.glob("*.dcm"))
+    study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    config = make_config(tmp_path, {"pacs": {"type": "dicom", "host": "127.0.0.1", "port": storescp.port,
+                                             "called_ae": "STORESCP"}})
+    with Node(config, REGISTRY, port=0, tick_s=0.2, deliver_interval_s=0.5) as node:
+        assert node.port > 0
+        storescu(node.port, files)
+
+        def all_kinds():
+            got = [pydicom.dcmread(p) for p in storescp.files()]
+            return got if {str(ds.SOPClassUID) for ds in got} >= KINDS else None
+
+        received = wait_for(all_kinds, 60, "SR, KO, SEG, PM and SC at storescp")
+        time.sleep(1.0)  # let the rest of the batch land
+        received = [pydicom.dcmread(p) for p in storescp.files()]
+        for ds in received:
+            assert validate(ds) == [], ds.SOPClassUID.name
+            assert str(ds.StudyInstanceUID) == study_uid
+        # SR, KO, SEG, PM reference the source series; the key-slice SCs their slices (the report page need not)
+        for ds in received:
+            if ds.SOPClassUID != SC:
+                assert refers_to_source(ds, info), ds.SOPClassUID.name
+        assert sum(refers_to_source(ds, info) for ds in received if ds.SOPClassUID == SC) >= 1
+        assert any(info["series_instance_uid"] in referenced_uids(ds) for ds in received if ds.SOPClassUID == SR)
+
+        jobs = node.store.list()
+        assert [(j.model, j.state) for j in jobs] == [("tiny-test", "done")]
+        assert node.routing(info["series_instance_uid"])["state"] == "routed"
+        trail = node.store.audit_trail(jobs[0].id)
+        outbox = [e for e in trail if e.event == "outbox"]
+        assert len(outbox) == 1
+        detail = outbox[0].detail
+        assert detail["inputs"]["ct"]["series"] == info["series_instance_uid"]
+        assert detail["destinations"] == ["pacs"] and len(detail["weights_sha256"]) == 64
+        assert sorted(detail["outputs"]) == sorted(str(ds.SOPInstanceUID) for ds in received)
+
+        # the same study again: no new job, no new objects
+        count = len(storescp.files())
+        storescu(node.port, files)
+        time.sleep(3.0)  # quiet period 1 s + ticks + a delivery round
+        assert len(storescp.files()) == count
+        assert len(node.store.list()) == 1
+        # even if the series is reported complete again (a later generation), the job is the same one
+        spooled = {uid: node.spool.path_for(study_uid, info["series_instance_uid"], uid) for uid in info["sop_instance_uids"]}
+        again = node.route_series(CompleteSeries(study_uid, info["series_instance_uid"], spooled, 2, "quiet"))
+        assert [(j.id, j.state) for j in again] == [(jobs[0].id, "done")]
+        time.sleep(1.0)
+        assert len(storescp.files()) == count
+
+
+def test_unusable_series_recorded_with_reason(tmp_path, ct, storescp):
+    folder, _ = ct
+    files = sorted(folder.glob("*.dcm"))
+    two_uid, two = copy_series(files[:2], tmp_path / "two")                 # min_slices is 3
+    mr_uid, mr = copy_series(files[:4], tmp_path / "mr", modality="MR")     # no route takes MR
+    gap_uid, gap = copy_series(files[:3] + files[4:6], tmp_path / "gap")   # a missing slice
+    ok_uid, ok = copy_series(files[:4], tmp_path / "ok")                     # fine, but its results "invalid"
+    fake = tmp_path / "bin" / "dciodvfy"  # a validator that reports an error for every object
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'Error - Missing attribute Type 1 Required Element=Foo'\n")
+    fake.chmod(0o755)
+    config = make_config(tmp_path, {"pacs": {"type": "dicom", "host": "127.0.0.1", "port": storescp.port,
+                                             "called_ae": "STORESCP"}})
+    node = Node(config, REGISTRY, port=0, tick_s=0.2)
+    node.dciodvfy = str(fake)
+    with node:
+        storescu(node.port, two + mr + gap + ok)
+        wait_for(lambda: all(node.routing(u) for u in (two_uid, mr_uid)), 30, "unrouted series recorded")
+        two_rec, mr_rec = node.routing(two_uid), node.routing(mr_uid)
+        assert two_rec["state"] == "unrouted" and "slices" in two_rec["reason"] and "3" in two_rec["reason"]
+        assert mr_rec["state"] == "unrouted" and "MR" in mr_rec["reason"]
+        assert node.store.series(two_uid)["state"] == "unrouted"
+        failed = wait_for(lambda: (lambda f: f if len(f) == 2 else None)(node.store.list("failed")), 40,
+                          "the gap and the invalid-result jobs failing")
+        by_series = {j.inputs["ct"]: j for j in failed}
+        assert set(by_series) == {gap_uid, ok_uid}
+        gap_job, ok_job = by_series[gap_uid], by_series[ok_uid]
+        assert "missing" in gap_job.reason or "gap" in gap_job.reason, gap_job.reason
+        assert "dciodvfy" in ok_job.reason and "Type 1" in ok_job.reason, ok_job.reason
+        assert gap_job.attempts == ok_job.attempts == 1  # not retryable: a retry would not fix it
+        assert node.outbox.status(str(ok_job.id)) == []  # nothing queued for sending
+        # nothing lost: the inputs stay in the spool; nothing sent
+        assert all(node.spool.path_for(str(pydicom.dcmread(p).StudyInstanceUID), gap_uid,
+                                       str(pydicom.dcmread(p).SOPInstanceUID)).exists() for p in gap)
+    assert storescp.files() == []
+
+
+def test_restart_finishes_job_of_killed_node(tmp_path, ct):
+    """A job left running by a dead node (lease still valid) is finished by the next start."""
+    folder, info = ct
+    out = tmp_path / "results"
+    config = make_config(tmp_path, {"archive": {"type": "folder", "path": str(out)}})
+    spool = Spool(config.storage.spool, fsync=False)
+    for path in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        spool.store(path.read_bytes(), study_uid=ds.StudyInstanceUID, series_uid=ds.SeriesInstanceUID,
+                    sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,
+                    transfer_syntax_uid=ds.file_meta.TransferSyntaxUID)
+    store = JobStore(config.queue.database)
+    job = store.enqueue("tiny-test", "0.1.0", {"ct": info["series_instance_uid"]}, {"ct": info["sop_instance_uids"]})
+    assert store.claim("dead-node", lease_s=600).id == job.id
+    store.close()
+    with Node(config, REGISTRY, port=0, tick_s=0.2, deliver_interval_s=0.5) as node:
+        wait_for(lambda: node.store.get(job.id).state == "done", 60, "the recovered job done")
+        written = wait_for(lambda: sorted(out.rglob("*.dcm")) if len(list(out.rglob("*.dcm"))) >= 5 else None,
+                           30, "results in the folder destination")
+        events = [e.event for e in node.store.audit_trail(job.id)]
+        assert "recovered" in events and events[-1] in ("done", "outbox")
+        assert len(node.store.list()) == 1  # the rescanned series found the same job
+    assert {str(pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID) for p in written} == KINDS
+
+
+def test_run_files_writes_results(tmp_path, ct):
+    folder, info = ct
+    config = make_config(tmp_path, {})
+    written = run_files([folder], tmp_path / "out", config, REGISTRY)
+    assert written and all(p.is_file() and p.is_relative_to(tmp_path / "out") for p in written)
+    datasets = [pydicom.dcmread(p) for p in written]
+    assert {str(ds.SOPClassUID) for ds in datasets} == KINDS
+    assert all(refers_to_source(ds, info) for ds in datasets if ds.SOPClassUID != SC)
+    again = run_files([folder], tmp_path / "out", config, REGISTRY)
+    assert sorted(again) == sorted(written)  # deterministic UIDs: same files
