@@ -93,21 +93,45 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _routes(config):
-    from models import default_registry
-    from node.route import default_routes, load_routes
-
-    registry = default_registry()
-    routes = list(load_routes(list(config.routes)))
-    for name in registry.names():
-        routes.extend(default_routes(registry.spec(name)))
-    return routes
-
-
 def _cmd_route_explain(args: argparse.Namespace) -> int:
+    from models import default_registry
+    from node.app import build_routes
     from node.route import explain_path
 
-    print(explain_path(Path(args.path), _routes(_config(args))))
+    print(explain_path(Path(args.path), build_routes(_config(args), default_registry())))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from models import default_registry
+    from node.app import Node
+
+    config = _config(args)
+    registry = default_registry()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with Node(config, registry) as node:
+        print(f"neuroread node {config.node.ae_title} listening on {config.node.host}:{node.port}; "
+              f"models: {', '.join(registry.names()) or 'none registered'}; data under {config.storage.root}",
+              flush=True)
+        stop.wait()
+        print("stopping", flush=True)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from models import default_registry
+    from node.app import run_files
+
+    written = run_files([Path(p) for p in args.paths], Path(args.out), _config(args), default_registry())
+    if not written:
+        print("no results: no series was routed to a model that could use it (see the log for each reason)")
+        return 1
+    print(f"wrote {len(written)} result objects under {args.out}")
     return 0
 
 
@@ -200,6 +224,24 @@ def build_parser() -> argparse.ArgumentParser:
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("-c", "--config", metavar="YAML", help="node configuration (default: built-in defaults)")
         return p
+
+    p = with_config(sub.add_parser(
+        "serve", help="run the node: receive, route, infer, deliver",
+        description="Run the DICOM node until interrupted (Ctrl-C or SIGTERM): it receives series over "
+        "C-STORE, routes complete series to models, and delivers the results to the configured destinations.",
+        epilog="example:\n  neuroread serve -c neuroread.yaml\n  neuroread replay out/phantoms/ct-hemorrhage "
+        "--to 127.0.0.1:11112   # from another terminal", formatter_class=argparse.RawDescriptionHelpFormatter))
+    p.set_defaults(func=_cmd_serve)
+
+    p = with_config(sub.add_parser(
+        "run", help="one-shot: the same pipeline on files, no network",
+        description="Route, infer and encode the series under PATH... and write the result objects to DIR "
+        "(DIR/<Study>/<Series>/<SOP>.dcm); exits 1 when no series could be processed.",
+        epilog="example:\n  neuroread run out/phantoms/ct-hemorrhage/ct-hemorrhage-s0-0000 --out results",
+        formatter_class=argparse.RawDescriptionHelpFormatter))
+    p.add_argument("paths", metavar="PATH", nargs="+")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.set_defaults(func=_cmd_run)
 
     p = with_config(sub.add_parser("models", help="list the registered models",
                                    description="List the registered models with their inputs and labels."))

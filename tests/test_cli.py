@@ -73,3 +73,38 @@ def test_replay_sends_a_study_to_a_real_scp_and_fails_loudly_when_down(tmp_path,
     assert len(list((tmp_path / "spool").rglob("*.dcm"))) == n
     res = _cli("replay", str(study), "--to", f"127.0.0.1:{port}", "-q")  # the SCP has stopped
     assert res.returncode == 1 and f"failed {n}" in res.stdout
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_answers_echo_and_stops_cleanly_on_sigterm(tmp_path):
+    import signal
+
+    port = _free_port()
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text(f"node:\n  port: {port}\nstorage:\n  root: {tmp_path / 'data'}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "node.cli", "serve", "-c", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert f"listening on 127.0.0.1:{port}" in line, line + proc.stderr.read() if proc.poll() is not None else line
+        echo = subprocess.run(["echoscu", "-aec", "NEUROREAD", "127.0.0.1", str(port)], capture_output=True, text=True)
+        assert echo.returncode == 0, echo.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "stopping" in out
+
+
+def test_run_says_when_nothing_could_be_processed(tmp_path, phantom_sets):
+    study = sorted(p.parent for p in phantom_sets["ct-hemorrhage"].glob("*/truth.json"))[0]
+    res = _cli("run", str(study), "--out", str(tmp_path / "out"))
+    assert res.returncode == 1
+    assert "no results" in res.stdout and "unrouted" in res.stderr
