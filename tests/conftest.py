@@ -38,3 +38,31 @@ def dciodvfy() -> str:
     if path is None:
         pytest.fail("dciodvfy (Debian package dicom3tools) is required; .ci/run installs it")
     return path
+
+
+@pytest.fixture(scope="session")
+def ct_case(phantom_sets):
+    """The first small ct-hemorrhage phantom read as the node reads it: (volume, source
+    datasets in slice order, the tiny test model's result with a second lesion added)."""
+    import dataclasses
+
+    import numpy as np
+    import pydicom
+
+    from models import Code, Lesion
+    from node.infer import load_series
+    from tiny_model import ENTRY
+
+    study = sorted(p.parent for p in phantom_sets["ct-hemorrhage"].glob("*/truth.json"))[0]
+    files = sorted((study / "S01").glob("*.dcm"))
+    vol = load_series(files)
+    by_uid = {ds.SOPInstanceUID: ds for ds in map(pydicom.dcmread, files)}
+    sources = [by_uid[uid] for uid in vol.sop_instance_uids]
+    model = ENTRY.factory()
+    model.load(None)
+    result = model.predict({"ct": vol})
+    cube = np.zeros(vol.array.shape, bool)
+    cube[2:4, 10:14, 20:25] = True
+    extra = Lesion(vol.series_instance_uid, "finding", Code("404684003", "SCT", "Clinical finding"), cube,
+                   float(cube.sum() * np.prod(vol.spacing)), (0.0, 0.0, 0.0), score=0.25)
+    return vol, sources, dataclasses.replace(result, lesions=result.lesions + (extra,))

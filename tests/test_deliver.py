@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import errno
 import os
 import shutil
@@ -11,23 +10,19 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
-import SimpleITK as sitk
 import sqlalchemy as sa
 from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
-from models import Code, Lesion, SeriesVolume
 from node.deliver import (Backoff, Deliverer, DicomDestination, FolderDestination, Outbox,
                           destination_from_dict)
 from node.encode import EncodeInfo, encode_result
 from node.receive import StorageSCP
 from node.spool import Spool
-from training.phantoms.baseline import load_truth, read_series
 
-from tiny_model import ENTRY, SPEC
+from tiny_model import SPEC
 
 SR = "1.2.840.10008.5.1.4.1.1.88.34"
 KO = "1.2.840.10008.5.1.4.1.1.88.59"
@@ -45,23 +40,9 @@ def _tools():
 
 
 @pytest.fixture(scope="module")
-def objects(phantom_sets) -> list[Dataset]:
-    """SR, KOS, SEG, PM and SCs of the tiny model on a phantom CT (as in test_encode.py)."""
-    study = sorted(p.parent for p in phantom_sets["ct-hemorrhage"].glob("*/truth.json"))[0]
-    info = load_truth(study)["series"]["ct"]
-    img = read_series(study, "ct")
-    vol = SeriesVolume(info["series_instance_uid"], sitk.GetArrayFromImage(img), img.GetSpacing(), img.GetOrigin(),
-                       np.array(img.GetDirection()).reshape(3, 3), tuple(info["sop_instance_uids"]), "CT")
-    model = ENTRY.factory()
-    model.load(None)
-    result = model.predict({"ct": vol})
-    cube = np.zeros(vol.array.shape, bool)
-    cube[2:4, 10:14, 20:25] = True
-    extra = Lesion(vol.series_instance_uid, "finding", Code("404684003", "SCT", "Clinical finding"), cube,
-                   float(cube.sum() * np.prod(vol.spacing)), (0.0, 0.0, 0.0), score=0.25)
-    result = dataclasses.replace(result, lesions=result.lesions + (extra,))
-    by_uid = {ds.SOPInstanceUID: ds for ds in (pydicom.dcmread(p) for p in (Path(study) / info["folder"]).glob("*.dcm"))}
-    sources = [by_uid[uid] for uid in vol.sop_instance_uids]
+def objects(ct_case) -> list[Dataset]:
+    """SR, KOS, SEG, PM and SCs of the tiny model on a phantom CT (conftest's ct_case)."""
+    _, sources, result = ct_case
     out = encode_result(result, SPEC, {"ct": sources}, node_info=EncodeInfo("neuroread", "test node", "0.1.0"))
     assert {ds.SOPClassUID for ds in out} == {SR, KO, SEG, PM, SC}
     return out

@@ -4,18 +4,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import io
-from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-import SimpleITK as sitk
 
-from models import Code, Lesion, SeriesVolume, Table
+from models import Table
 from node.encode import DEMO_TEXT, EncodeInfo, derive_uid, encode_result, validate
-from training.phantoms.baseline import load_truth, read_series
 
-from tiny_model import ENTRY, SPEC
+from tiny_model import SPEC
 
 SC = "1.2.840.10008.5.1.4.1.1.7"
 SR = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -26,29 +23,16 @@ INFO = EncodeInfo(manufacturer="neuroread", device_name="neuroread test node", s
 
 
 @pytest.fixture(scope="module")
-def case(phantom_sets):
-    """(result, sources sorted as the volume) for the first ct-hemorrhage phantom, plus extras.
+def case(ct_case):
+    """(result, sources sorted as the volume) for the first ct-hemorrhage phantom.
 
-    The tiny model's result gets a second lesion and a table, so that segment numbering and
-    region groups are exercised too.
+    The tiny model's result (with the second lesion from ``ct_case``) gets a table too, so
+    that segment numbering and region groups are exercised.
     """
-    study = sorted(p.parent for p in phantom_sets["ct-hemorrhage"].glob("*/truth.json"))[0]
-    info = load_truth(study)["series"]["ct"]
-    img = read_series(study, "ct")
-    vol = SeriesVolume(info["series_instance_uid"], sitk.GetArrayFromImage(img), img.GetSpacing(), img.GetOrigin(),
-                       np.array(img.GetDirection()).reshape(3, 3), tuple(info["sop_instance_uids"]), "CT")
-    model = ENTRY.factory()
-    model.load(None)
-    result = model.predict({"ct": vol})
-    cube = np.zeros(vol.array.shape, bool)
-    cube[2:4, 10:14, 20:25] = True
-    extra = Lesion(vol.series_instance_uid, "finding", Code("404684003", "SCT", "Clinical finding"), cube,
-                   float(cube.sum() * np.prod(vol.spacing)), (0.0, 0.0, 0.0), score=0.25)
+    vol, sources, result = ct_case
     table = Table("relevance per region", ("region", "relevance", "voxels"), (("frontal", 0.4, 120), ("occipital", 0.1, 80)))
-    result = dataclasses.replace(result, lesions=result.lesions + (extra,), tables=(table,))
+    result = dataclasses.replace(result, tables=(table,))
     result.check(SPEC, {"ct": vol})
-    by_uid = {ds.SOPInstanceUID: ds for ds in (pydicom.dcmread(p) for p in (Path(study) / info["folder"]).glob("*.dcm"))}
-    sources = [by_uid[uid] for uid in vol.sop_instance_uids]
     return result, sources
 
 

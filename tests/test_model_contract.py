@@ -3,29 +3,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pytest
-import SimpleITK as sitk
 
-from models import Code, InputSlot, Label, ModelRegistry, ModelSpec, SeriesVolume, default_registry
-from training.phantoms.baseline import load_truth, read_series
+from models import Code, InputSlot, Label, ModelRegistry, ModelSpec, default_registry
 
 from tiny_model import ENTRY, SPEC
-
-
-def _volume(study_dir) -> SeriesVolume:
-    truth = load_truth(study_dir)
-    info = truth["series"]["ct"]
-    img = read_series(study_dir, "ct")
-    return SeriesVolume(
-        series_instance_uid=info["series_instance_uid"],
-        array=sitk.GetArrayFromImage(img),
-        spacing=img.GetSpacing(),
-        origin=img.GetOrigin(),
-        direction=np.array(img.GetDirection()).reshape(3, 3),
-        sop_instance_uids=tuple(info["sop_instance_uids"]),
-        modality="CT",
-    )
 
 
 def test_spec_refuses_bad_values_naming_them():
@@ -55,9 +37,8 @@ def test_registry_finds_models_and_suggests_names():
     assert default_registry().names() == []  # the product models land with their own issues
 
 
-def test_tiny_model_runs_on_a_phantom_and_its_result_honours_the_contract(phantom_sets):
-    study = sorted(p.parent for p in phantom_sets["ct-hemorrhage"].glob("*/truth.json"))[0]
-    vol = _volume(study)
+def test_tiny_model_runs_on_a_phantom_and_its_result_honours_the_contract(ct_case):
+    vol = ct_case[0]
     model = ModelRegistry([ENTRY]).create("tiny-test")
     model.load(None)
     result = model.predict({"ct": vol})
@@ -68,9 +49,8 @@ def test_tiny_model_runs_on_a_phantom_and_its_result_honours_the_contract(phanto
     assert again.findings == result.findings  # deterministic
 
 
-def test_check_names_what_breaks_the_contract(phantom_sets):
-    study = sorted(p.parent for p in phantom_sets["ct-hemorrhage"].glob("*/truth.json"))[0]
-    vol = _volume(study)
+def test_check_names_what_breaks_the_contract(ct_case):
+    vol = ct_case[0]
     model = ENTRY.factory()
     model.load(None)
     result = model.predict({"ct": vol})

@@ -42,7 +42,7 @@ import numpy as np
 
 from .. import acquisition, anatomy, head, identity  # noqa: F401  (anatomy: the tests reach it through the package)
 from ..baseline import read_mask
-from ..geometry import Grid, SubjectWarp, render
+from ..geometry import SubjectWarp, render
 from ..registry import TaskSpec
 from ..study import Series, Study
 from .disease import CSVD_TYPES, MS_TYPES, _draw_disease
