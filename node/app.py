@@ -304,8 +304,12 @@ class Node:
     def route_series(self, series: CompleteSeries) -> list[Job]:
         """Route a complete series and enqueue its jobs (the assembler's ``on_complete``)."""
         first = series.instances[sorted(series.instances)[0]]
-        header = pydicom.dcmread(first, stop_before_pixels=True)
-        _, routes, reason = decide(header, len(series.instances), self.routes, self.registry)
+        try:
+            header = pydicom.dcmread(first, stop_before_pixels=True)
+            _, routes, reason = decide(header, len(series.instances), self.routes, self.registry)
+        except (OSError, InvalidDicomError, ValueError) as exc:
+            # One series that cannot be routed must not stop the node: record why, go on.
+            routes, reason = [], f"cannot route: {type(exc).__name__}: {exc}"
         if not routes:
             logger.warning("series %s unrouted (%d instances): %s", series.series_uid, len(series.instances), reason)
             self._record_routing(series, "unrouted", reason)

@@ -271,3 +271,22 @@ def test_run_files_writes_results(tmp_path, ct):
     assert all(refers_to_source(ds, info) for ds in datasets if ds.SOPClassUID != SC)
     again = run_files([folder], tmp_path / "out", config, REGISTRY)
     assert sorted(again) == sorted(written)  # deterministic UIDs: same files
+
+
+def test_a_series_whose_header_cannot_be_read_is_recorded_not_fatal(tmp_path):
+    """route_series on a vanished file records the series unrouted with the reason."""
+    from models import ModelRegistry
+    from node.assemble import CompleteSeries
+    from node.config import parse_config
+    from tiny_model import ENTRY
+
+    config = parse_config({"storage": {"root": str(tmp_path / "data")}}, tmp_path)
+    node = Node(config, ModelRegistry([ENTRY]), port=0)
+    try:
+        gone = CompleteSeries(study_uid="1.2.3", series_uid="1.2.3.4", instances={"1.2.3.4.5": tmp_path / "gone.dcm"},
+                              generation=1, reason="quiet")
+        assert node.route_series(gone) == []
+        record = node.routing("1.2.3.4")
+        assert record["state"] == "unrouted" and "cannot route" in record["reason"]
+    finally:
+        node.store.close()
