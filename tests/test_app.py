@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from node.queue import JobStore
 from node.spool import Spool
 from training.phantoms.baseline import load_truth
 
+from peers import StoreSCP
 from tiny_model import ENTRY
 
 SR = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -46,40 +46,6 @@ def ct(phantom_sets) -> tuple[Path, dict]:
     study = sorted(p.parent for p in phantom_sets["ct-hemorrhage"].glob("*/truth.json"))[0]
     info = load_truth(study)["series"]["ct"]
     return study / info["folder"], info
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class StoreSCP:
-    """dcmtk storescp on a loopback port, one file per SOP instance."""
-
-    def __init__(self, out: Path) -> None:
-        out.mkdir(parents=True, exist_ok=True)
-        self.port, self.out = free_port(), out
-        self.proc = subprocess.Popen(
-            ["storescp", "-aet", "STORESCP", "+B", "-od", str(out), "-ta", "5", "-ts", "10", "-td", "10",
-             str(self.port)], env={**os.environ, "TCP_NODELAY": "1"}, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"storescp did not start: {self.proc.stderr.read()!r}")
-                time.sleep(0.05)
-
-    def files(self) -> list[Path]:
-        return sorted(p for p in self.out.iterdir() if p.is_file())
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 @pytest.fixture
@@ -275,11 +241,6 @@ def test_run_files_writes_results(tmp_path, ct):
 
 def test_a_series_whose_header_cannot_be_read_is_recorded_not_fatal(tmp_path):
     """route_series on a vanished file records the series unrouted with the reason."""
-    from models import ModelRegistry
-    from node.assemble import CompleteSeries
-    from node.config import parse_config
-    from tiny_model import ENTRY
-
     config = parse_config({"storage": {"root": str(tmp_path / "data")}}, tmp_path)
     node = Node(config, ModelRegistry([ENTRY]), port=0)
     try:

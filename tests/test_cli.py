@@ -10,6 +10,7 @@ import pytest
 from node.queue import JobStore
 from node.receive import StorageSCP
 from node.spool import Spool
+from peers import free_port
 
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -75,18 +76,10 @@ def test_replay_sends_a_study_to_a_real_scp_and_fails_loudly_when_down(tmp_path,
     assert res.returncode == 1 and f"failed {n}" in res.stdout
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_answers_echo_and_stops_cleanly_on_sigterm(tmp_path):
     import signal
 
-    port = _free_port()
+    port = free_port()
     cfg = tmp_path / "node.yaml"
     cfg.write_text(f"node:\n  port: {port}\nstorage:\n  root: {tmp_path / 'data'}\n")
     proc = subprocess.Popen([sys.executable, "-m", "node.cli", "serve", "-c", str(cfg)],

@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import copy
 import errno
-import os
 import shutil
 import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from node.encode import EncodeInfo, encode_result
 from node.receive import StorageSCP
 from node.spool import Spool
 
+from peers import StoreSCP, free_port
 from tiny_model import SPEC
 
 SR = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -48,45 +47,12 @@ def objects(ct_case) -> list[Dataset]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class StoreSCP:
-    """dcmtk storescp on a loopback port, bit-preserving, one file per SOP instance."""
-
-    def __init__(self, port: int, out: Path, aet: str = "STORESCP") -> None:
-        out.mkdir(parents=True, exist_ok=True)
-        self.port, self.out = port, out
-        self.proc = subprocess.Popen(
-            ["storescp", "-aet", aet, "+B", "-od", str(out), "-ta", "5", "-ts", "10", "-td", "10", str(port)],
-            env={**os.environ, "TCP_NODELAY": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
-        while True:  # ready when it accepts a TCP connection (echoscu would cost a process more)
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"storescp did not start: {self.proc.stderr.read()!r}")
-                time.sleep(0.05)
-
-    def received(self) -> dict[str, Path]:
-        return {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in self.out.iterdir() if p.is_file()}
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
 @pytest.fixture
 def storescp(tmp_path):
     started = []
 
     def start(port: int | None = None) -> StoreSCP:
-        scp = StoreSCP(port or free_port(), tmp_path / f"storescp{len(started)}")
+        scp = StoreSCP(tmp_path / f"storescp{len(started)}", port)
         started.append(scp)
         return scp
 
