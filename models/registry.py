@@ -7,6 +7,7 @@ their own. A model is created by its factory and loaded once per worker.
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,32 @@ class ModelRegistry:
         return ModelRegistry([*self._entries.values(), entry])
 
 
-def default_registry() -> ModelRegistry:
-    """The product models. Each model issue adds its entry here (none has landed yet)."""
-    return ModelRegistry([])
+def load_plugin(ref: str) -> list[ModelEntry]:
+    """The entries named by ``'package.module:NAME'``: a :class:`ModelEntry` or a list of them.
+
+    Raises ValueError saying what is wrong (module not importable, name missing, wrong type).
+    """
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"plugin {ref!r}: expected 'package.module:NAME'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"plugin {ref!r}: cannot import {module_name}: {exc}") from exc
+    if not hasattr(module, attr):
+        raise ValueError(f"plugin {ref!r}: module {module_name} has no {attr!r}")
+    value = getattr(module, attr)
+    entries = [value] if isinstance(value, ModelEntry) else list(value) if isinstance(value, (list, tuple)) else None
+    if entries is None or not all(isinstance(e, ModelEntry) for e in entries):
+        raise ValueError(f"plugin {ref!r}: {attr} must be a models.ModelEntry or a list of them, "
+                         f"got {type(value).__name__}")
+    return entries
+
+
+def default_registry(plugins: Iterable[str] = ()) -> ModelRegistry:
+    """The product models (each model issue adds its entry here; none has landed yet), plus
+    the entries of each plugin reference (see :func:`load_plugin`)."""
+    entries: list[ModelEntry] = []
+    for ref in plugins:
+        entries += load_plugin(ref)
+    return ModelRegistry(entries)

@@ -60,10 +60,15 @@ def _config(args: argparse.Namespace):
     return load_config(Path(args.config) if args.config else None)
 
 
-def _cmd_models(args: argparse.Namespace) -> int:
+def _registry(config):
+    """The product models plus the configuration's plugins."""
     from models import default_registry
 
-    registry = default_registry()
+    return default_registry(config.plugins)
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    registry = _registry(_config(args))
     if not registry.names():
         print("no models registered yet (the five models land with their own issues)")
     for name in registry.names():
@@ -77,12 +82,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_config_check(args: argparse.Namespace) -> int:
     import yaml
 
-    from models import default_registry
     from node.deliver import destination_from_dict
     from node.route import load_routes
 
     config = _config(args)
-    registry = default_registry()
+    registry = _registry(config)
     specs = {n: registry.spec(n) for n in registry.names()}
     config.check_models(specs)
     for name, dest in config.destinations.items():
@@ -94,11 +98,11 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_route_explain(args: argparse.Namespace) -> int:
-    from models import default_registry
     from node.app import build_routes
     from node.route import explain_path
 
-    print(explain_path(Path(args.path), build_routes(_config(args), default_registry())))
+    config = _config(args)
+    print(explain_path(Path(args.path), build_routes(config, _registry(config))))
     return 0
 
 
@@ -106,11 +110,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from models import default_registry
     from node.app import Node
 
     config = _config(args)
-    registry = default_registry()
+    registry = _registry(config)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -124,10 +127,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from models import default_registry
     from node.app import run_files
 
-    written = run_files([Path(p) for p in args.paths], Path(args.out), _config(args), default_registry())
+    config = _config(args)
+    written = run_files([Path(p) for p in args.paths], Path(args.out), config, _registry(config))
     if not written:
         print("no results: no series was routed to a model that could use it (see the log for each reason)")
         return 1

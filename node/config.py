@@ -35,6 +35,9 @@ The file, with every section and its default::
       workers: 1
       torch_threads: null          # null: torch's default
     dicomweb: null                 # {host: 127.0.0.1, port: 8080, base_path: /dicomweb}
+    plugins: []                    # extra models, 'package.module:NAME' where NAME is a
+                                   # models.ModelEntry or a list of them (your own networks;
+                                   # the module must be importable, e.g. via PYTHONPATH)
 
 ``Config.to_dict()`` gives the effective configuration (defaults filled in) as plain data.
 """
@@ -60,6 +63,7 @@ DESTINATION_TYPES = {  # type -> required keys (besides ``type``)
 QUEUE_BACKENDS = ("embedded", "celery")
 _DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 _URL = re.compile(r"^https?://[^\s/]+")
+_PLUGIN = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
 class ConfigError(ValueError):
@@ -218,6 +222,7 @@ class Config:
     models: dict[str, ModelConfig] = field(default_factory=dict)
     destinations: dict[str, dict] = field(default_factory=dict)
     dicomweb: DicomWebConfig | None = None
+    plugins: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The effective configuration as plain YAML-ready data (paths as strings)."""
@@ -267,7 +272,7 @@ def load_config(path: Path | None) -> Config:
 def parse_config(data: object, base: Path) -> Config:
     """A :class:`Config` from already-parsed YAML data; relative paths resolve against ``base``."""
     top = _Section(data, "")
-    top.finish(("node", "storage", "assemble", "routes", "models", "destinations", "queue", "dicomweb"))
+    top.finish(("node", "storage", "assemble", "routes", "models", "destinations", "queue", "dicomweb", "plugins"))
     node = _node(_Section(top.get("node", {}, lambda v: True, ""), "node"), base)
     storage = _Section(top.get("storage", {}, lambda v: True, ""), "storage")
     root = storage.path_("root", Path("neuroread-data"), base)
@@ -295,7 +300,10 @@ def parse_config(data: object, base: Path) -> Config:
                                   section.get("base_path", "/dicomweb", lambda v: isinstance(v, str) and v.startswith("/"),
                                               "must be a path starting with '/'"))
         section.finish()
-    return Config(node, store, assemble, queue, tuple(dict(r) for r in routes), models, destinations, dicomweb)
+    plugins = top.get("plugins", [], lambda v: isinstance(v, list) and all(isinstance(x, str) and _PLUGIN.fullmatch(x) for x in v),
+                      "must be a list of 'package.module:NAME' strings")
+    return Config(node, store, assemble, queue, tuple(dict(r) for r in routes), models, destinations, dicomweb,
+                  tuple(plugins))
 
 
 def _node(s: _Section, base: Path) -> NodeConfig:

@@ -1,6 +1,7 @@
 """The command line as a user meets it: each command run as a subprocess."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +102,16 @@ def test_run_says_when_nothing_could_be_processed(tmp_path, phantom_sets):
     res = _cli("run", str(study), "--out", str(tmp_path / "out"))
     assert res.returncode == 1
     assert "no results" in res.stdout and "unrouted" in res.stderr
+
+
+def test_models_lists_plugin_models_from_the_configuration(tmp_path):
+    (tmp_path / "cfg.yaml").write_text("plugins: ['tiny_model:ENTRY']\n")
+    env_path = str(Path(__file__).parent)
+    res = subprocess.run([sys.executable, "-m", "node.cli", "models", "-c", str(tmp_path / "cfg.yaml")],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": env_path})
+    assert res.returncode == 0, res.stderr
+    assert "tiny-test 0.1.0" in res.stdout and "inputs: ct=CT" in res.stdout
+    (tmp_path / "bad.yaml").write_text("plugins: ['tiny_model:NOPE']\n")
+    res = subprocess.run([sys.executable, "-m", "node.cli", "models", "-c", str(tmp_path / "bad.yaml")],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": env_path})
+    assert res.returncode == 2 and "plugin 'tiny_model:NOPE': module tiny_model has no 'NOPE'" in res.stderr

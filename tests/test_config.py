@@ -115,6 +115,8 @@ def test_to_dict_round_trips(tmp_path):
     ("queue: {database: state.db}", "config: queue.database: must be an SQLAlchemy URL"),
     ("queue: {worker: 2}", "config: queue: unknown key 'worker' (did you mean 'workers'?)"),
     ("dicomweb: {base_path: dicomweb}", "config: dicomweb.base_path: must be a path starting with '/'"),
+    ("plugins: [tiny_model]", "config: plugins: must be a list of 'package.module:NAME' strings"),
+    ("plugins: tiny_model:ENTRY", "config: plugins: must be a list of 'package.module:NAME' strings"),
     ("node: {port: 1", "is not valid YAML"),
     ("- just\n- a list", "config: top level: must be a mapping, got list"),
 ])

@@ -6,6 +6,7 @@ import dataclasses
 import pytest
 
 from models import Code, InputSlot, Label, ModelRegistry, ModelSpec, default_registry
+from models.registry import load_plugin
 
 from tiny_model import ENTRY, SPEC
 
@@ -64,3 +65,16 @@ def test_check_names_what_breaks_the_contract(ct_case):
         wrong_sop.check(SPEC, {"ct": vol})
     with pytest.raises(ValueError, match="do not match labels"):
         dataclasses.replace(result, findings=()).check(SPEC, {"ct": vol})
+
+
+def test_plugins_add_models_and_bad_references_say_why():
+    assert default_registry(["tiny_model:ENTRY"]).names() == ["tiny-test"]
+    assert load_plugin("tiny_model:ENTRY") == [ENTRY]
+    for ref, message in [("no_such_module_here:ENTRY", "cannot import no_such_module_here"),
+                         ("tiny_model:NOPE", "has no 'NOPE'"),
+                         ("tiny_model:SPEC", "must be a models.ModelEntry or a list of them, got ModelSpec"),
+                         ("tiny_model", "expected 'package.module:NAME'")]:
+        with pytest.raises(ValueError, match=message):
+            load_plugin(ref)
+    with pytest.raises(ValueError, match="registered twice"):
+        default_registry(["tiny_model:ENTRY", "tiny_model:ENTRY"])
