@@ -410,6 +410,7 @@ class StorageSCP:
                 sop_class_uid=uids["SOPClassUID"],
                 transfer_syntax_uid=str(event.context.transfer_syntax),
                 calling_ae=calling,
+                header=ds,
             )
         except InvalidUIDError as exc:
             logger.warning("C-STORE from %r refused: %s", calling, exc)

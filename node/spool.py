@@ -1,11 +1,15 @@
 """The spool: received instances on disk, written durably and atomically.
 
-An instance is *stored* only once its bytes are on disk under their final name:
+An instance is *stored* only once its bytes are durable:
 
-1. the bytes go to a temporary file in the instance's own directory (same file system),
-2. the file is flushed and ``fsync``-ed,
-3. it is renamed (``os.replace``, atomic) to ``<root>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``,
-4. the directory is ``fsync``-ed so that the rename itself survives a crash.
+1. the bytes are appended to the spool's write-ahead journal (:mod:`node.journal`, under
+   ``<root>/.journal/``) and the journal is ``fdatasync``-ed — about 1 ms, against 5–8 ms for
+   a new file's own ``fsync`` + rename + folder ``fsync``;
+2. they are written to a temporary file in the instance's own folder and renamed (atomic) to
+   ``<root>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``, without a sync;
+3. a background checkpoint (every ``checkpoint_s``) syncs those files and their folders, then
+   deletes the journal segment. After a crash, opening the spool replays what is left of the
+   journal: every acknowledged instance is back at its final path, byte for byte.
 
 Only then does :meth:`Spool.store` return an :class:`InstanceRecord` and call the injected
 ``on_stored`` callback (the assemble stage subscribes there). The receive stage answers a
@@ -31,15 +35,19 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import re
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Callable, Literal
 
+from pydicom import Dataset
 from pydicom.uid import UID
 
 from .durable import atomic_write, make_dirs, write_all
+from .journal import Journal, JournalRecord
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +96,9 @@ class InstanceRecord:
 
     ``path`` is the final file (DICOM Part 10: preamble, file meta, data set as received);
     ``size`` its length in bytes; ``received_at`` a timezone-aware UTC time;
-    ``outcome`` is ``"new"``, ``"duplicate"`` (same bytes, not rewritten) or ``"replaced"``.
+    ``outcome`` is ``"new"``, ``"duplicate"`` (same bytes, not rewritten) or ``"replaced"``;
+    ``header``, when the caller had the data set parsed already (the SCP has), lets the next
+    stage read attributes without opening the file again (do not keep it: it may hold pixels).
     """
 
     study_uid: str
@@ -101,6 +111,7 @@ class InstanceRecord:
     received_at: datetime
     outcome: Outcome = "new"
     calling_ae: str = ""
+    header: Dataset | None = field(default=None, compare=False, repr=False)
 
 
 def _same_bytes(path: Path, data: bytes) -> bool:
@@ -124,11 +135,17 @@ class Spool:
         caller's thread (an SCP association thread); an exception it raises propagates to
         the caller, after the instance is already stored.
     fsync:
-        ``False`` skips the ``fsync`` calls (tests, benchmarks of the network path only);
-        the rename stays atomic but is no longer durable across a power cut.
+        ``False`` turns the journal and every sync off (tests, benchmarks of the network path
+        only); the rename stays atomic but is no longer durable across a power cut.
     writer:
-        ``writer(file, data)`` writes the bytes to the open temporary file; injectable so that
-        tests can simulate a full disk. Defaults to ``file.write(data)``.
+        ``writer(file, data)`` writes bytes to an open file (journal segment, temporary file);
+        injectable so that tests can simulate a full disk. Defaults to ``file.write(data)``.
+    checkpoint_s:
+        How often the background checkpoint syncs the files written since the last one and
+        drops their journal segment.
+
+    Opening a spool replays its journal (see the module docstring); :meth:`close` stops the
+    checkpoint thread after a last checkpoint.
     """
 
     def __init__(
@@ -138,6 +155,7 @@ class Spool:
         *,
         fsync: bool = True,
         writer: Callable[[BinaryIO, bytes], None] = write_all,
+        checkpoint_s: float = 1.0,
     ) -> None:
         if not isinstance(root, (str, Path)) or not str(root):
             raise ValueError(f"Spool.root must be a non-empty path, got {root!r}")
@@ -149,9 +167,48 @@ class Spool:
         self.root.mkdir(parents=True, exist_ok=True)
         if not self.root.is_dir():
             raise ValueError(f"Spool.root {self.root} is not a directory")
+        if isinstance(checkpoint_s, bool) or not isinstance(checkpoint_s, (int, float)) or checkpoint_s <= 0:
+            raise ValueError(f"Spool.checkpoint_s must be a positive number, got {checkpoint_s!r}")
         self._on_stored = on_stored
         self._fsync = bool(fsync)
         self._writer = writer
+        self._journal: Journal | None = None
+        self._stop = threading.Event()
+        self._checkpointer: threading.Thread | None = None
+        if self._fsync:
+            self._journal = Journal(self.root / ".journal", writer=writer)
+            self._journal.recover(self._restore)
+            self._checkpointer = threading.Thread(target=self._checkpoint_loop, args=(float(checkpoint_s),),
+                                                  name="spool-checkpoint", daemon=True)
+            self._checkpointer.start()
+
+    def close(self) -> None:
+        """Stop the checkpoint thread and checkpoint once more (the journal empties)."""
+        self._stop.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join()
+            self._checkpointer = None
+        if self._journal is not None:
+            self._journal.close()
+
+    def _checkpoint_loop(self, interval: float) -> None:
+        assert self._journal is not None
+        while not self._stop.wait(interval):
+            try:
+                self._journal.checkpoint()
+            except OSError as exc:  # the journal keeps the instances; the next round tries again
+                logger.error("spool checkpoint failed, journal kept: %s", exc)
+
+    def _restore(self, record: JournalRecord) -> Path | None:
+        """Where a journal record's bytes belong (folders made); None for a record we cannot place."""
+        meta = record.meta
+        try:
+            path = self.path_for(meta["study_uid"], meta["series_uid"], meta["sop_instance_uid"])
+        except (KeyError, InvalidUIDError) as exc:
+            logger.error("journal record without valid UIDs skipped: %s", exc)
+            return None
+        make_dirs(path.parent, self.root, fsync=True)
+        return path
 
     def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
         """The final path of an instance; raises :class:`InvalidUIDError` for a bad UID."""
@@ -161,8 +218,9 @@ class Spool:
             validate_uid(sop_instance_uid, "SOPInstanceUID"),
         )
         path = self.root / parts[0] / parts[1] / f"{parts[2]}.dcm"
-        # Belt and braces: the regex already excludes separators and '..'.
-        if path.resolve().parent.parent.parent != self.root:
+        # Belt and braces: the regex already excludes separators and '..' (string check: a
+        # resolve() per instance costs a stat per path component on the receive path).
+        if os.path.dirname(os.path.dirname(os.path.dirname(os.path.normpath(path)))) != str(self.root):
             raise InvalidUIDError(f"instance path {path} would leave the spool {self.root}")
         return path
 
@@ -176,6 +234,7 @@ class Spool:
         sop_class_uid: str,
         transfer_syntax_uid: str,
         calling_ae: str = "",
+        header: Dataset | None = None,
     ) -> InstanceRecord:
         """Store one instance's bytes durably and return its record.
 
@@ -196,7 +255,11 @@ class Spool:
                 outcome: Outcome = "duplicate"
             else:
                 outcome = "replaced" if path.exists() else "new"
-                self._write_atomic(path, data)
+                if self._journal is None:
+                    self._write_atomic(path, data)
+                else:
+                    meta = dict(study_uid=study_uid, series_uid=series_uid, sop_instance_uid=sop_instance_uid)
+                    self._journal.append(meta, data, then=lambda: self._write_atomic(path, data) or path)
         except OSError as exc:
             if exc.errno in _FULL_ERRNOS:
                 logger.error("spool full storing SOP instance %s: %s", sop_instance_uid, exc.strerror,
@@ -215,6 +278,7 @@ class Spool:
             received_at=datetime.now(timezone.utc),
             outcome=outcome,
             calling_ae=calling_ae,
+            header=header,
         )
         logger.debug("stored %s (%s, %d bytes)", sop_instance_uid, outcome, len(data),
                      extra={"sop_instance_uid": sop_instance_uid, "series_uid": series_uid})
@@ -233,9 +297,12 @@ class Spool:
         return n
 
     def _make_dirs(self, series_dir: Path) -> None:
-        """Make the study and series folders, fsync-ing each parent a new entry appeared in."""
-        make_dirs(series_dir, self.root, fsync=self._fsync)
+        """Make the study and series folders (the checkpoint syncs them; recovery remakes them)."""
+        if not series_dir.is_dir():  # one stat on the receive path when the folder exists
+            make_dirs(series_dir, self.root, fsync=False)
 
     def _write_atomic(self, path: Path, data: bytes) -> None:
-        atomic_write(path, data, fsync=self._fsync, writer=self._writer,
+        """Temporary file + rename; not synced here (the journal holds the bytes until the
+        checkpoint has synced the file)."""
+        atomic_write(path, data, fsync=False, writer=self._writer,
                      temp_prefix=f"{TEMP_PREFIX}{path.stem}-", temp_suffix=TEMP_SUFFIX)

@@ -58,7 +58,8 @@ class _Node:
                               network_timeout=10, **kwargs)
 
     def files(self) -> list[Path]:
-        return sorted(p for p in self.spool.root.rglob("*") if p.is_file())
+        """The spool's instance files (the write-ahead journal's segments excluded)."""
+        return sorted(p for p in self.spool.root.rglob("*") if p.is_file() and ".journal" not in p.parts)
 
 
 @pytest.fixture
