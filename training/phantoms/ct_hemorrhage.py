@@ -273,7 +273,13 @@ def _streaks(rng: np.random.Generator, grid: Grid, n_low: int) -> np.ndarray:
     return img
 
 
-def generate(rng: np.random.Generator, case_id: str, label: str, size: str) -> Study:
+def generate(rng: np.random.Generator, case_id: str, label: str, size: str, slices: int | None = None) -> Study:
+    """One head CT of class ``label``. ``slices`` (full size only) asks for that many thin
+    contiguous slices over the same head coverage instead of the usual 2.5–5 mm ones, e.g. a
+    300-slice series for the node's ingest benchmark (no sub-slice sampling then: the slices
+    are already thinner than the partial-volume profile)."""
+    if slices is not None and (size != "full" or slices < 2):
+        raise ValueError(f"slices needs size 'full' and at least 2 slices, got {size!r}, {slices!r}")
     template = load_template()
     hemorrhage = label == "hemorrhage"
     identity = make_identity(rng, "CT", (18, 92) if hemorrhage else (18, 90))
@@ -311,6 +317,10 @@ def generate(rng: np.random.Generator, case_id: str, label: str, size: str) -> S
         nz = int(np.ceil(span / thickness)) + 1
         fov = rng.uniform(220, 250)
         shape, subsamples = (nz, 512, 512), 3
+        if slices is not None:
+            nz, subsamples = slices, 1
+            thickness = round(span / (nz - 1), 3)
+            shape = (nz, 512, 512)
     else:
         nz = 24
         thickness = round(span / (nz - 1), 1)
