@@ -28,6 +28,11 @@ The file, with every section and its default::
     models: {}                     # name: {weights: path|null, device: cpu, thresholds: {label: 0.4}}
     destinations: {}               # name: {type: dicom|folder|stowrs|orthanc, ...}, e.g.
                                    # pacs: {type: dicom, host: pacs, port: 104, called_ae: PACS}
+    deliver:
+      interval_s: 5                # how often the outbox is tried (and at once when a job ends)
+      retry_base_s: 30             # first retry after a failed send; then x retry_factor ...
+      retry_factor: 2
+      retry_cap_s: 3600            # ... up to this
     queue:
       backend: embedded            # or celery (needs broker)
       database: null               # SQLAlchemy URL; null: sqlite:///<root>/state.db
@@ -182,6 +187,17 @@ class AssembleConfig:
 
 
 @dataclass(frozen=True)
+class DeliverConfig:
+    """The outbox's rhythm: try every ``interval_s``; after n failures wait
+    ``min(retry_cap_s, retry_base_s * retry_factor**(n-1))``."""
+
+    interval_s: float = 5.0
+    retry_base_s: float = 30.0
+    retry_factor: float = 2.0
+    retry_cap_s: float = 3600.0
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """One model's settings: weights file (``None``: demo weights), device, threshold overrides."""
 
@@ -223,6 +239,7 @@ class Config:
     destinations: dict[str, dict] = field(default_factory=dict)
     dicomweb: DicomWebConfig | None = None
     plugins: tuple[str, ...] = ()
+    deliver: DeliverConfig = DeliverConfig()
 
     def to_dict(self) -> dict[str, Any]:
         """The effective configuration as plain YAML-ready data (paths as strings)."""
@@ -272,7 +289,8 @@ def load_config(path: Path | None) -> Config:
 def parse_config(data: object, base: Path) -> Config:
     """A :class:`Config` from already-parsed YAML data; relative paths resolve against ``base``."""
     top = _Section(data, "")
-    top.finish(("node", "storage", "assemble", "routes", "models", "destinations", "queue", "dicomweb", "plugins"))
+    top.finish(("node", "storage", "assemble", "routes", "models", "destinations", "deliver", "queue", "dicomweb",
+                "plugins"))
     node = _node(_Section(top.get("node", {}, lambda v: True, ""), "node"), base)
     storage = _Section(top.get("storage", {}, lambda v: True, ""), "storage")
     root = storage.path_("root", Path("neuroread-data"), base)
@@ -302,8 +320,25 @@ def parse_config(data: object, base: Path) -> Config:
         section.finish()
     plugins = top.get("plugins", [], lambda v: isinstance(v, list) and all(isinstance(x, str) and _PLUGIN.fullmatch(x) for x in v),
                       "must be a list of 'package.module:NAME' strings")
+    deliver = _deliver(_Section(top.get("deliver", {}, lambda v: True, ""), "deliver"))
     return Config(node, store, assemble, queue, tuple(dict(r) for r in routes), models, destinations, dicomweb,
-                  tuple(plugins))
+                  tuple(plugins), deliver)
+
+
+def _deliver(s: _Section) -> DeliverConfig:
+    def seconds(key: str, default: float) -> float:
+        return s.get(key, default, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+                     "must be a number of seconds > 0")
+
+    config = DeliverConfig(seconds("interval_s", 5.0), seconds("retry_base_s", 30.0),
+                           s.get("retry_factor", 2.0, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+                                 and v >= 1, "must be a number >= 1"),
+                           seconds("retry_cap_s", 3600.0))
+    if config.retry_cap_s < config.retry_base_s:
+        raise ConfigError(f"config: deliver.retry_cap_s: must be >= retry_base_s ({config.retry_base_s}), "
+                          f"got {config.retry_cap_s}")
+    s.finish()
+    return config
 
 
 def _node(s: _Section, base: Path) -> NodeConfig:
