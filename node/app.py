@@ -9,34 +9,65 @@ encode → validate → outbox → deliver), and the same pipeline on files with
       :class:`~node.assemble.CompleteSeries` is routed from a representative header
       (configured routes, then each registry model's :func:`~node.route.default_routes`).
       An unrouted series is recorded with its reason (``routing`` table, series state
-      ``unrouted``, a log line); a routed one gets one job per (model, slot) in the
-      :class:`~node.queue.JobStore` (idempotent: the same instances never make two jobs);
-    * a :class:`~node.queue.WorkerPool` runs each job: :func:`~node.infer.load_series`,
-      :meth:`ModelRunner.run`, :func:`~node.encode.encode_result`, :func:`~node.encode.validate`
-      on every object (one error: the job fails, nothing is sent), then
-      :meth:`Outbox.add` to the route's destinations (every configured destination when the
-      route names none) and an ``outbox`` audit event (inputs → model, version, weights →
+      ``unrouted``, a log line); a series routed to a single-series model gets one job per
+      (model, slot) in the :class:`~node.queue.JobStore` (idempotent: the same instances never
+      make two jobs); a series routed to a slot of a multi-series model waits for its study;
+    * each :class:`~node.assemble.CompleteStudy` fills the slots of every multi-series model
+      from the study's series and enqueues one job per (study, model) (rules below);
+    * a :class:`~node.queue.WorkerPool` runs each job: :func:`~node.infer.load_series` for
+      every slot, :meth:`ModelRunner.run` on {slot: volume}, :func:`~node.encode.encode_result`
+      with every slot's sources, :func:`~node.encode.validate` on every object (one error: the
+      job fails, nothing is sent), then :meth:`Outbox.add` to the destinations its routes name
+      (the union over its slots, in slot order; every configured destination when none names
+      any) and an ``outbox`` audit event (every slot's series → model, version, weights →
       outputs → destinations);
     * a :class:`~node.deliver.Deliverer` thread sends the outbox.
 
     Restart: the embedded queue has one node process per database, so at start-up every job
     left ``running`` belonged to a dead process and is put back to ``queued`` at once
     (:meth:`JobStore.recover` with a time past any lease); the spool is rescanned so series
-    received before a kill are assembled again (a done job is found by its key, not re-run).
+    and studies received before a kill are assembled again (a done job is found by its key,
+    not re-run).
 
-Limits (for now): only single-slot models run (a multi-slot model's series are recorded
-``unrouted`` with that reason); ``CompleteStudy`` events are ignored; per-model threshold
-overrides in the configuration are not applied.
+Multi-series models (a spec with several input slots, e.g. T1 + STIR), study by study:
+
+* **Candidates.** A series is a candidate for a slot when its route decision assigns it
+  there (configured routes, then the model's default routes: modality, the sequence class
+  the classifier reads from acquisition parameters, body part, slice count). When the
+  assembler reports the study complete (every series complete and no instance of the study
+  for the quiet period), every multi-series model's slots are filled from the candidates
+  among the study's series (:func:`fill_slots`). Series of different studies never combine.
+* **Several candidates for one slot.** The first by: best route priority (a configured route
+  beats a model's default), then most instances, then highest SeriesNumber (a repeated
+  acquisition comes later), then highest SeriesInstanceUID (only so that the choice is
+  deterministic). Slots are filled in the spec's order; a series fills one slot at most. The
+  job's ``slots`` audit event lists each slot's candidates in that order and the chosen one.
+* **A slot with no candidate** (T1 arrived, STIR never did): no job; the study is recorded
+  ``incomplete`` for the model (``study_routing`` table, :meth:`Node.study_routing`, a
+  warning) naming the missing slots and the series that filled the others. A study with no
+  candidate for any slot of a model records nothing for that model.
+* **Late series or instances** reopen the study (see :mod:`node.assemble`); when it completes
+  again its slots are filled again from all its series: the missing series of an incomplete
+  study makes the job then; an enlarged series or a newly preferred candidate gives another
+  job key, hence a new job (the earlier job's results stay, as for a single series); the
+  same choice finds the existing job.
+* **Idempotence.** The job key covers every slot's series and instance set, so a study sent
+  again, or reported again after a restart, makes no new job.
+
+Threshold overrides (``models: {name: {thresholds: {label: t}}}``) are applied by the
+:class:`~node.infer.ModelRunner` (:func:`make_runner`); results are encoded with its spec, so
+the findings' ``present`` flags, the SR and the report page carry the configured thresholds.
 
 :func:`run_files` is the one-shot pipeline (route → infer → encode → validate → folder) on
-files, for ``neuroread run``.
+files, for ``neuroread run``: single-series models per series, multi-series models per study
+with the same slot rules (an incomplete study is logged and skipped).
 """
 from __future__ import annotations
 
 import logging
 import ssl
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -48,9 +79,9 @@ from pydicom.errors import InvalidDicomError
 
 from models import ModelRegistry, ModelResult, ModelSpec
 
-from .assemble import Assembler, CompleteSeries
+from .assemble import Assembler, CompleteSeries, CompleteStudy
 from .config import Config
-from .deliver import Deliverer, Outbox, destination_from_dict
+from .deliver import Backoff, Deliverer, Outbox, destination_from_dict
 from .deliver.destinations import Destination
 from .encode import EncodeInfo, encode_result, find_dciodvfy, validate
 from .infer import ModelRunner, SeriesError, load_series
@@ -70,17 +101,27 @@ routing_table = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("at", sa.DateTime(timezone=True), nullable=False),
 )
+study_routing_table = sa.Table(
+    "study_routing", _routing_metadata,
+    sa.Column("study_uid", sa.String(64), primary_key=True),
+    sa.Column("model", sa.String(64), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),  # routed (job_id set) | incomplete
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("job_id", sa.Integer, nullable=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+)
+CHOICE_RULE = "best route priority, most instances, highest SeriesNumber, highest SeriesInstanceUID"
 
 
 class PipelineError(Exception):
-    """One series that could not go through the pipeline; the message says why (UIDs, no names)."""
+    """One job that could not go through the pipeline; the message says why (UIDs, no names)."""
 
     def __init__(self, reason: str, *, retryable: bool = False) -> None:
         super().__init__(reason)
         self.reason, self.retryable = reason, retryable
 
 
-# -- the pipeline shared by the node and run_files ---------------------------------------------------
+# -- routing and slot filling, shared by the node and run_files --------------------------------------
 def build_routes(config: Config, registry: ModelRegistry) -> tuple[Route, ...]:
     """Configured routes first (checked against the registry and destinations), then each
     registry model's default routes (sorted by priority in :func:`match_series`)."""
@@ -108,51 +149,128 @@ def build_destinations(config: Config) -> list[Destination]:
 
 
 def make_runner(config: Config, registry: ModelRegistry) -> ModelRunner:
+    """A runner with each configured model's weights, device and threshold overrides."""
     return ModelRunner(registry, weights={n: m.weights for n, m in config.models.items()},
                        device={n: m.device for n, m in config.models.items()},
-                       torch_threads=config.queue.torch_threads)
+                       torch_threads=config.queue.torch_threads,
+                       thresholds={n: m.thresholds for n, m in config.models.items()})
 
 
 def decide(header: pydicom.Dataset, instances: int, routes: Iterable[Route],
-           registry: ModelRegistry) -> tuple[RouteDecision, list[Route], str]:
-    """The route decision, the assignments this node can run, and why nothing runs ('' if some)."""
+           registry: ModelRegistry) -> tuple[RouteDecision, list[Route], list[Route]]:
+    """The route decision and its assignments split by kind of model: single-series models
+    (a job per series) and multi-series ones (slots filled per study)."""
     decision = match_series(header, instances, routes)
-    if not decision.routed:
-        return decision, [], decision.reason
-    runnable, skipped = [], []
-    for route in decision.assignments:
-        if len(registry.spec(route.model).slots) == 1:
-            runnable.append(route)
-        else:
-            skipped.append(f"{route.model}: multi-series models are not run yet")
-    return decision, runnable, "; ".join(skipped) if not runnable else ""
+    single = [r for r in decision.assignments if len(registry.spec(r.model).slots) == 1]
+    multi = [r for r in decision.assignments if len(registry.spec(r.model).slots) > 1]
+    return decision, single, multi
 
 
-def process_series(paths: Sequence[Path], spec: ModelSpec, slot: str, runner: ModelRunner,
-                   info: EncodeInfo, dciodvfy: str) -> tuple[ModelResult, list[pydicom.Dataset]]:
-    """Load, infer, encode and validate one series for ``slot`` of ``spec``.
+@dataclass(frozen=True)
+class Candidate:
+    """A series that fits a slot of a multi-series model, with what the choice between several reads."""
 
-    Raises :class:`PipelineError` (not retryable) for a series the model cannot use, an
-    encoding that does not fit, or any dciodvfy error: nothing is returned to send then.
+    series_uid: str
+    route: Route
+    instances: int
+    series_number: int | None
+
+    @classmethod
+    def of(cls, series_uid: str, route: Route, header: pydicom.Dataset, instances: int) -> "Candidate":
+        number = header.get("SeriesNumber")
+        return cls(series_uid, route, instances, None if number in (None, "") else int(number))
+
+    def preference(self) -> tuple[int, int, int]:
+        """Sort key, best first: route priority, then most instances, then highest SeriesNumber."""
+        return (self.route.priority, -self.instances, -(-1 if self.series_number is None else self.series_number))
+
+    def describe(self) -> dict[str, Any]:
+        return {"series": self.series_uid, "instances": self.instances, "series_number": self.series_number,
+                "route": self.route.name}
+
+
+@dataclass(frozen=True)
+class SlotFilling:
+    """Which series fills each slot of one model in one study (:func:`fill_slots`)."""
+
+    spec: ModelSpec
+    candidates: dict[str, list[Candidate]]  # slot → candidates, best first
+    chosen: dict[str, Candidate]  # slot → the series that fills it
+    missing: tuple[str, ...]  # slots without a candidate, in the spec's order
+
+    def describe(self) -> str:
+        """One line: each slot's series (and the candidates passed over), then what is missing."""
+        parts = []
+        for slot in self.spec.slots:
+            c = self.chosen.get(slot.name)
+            if c is None:
+                wanted = "/".join(slot.sequences) or "any"
+                parts.append(f"{slot.name}: missing (no series of the study fits it: {slot.modality} {wanted})")
+                continue
+            others = [o.series_uid for o in self.candidates[slot.name] if o is not c]
+            passed = f", preferred to {', '.join(others)} ({CHOICE_RULE})" if others else ""
+            parts.append(f"{slot.name}: series {c.series_uid} ({c.instances} instances{passed})")
+        return f"{self.spec.name}: " + "; ".join(parts)
+
+    def audit(self, study_uid: str) -> dict[str, Any]:
+        return {"study": study_uid, "rule": CHOICE_RULE, "slots": {
+            slot: {"chosen": self.chosen[slot].series_uid, "candidates": [c.describe() for c in ranked]}
+            for slot, ranked in self.candidates.items()}}
+
+
+def fill_slots(spec: ModelSpec, candidates: Iterable[Candidate]) -> SlotFilling:
+    """Fill the slots of ``spec`` from ``candidates`` (those of other models are ignored): per
+    slot, in the spec's order, the best candidate not already filling an earlier slot."""
+    ranked: dict[str, list[Candidate]] = {s.name: [] for s in spec.slots}
+    for c in candidates:
+        if c.route.model == spec.name:
+            ranked[c.route.slot].append(c)
+    chosen: dict[str, Candidate] = {}
+    used: set[str] = set()
+    for slot, fits in ranked.items():
+        fits.sort(key=lambda c: c.series_uid, reverse=True)
+        fits.sort(key=Candidate.preference)  # stable: the highest UID breaks the remaining ties
+        best = next((c for c in fits if c.series_uid not in used), None)
+        if best is not None:
+            chosen[slot] = best
+            used.add(best.series_uid)
+    return SlotFilling(spec, ranked, chosen, tuple(s for s in ranked if s not in chosen))
+
+
+def process_inputs(paths: Mapping[str, Sequence[Path]], model: str, runner: ModelRunner, info: EncodeInfo,
+                   dciodvfy: str) -> tuple[ModelResult, list[pydicom.Dataset]]:
+    """Load one series per input slot of ``model``, infer, encode with every slot's sources and validate.
+
+    The spec is the runner's (threshold overrides applied). Raises :class:`PipelineError` (not
+    retryable) for slots that do not match, a series the model cannot use, an encoding that
+    does not fit, or any dciodvfy error: nothing is returned to send then.
     """
-    min_slices = next(s.min_slices for s in spec.slots if s.name == slot)
-    try:
-        volume = load_series(paths, min_slices=min_slices)
-    except SeriesError as exc:
-        raise PipelineError(f"series unusable: {exc}") from exc
-    try:
-        result = runner.run(spec.name, {slot: volume})
-    except ValueError as exc:  # contract checks (slot sizes, result shape)
-        raise PipelineError(f"model {spec.name}: {exc}") from exc
-    by_uid: dict[str, Path] = {}
-    for p in paths:
+    spec = runner.spec(model)
+    min_slices = {s.name: s.min_slices for s in spec.slots}
+    if set(paths) != set(min_slices):
+        raise PipelineError(f"model {model}: inputs {sorted(paths)} do not fill its slots {sorted(min_slices)}")
+    volumes = {}
+    for slot, files in paths.items():
         try:
-            by_uid[str(pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)] = p
-        except (OSError, InvalidDicomError) as exc:
-            raise PipelineError(f"cannot read {p.name}: {exc}") from exc
+            volumes[slot] = load_series(files, min_slices=min_slices[slot])
+        except SeriesError as exc:
+            raise PipelineError(f"series unusable for slot {slot}: {exc}") from exc
     try:
-        sources = [pydicom.dcmread(by_uid[uid]) for uid in volume.sop_instance_uids]
-        objects = encode_result(result, spec, {slot: sources}, node_info=info)
+        result = runner.run(model, volumes)
+    except ValueError as exc:  # contract checks (slot sizes, result shape)
+        raise PipelineError(f"model {model}: {exc}") from exc
+    sources = {}
+    for slot, files in paths.items():
+        by_uid: dict[str, Path] = {}
+        for p in files:
+            try:
+                ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+            except (OSError, InvalidDicomError) as exc:
+                raise PipelineError(f"cannot read {p.name}: {exc}") from exc
+            by_uid[str(ds.SOPInstanceUID)] = p
+        sources[slot] = [pydicom.dcmread(by_uid[uid]) for uid in volumes[slot].sop_instance_uids]
+    try:
+        objects = encode_result(result, spec, sources, node_info=info)
     except (KeyError, ValueError) as exc:
         raise PipelineError(f"encoding failed: {exc}") from exc
     for ds in objects:
@@ -166,6 +284,10 @@ def encode_info(config: Config) -> EncodeInfo:
     return EncodeInfo(device_name=f"neuroread node {config.node.ae_title}")
 
 
+def _multi_series_specs(registry: ModelRegistry) -> list[ModelSpec]:
+    return [registry.spec(n) for n in registry.names() if len(registry.spec(n).slots) > 1]
+
+
 # -- the node -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Inputs:
@@ -177,19 +299,20 @@ class Node:
     """The whole node (see the module docstring). ``start``/``stop`` or a ``with`` block.
 
     ``tick_s``: how often the assembler is ticked; ``poll_s``: how often idle workers look for
-    jobs; ``deliver_interval_s``: how often the outbox is tried without a wake-up; ``lease_s``:
+    jobs; ``deliver_interval_s``: how often the outbox is tried without a wake-up (default:
+    ``config.deliver.interval_s``; retries follow ``config.deliver``'s back-off); ``lease_s``:
     a running job's lease; ``port``: overrides ``config.node.port`` (0: a free port, see
     :attr:`port`).
     """
 
     def __init__(self, config: Config, registry: ModelRegistry, *, tick_s: float = 1.0, poll_s: float = 0.5,
-                 deliver_interval_s: float = 5.0, lease_s: float = 60.0, port: int | None = None) -> None:
+                 deliver_interval_s: float | None = None, lease_s: float = 60.0, port: int | None = None) -> None:
         if not isinstance(config, Config):
             raise ValueError(f"Node.config must be a Config, got {type(config).__name__}")
         if not isinstance(registry, ModelRegistry):
             raise ValueError(f"Node.registry must be a ModelRegistry, got {type(registry).__name__}")
-        for name, value in (("tick_s", tick_s), ("poll_s", poll_s), ("deliver_interval_s", deliver_interval_s),
-                            ("lease_s", lease_s)):
+        for name, value in (("tick_s", tick_s), ("poll_s", poll_s), ("lease_s", lease_s),
+                            *((("deliver_interval_s", deliver_interval_s),) if deliver_interval_s is not None else ())):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"Node.{name} must be a positive number, got {value!r}")
         config.check_models({n: registry.spec(n) for n in registry.names()})
@@ -202,8 +325,10 @@ class Node:
         Path(config.storage.root).mkdir(parents=True, exist_ok=True)  # the default database lives there
         self.store = JobStore(config.queue.database)
         _routing_metadata.create_all(self.store.engine)
-        self.outbox = Outbox(self.store.engine, config.storage.outbox, self.destinations)
-        self.deliverer = Deliverer(self.outbox, interval=deliver_interval_s)
+        d = config.deliver
+        self.outbox = Outbox(self.store.engine, config.storage.outbox, self.destinations,
+                             backoff=Backoff(d.retry_base_s, d.retry_cap_s, d.retry_factor))
+        self.deliverer = Deliverer(self.outbox, interval=d.interval_s if deliver_interval_s is None else deliver_interval_s)
         self.assembler = Assembler(self._on_complete, quiet_s=config.assemble.stable_age_s,
                                    early=config.assemble.early_completion, store=self.store)
         self.spool = Spool(config.storage.spool, on_stored=self.assembler.add)
@@ -259,6 +384,7 @@ class Node:
             self._ticker = None
         self.pool.stop(60)
         self.deliverer.stop()
+        self.spool.close()
         self.store.close()
 
     def __enter__(self) -> "Node":
@@ -293,35 +419,91 @@ class Node:
 
     # -- routing ------------------------------------------------------------------------------------
     def _on_complete(self, item: object) -> None:
+        if isinstance(item, CompleteStudy):
+            try:
+                self.route_study(item)
+            except (OSError, InvalidDicomError, ValueError, sa.exc.SQLAlchemyError) as exc:
+                logger.error("study %s: slot filling failed: %s: %s", item.study_uid, type(exc).__name__, exc)
+            return
         if not isinstance(item, CompleteSeries):
-            return  # studies: multi-series models are not run yet
+            return
         try:
             self.route_series(item)
         except (OSError, InvalidDicomError, ValueError, sa.exc.SQLAlchemyError) as exc:
             logger.error("series %s: routing failed: %s: %s", item.series_uid, type(exc).__name__, exc)
             self._record_routing(item, "unrouted", f"routing failed: {exc}")
 
+    @staticmethod
+    def _header(series: CompleteSeries) -> pydicom.Dataset:
+        """A representative header of ``series`` (its instance with the lowest SOP Instance UID)."""
+        return pydicom.dcmread(series.instances[sorted(series.instances)[0]], stop_before_pixels=True)
+
     def route_series(self, series: CompleteSeries) -> list[Job]:
-        """Route a complete series and enqueue its jobs (the assembler's ``on_complete``)."""
-        first = series.instances[sorted(series.instances)[0]]
+        """Route a complete series and enqueue its single-series jobs (the assembler's
+        ``on_complete``); slots of multi-series models are filled by :meth:`route_study`."""
         try:
-            header = pydicom.dcmread(first, stop_before_pixels=True)
-            _, routes, reason = decide(header, len(series.instances), self.routes, self.registry)
+            decision, single, multi = decide(self._header(series), len(series.instances), self.routes, self.registry)
         except (OSError, InvalidDicomError, ValueError) as exc:
             # One series that cannot be routed must not stop the node: record why, go on.
-            routes, reason = [], f"cannot route: {type(exc).__name__}: {exc}"
-        if not routes:
+            single, multi, reason = [], [], f"cannot route: {type(exc).__name__}: {exc}"
+        else:
+            reason = decision.reason
+        if not single and not multi:
             logger.warning("series %s unrouted (%d instances): %s", series.series_uid, len(series.instances), reason)
             self._record_routing(series, "unrouted", reason)
             return []
-        jobs = []
-        for route in routes:
+        jobs, notes = [], []
+        for route in single:
             spec = self.registry.spec(route.model)
             job = self.store.enqueue(spec.name, spec.version, {route.slot: series.series_uid},
                                      {route.slot: series.sop_instance_uids})
             jobs.append(job)
+            notes.append(f"{route.name} → job {job.id}")
             logger.info("series %s → %s/%s: job %d (%s)", series.series_uid, route.model, route.slot, job.id, job.state)
-        self._record_routing(series, "routed", ", ".join(f"{r.name} → job {j.id}" for r, j in zip(routes, jobs)))
+        for route in multi:
+            notes.append(f"{route.name} → slot {route.slot} of {route.model}, filled when study {series.study_uid} "
+                         "is complete (see its study routing)")
+            logger.info("series %s → %s/%s: waits for study %s", series.series_uid, route.model, route.slot,
+                        series.study_uid)
+        self._record_routing(series, "routed", ", ".join(notes))
+        return jobs
+
+    def route_study(self, study: CompleteStudy) -> list[Job]:
+        """Fill the slots of each multi-series model from a complete study's series and enqueue
+        one job per model whose slots are all filled (rules in the module docstring); record
+        the others ``incomplete`` with the missing slots. Returns the jobs (new or existing)."""
+        specs = _multi_series_specs(self.registry)
+        if not specs:
+            return []
+        members = {s.series_uid: s for s in study.series}
+        candidates = []
+        for series in study.series:
+            try:
+                header = self._header(series)
+                _, _, multi = decide(header, len(series.instances), self.routes, self.registry)
+                candidates += [Candidate.of(series.series_uid, r, header, len(series.instances)) for r in multi]
+            except (OSError, InvalidDicomError, ValueError) as exc:  # route_series recorded it unrouted
+                logger.warning("study %s: series %s left out of slot filling: %s: %s", study.study_uid,
+                               series.series_uid, type(exc).__name__, exc)
+        jobs = []
+        for spec in specs:
+            filling = fill_slots(spec, candidates)
+            if not filling.chosen:
+                continue
+            if filling.missing:
+                logger.warning("study %s incomplete for %s: %s", study.study_uid, spec.name, filling.describe())
+                self._record_study(study.study_uid, spec.name, "incomplete", filling.describe(), None)
+                continue
+            job = self.store.enqueue(spec.name, spec.version,
+                                     {slot: c.series_uid for slot, c in filling.chosen.items()},
+                                     {slot: members[c.series_uid].sop_instance_uids for slot, c in filling.chosen.items()},
+                                     ready=False)
+            if job.state == "received":  # new (or left unreleased by a node killed here): audit, then release
+                self.store.audit(job.id, "slots", filling.audit(study.study_uid))
+                job = self.store.release(job.id)
+            jobs.append(job)
+            self._record_study(study.study_uid, spec.name, "routed", f"job {job.id}: {filling.describe()}", job.id)
+            logger.info("study %s → %s: job %d (%s)", study.study_uid, spec.name, job.id, job.state)
         return jobs
 
     def _record_routing(self, series: CompleteSeries, state: str, reason: str) -> None:
@@ -341,6 +523,21 @@ class Node:
         with self.store.engine.connect() as conn:
             row = conn.execute(routing_table.select().where(routing_table.c.series_uid == series_uid)).mappings().first()
         return dict(row) if row else None
+
+    def _record_study(self, study_uid: str, model: str, state: str, reason: str, job_id: int | None) -> None:
+        values = dict(state=state, reason=reason, job_id=job_id, at=utc_now())
+        key = (study_routing_table.c.study_uid == study_uid) & (study_routing_table.c.model == model)
+        with self.store.engine.begin() as conn:
+            if conn.execute(study_routing_table.update().where(key).values(**values)).rowcount == 0:
+                conn.execute(study_routing_table.insert().values(study_uid=study_uid, model=model, **values))
+
+    def study_routing(self, study_uid: str) -> dict[str, dict[str, Any]]:
+        """Per multi-series model, the study's last slot filling: state (routed/incomplete),
+        reason (each slot's series, or what is missing) and job id; empty if none was made."""
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(study_routing_table.select()
+                                .where(study_routing_table.c.study_uid == study_uid)).mappings().all()
+        return {row["model"]: dict(row) for row in rows}
 
     # -- jobs ---------------------------------------------------------------------------------------
     def _runner(self) -> ModelRunner:
@@ -369,22 +566,25 @@ class Node:
         spec = self.registry.spec(job.model)
         if spec.version != job.model_version:
             raise JobError(f"job for {job.model} {job.model_version}, registry has {spec.version}")
-        (slot, series_uid), = job.inputs.items()
-        inputs = self._inputs(series_uid, job.instances[slot])
+        slots = [s.name for s in spec.slots]
+        if set(job.inputs) != set(slots):
+            raise JobError(f"job {job.id}: inputs for slots {sorted(job.inputs)}, {spec.name} {spec.version} "
+                           f"has slots {sorted(slots)}")
+        inputs = {slot: self._inputs(job.inputs[slot], job.instances[slot]) for slot in slots}
+        studies = sorted({i.study_uid for i in inputs.values()})
+        if len(studies) != 1:
+            raise JobError(f"job {job.id}: its series come from studies {studies}; one study per job")
         try:
-            result, objects = process_series(inputs.paths, spec, slot, self._runner(), self.info, self.dciodvfy)
+            result, objects = process_inputs({slot: i.paths for slot, i in inputs.items()}, spec.name,
+                                             self._runner(), self.info, self.dciodvfy)
         except PipelineError as exc:
             raise JobError(exc.reason, retryable=exc.retryable) from exc
-        routes = [r for r in self.routes if r.model == job.model and r.slot == slot]
-        header = pydicom.dcmread(inputs.paths[0], stop_before_pixels=True)
-        decision, _, _ = decide(header, len(inputs.paths), routes, self.registry)
-        chosen = decision.matched[0].destinations if decision.matched else ()
-        names = list(chosen) or [d.name for d in self.destinations]
+        names = self._destination_names(job.model, inputs)
         output_uids = [str(ds.SOPInstanceUID) for ds in objects]
         added = self.outbox.add(str(job.id), objects, names) if names else 0
         self.store.audit(job.id, "outbox", {
-            "inputs": {slot: {"series": series_uid, "instances": len(job.instances[slot])}},
-            "study": inputs.study_uid, "model": spec.name, "version": spec.version,
+            "inputs": {slot: {"series": job.inputs[slot], "instances": len(job.instances[slot])} for slot in slots},
+            "study": studies[0], "model": spec.name, "version": spec.version,
             "weights_sha256": result.card.weights_sha256, "demo_weights": result.card.demo,
             "outputs": output_uids, "destinations": names, "new_rows": added,
         })
@@ -392,9 +592,22 @@ class Node:
             logger.warning("job %d: no destination configured; %d objects kept only in the outbox audit",
                            job.id, len(objects))
         self.deliverer.wake()
-        logger.info("job %d: %s %s on %s → %d objects → %s", job.id, spec.name, spec.version, series_uid,
-                    len(objects), names)
+        logger.info("job %d: %s %s on %s → %d objects → %s", job.id, spec.name, spec.version,
+                    [job.inputs[slot] for slot in slots], len(objects), names)
         return JobOutcome({"sop_instance_uids": output_uids, "destinations": names}, result.card.weights_sha256)
+
+    def _destination_names(self, model: str, inputs: Mapping[str, _Inputs]) -> list[str]:
+        """The destinations named by the first route matching each slot's series (in slot order,
+        without repeats); every configured destination when none names any."""
+        names: list[str] = []
+        for slot, found in inputs.items():
+            routes = [r for r in self.routes if r.model == model and r.slot == slot]
+            header = pydicom.dcmread(found.paths[0], stop_before_pixels=True)
+            decision = match_series(header, len(found.paths), routes)
+            for name in decision.matched[0].destinations if decision.matched else ():
+                if name not in names:
+                    names.append(name)
+        return names or [d.name for d in self.destinations]
 
 
 # -- one-shot, no network ---------------------------------------------------------------------------
@@ -420,31 +633,56 @@ def _series_files(paths: Iterable[Path]) -> dict[str, tuple[pydicom.Dataset, lis
     return out
 
 
-def run_files(paths: Iterable[Path], out_dir: Path, config: Config, registry: ModelRegistry) -> list[Path]:
-    """Route, infer, encode and validate every series under ``paths``; write the results to
-    ``out_dir/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm`` and return the files written.
+def _write(objects: Iterable[pydicom.Dataset], out_dir: Path) -> list[Path]:
+    written = []
+    for ds in objects:
+        target = Path(out_dir) / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(target, enforce_file_format=True)
+        written.append(target)
+    return written
 
-    A series that is unrouted or unusable is logged (with the reason) and skipped.
+
+def run_files(paths: Iterable[Path], out_dir: Path, config: Config, registry: ModelRegistry) -> list[Path]:
+    """Route, infer, encode and validate every series under ``paths`` (single-series models)
+    and every study (multi-series models, slots filled as in the module docstring); write the
+    results to ``out_dir/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm`` and return the files written.
+
+    A series that is unrouted or unusable, or a study missing a slot, is logged (with the
+    reason) and skipped.
     """
     config.check_models({n: registry.spec(n) for n in registry.names()})
     routes = build_routes(config, registry)
     runner, info, dciodvfy = make_runner(config, registry), encode_info(config), find_dciodvfy()
+    studies: dict[str, dict[str, tuple[pydicom.Dataset, list[Path]]]] = {}
+    for uid, (header, files) in _series_files(paths).items():
+        studies.setdefault(str(header.get("StudyInstanceUID", "")), {})[uid] = (header, files)
     written: list[Path] = []
-    for uid, (header, files) in sorted(_series_files(paths).items()):
-        _, chosen, reason = decide(header, len(files), routes, registry)
-        if not chosen:
-            logger.warning("series %s unrouted: %s", uid, reason)
-            continue
-        for route in chosen:
-            try:
-                _, objects = process_series(files, registry.spec(route.model), route.slot, runner, info, dciodvfy)
-            except PipelineError as exc:
-                logger.error("series %s, %s/%s: %s", uid, route.model, route.slot, exc.reason)
+
+    def run(model: str, inputs: dict[str, list[Path]], what: str) -> None:
+        try:
+            _, objects = process_inputs(inputs, model, runner, info, dciodvfy)
+        except PipelineError as exc:
+            logger.error("%s, %s: %s", what, model, exc.reason)
+            return
+        written.extend(_write(objects, out_dir))
+        logger.info("%s → %s: %d objects written", what, model, len(objects))
+
+    for study_uid, series in sorted(studies.items()):
+        candidates = []
+        for uid, (header, files) in sorted(series.items()):
+            decision, single, multi = decide(header, len(files), routes, registry)
+            if not decision.routed:
+                logger.warning("series %s unrouted: %s", uid, decision.reason)
+            for route in single:
+                run(route.model, {route.slot: files}, f"series {uid}")
+            candidates += [Candidate.of(uid, route, header, len(files)) for route in multi]
+        for spec in _multi_series_specs(registry):
+            filling = fill_slots(spec, candidates)
+            if filling.missing:
+                if filling.chosen:
+                    logger.warning("study %s incomplete, skipped: %s", study_uid, filling.describe())
                 continue
-            for ds in objects:
-                target = Path(out_dir) / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                ds.save_as(target, enforce_file_format=True)
-                written.append(target)
-            logger.info("series %s → %s: %d objects written", uid, route.model, len(objects))
+            logger.info("study %s: %s", study_uid, filling.describe())
+            run(spec.name, {slot: series[c.series_uid][1] for slot, c in filling.chosen.items()}, f"study {study_uid}")
     return written

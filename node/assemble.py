@@ -25,7 +25,9 @@ Rules
 * **Study grouping**: a study is complete when every series in it is complete *and* no
   instance of the study arrived for ``study_quiet_s`` (≥ ``quiet_s``); no header says how many
   series a study will have, so there is no early rule for studies. Models that need several
-  series (e.g. T1 + STIR) are routed from :class:`CompleteStudy`.
+  series (e.g. T1 + STIR) are routed from :class:`CompleteStudy` (see :mod:`node.app`). A new
+  series in a completed study reopens the study as a late instance does (below): it completes
+  again, with a higher ``generation`` and every series it now holds.
 * **Late instances**: a *new* instance for a series that was already completed **reopens**
   it (and its study). It completes again by the quiet period only (the early rules already
   fired once and the header count no longer matches), with a higher ``generation`` and the
@@ -75,18 +77,34 @@ class Header:
 def read_header(path: Path) -> Header | None:
     """Read the early-rule attributes of one file; None if it is not readable DICOM."""
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-        iia = ds.get("ImagesInAcquisition")
-        acq = ds.get("AcquisitionNumber")
-        ipp = ds.get("ImagePositionPatient")
-        iop = ds.get("ImageOrientationPatient")
-        return Header(images_in_acquisition=int(iia) if iia not in (None, "") else None,
-                      acquisition_number=int(acq) if acq not in (None, "") else None,
-                      frames=int(ds.get("NumberOfFrames") or 1),
-                      position=tuple(float(v) for v in ipp) if ipp and len(ipp) == 3 else None,
-                      orientation=tuple(float(v) for v in iop) if iop and len(iop) == 6 else None)
+        return header_of(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS))
     except (InvalidDicomError, OSError, ValueError, TypeError) as e:
         logger.warning("header of %s unreadable (%s): early completion off for its series", path.name, e)
+        return None
+
+
+def header_of(ds: pydicom.Dataset) -> Header:
+    """The early-rule attributes of a data set already parsed (the SCP's, or read from a file);
+    raises ValueError/TypeError for values that are not numbers."""
+    iia = ds.get("ImagesInAcquisition")
+    acq = ds.get("AcquisitionNumber")
+    ipp = ds.get("ImagePositionPatient")
+    iop = ds.get("ImageOrientationPatient")
+    return Header(images_in_acquisition=int(iia) if iia not in (None, "") else None,
+                  acquisition_number=int(acq) if acq not in (None, "") else None,
+                  frames=int(ds.get("NumberOfFrames") or 1),
+                  position=tuple(float(v) for v in ipp) if ipp and len(ipp) == 3 else None,
+                  orientation=tuple(float(v) for v in iop) if iop and len(iop) == 6 else None)
+
+
+def _header(record: InstanceRecord, read: Callable[[Path], Header | None]) -> Header | None:
+    """The record's header: from the data set the SCP parsed when there is one, else the file."""
+    if record.header is None:
+        return read(record.path)
+    try:
+        return header_of(record.header)
+    except (ValueError, TypeError) as e:
+        logger.warning("header of %s unreadable (%s): early completion off for its series", record.sop_instance_uid, e)
         return None
 
 
@@ -195,7 +213,7 @@ class Assembler:
             # a re-send (duplicate or replaced): same instance set, no reopening, no delay
             logger.debug("instance %s re-sent (%s), series unchanged", record.sop_instance_uid, record.outcome)
             return
-        header = self.read_header(record.path) if self.early else None
+        header = _header(record, self.read_header) if self.early else None
         at = record.received_at
         with self._lock:
             s = self._series.get(record.series_uid)

@@ -11,10 +11,16 @@ mixed sizes, mixed orientations, duplicate or missing slices (the gap is named),
 or shear beyond ``max_tilt_deg``, an undecodable transfer syntax, too few slices.
 
 :class:`ModelRunner` loads each model once (per runner, i.e. per worker), on first use, and
-checks every result against the model's contract.
+checks every result against the model's contract. It also applies the configuration's
+threshold overrides (``models: {name: {thresholds: {label: t}}}``): the model predicts with
+its spec's thresholds, its result is checked against that spec, then each overridden
+finding gets the configured threshold (so ``present`` follows it) and :meth:`ModelRunner.spec`
+is the spec with those thresholds, the one to encode with (the SR's algorithm parameters and
+the report page then state the threshold that decided).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -27,9 +33,9 @@ import highdicom as hd
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut
+from pydicom.pixels import apply_modality_lut, get_decoder
 
-from models import Model, ModelRegistry, ModelResult, SeriesVolume
+from models import Model, ModelRegistry, ModelResult, ModelSpec, SeriesVolume
 
 log = logging.getLogger(__name__)
 
@@ -201,16 +207,23 @@ def _geometry(planes: list[_Plane], series_uid: str, min_slices: int, max_tilt_d
 
 
 def _decode(ds: pydicom.Dataset, series_uid: str) -> np.ndarray:
-    """Stored pixel values of one instance, or a SeriesError naming its syntax and the plugin."""
+    """Stored pixel values of one instance, or a SeriesError naming its syntax and saying
+    whether a decoder is missing (with the plugin to install) or the data are corrupt."""
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     try:
         return ds.pixel_array
     except RuntimeError as exc:  # pydicom's decoders: NotImplementedError and plugin failures
+        what = (f"series {series_uid}: cannot decode instance {ds.get('SOPInstanceUID', '?')}: "
+                f"transfer syntax {getattr(ts, 'name', '?')} ({ts})")
+        try:
+            available = ts is not None and get_decoder(ts).is_available
+        except NotImplementedError:  # a transfer syntax pydicom has no decoder for at all
+            available = False
+        if available:
+            raise SeriesError(f"{what}: the pixel data are not valid for it (corrupt or truncated)") from exc
         hint = next((v for k, v in _PLUGIN_HINT.items() if str(ts).startswith(k)), None)
-        raise SeriesError(
-            f"series {series_uid}: cannot decode instance {ds.get('SOPInstanceUID', '?')}: transfer syntax "
-            f"{getattr(ts, 'name', '?')} ({ts})" + (f"; decoder: {hint}" if hint else "; no decoder is installed for it")
-            + f" — pydicom: {str(exc).strip()}") from exc
+        raise SeriesError(f"{what}: " + (f"no working decoder, install {hint}" if hint else "no decoder is installed for it")
+                          + f" (pydicom: {str(exc).strip()[:200]})") from exc
 
 
 def _compact(values: np.ndarray) -> np.ndarray:
@@ -301,16 +314,21 @@ class ModelRunner:
 
     ``weights``: model name → weights file (``None`` or absent: the model's demo weights).
     ``device``: one device for all models, or model name → device (absent: ``cpu``).
+    ``thresholds``: model name → {label: threshold} overriding the spec's (see the module
+    docstring); unknown models or labels and thresholds outside (0, 1) raise ``ValueError``.
     ``torch_threads``: if given, ``torch.set_num_threads`` is set to it when the runner is
     made (a process-wide torch setting: give each worker process its own runner).
     """
 
     def __init__(self, registry: ModelRegistry, weights: Mapping[str, Path | None] | None = None,
-                 device: str | Mapping[str, str] = "cpu", torch_threads: int | None = None) -> None:
+                 device: str | Mapping[str, str] = "cpu", torch_threads: int | None = None,
+                 thresholds: Mapping[str, Mapping[str, float]] | None = None) -> None:
         self.registry = registry
         self.weights = dict(weights or {})
         for name in self.weights:
             registry.spec(name)  # unknown names fail here, with "did you mean"
+        self._specs = {name: _with_thresholds(registry.spec(name), overrides)
+                       for name, overrides in (thresholds or {}).items() if overrides}
         self.devices = dict(device) if isinstance(device, Mapping) else {n: device for n in registry.names()}
         if torch_threads is not None:
             if not isinstance(torch_threads, int) or torch_threads < 1:
@@ -336,8 +354,13 @@ class ModelRunner:
                          weights or "demo")
             return self._models[name]
 
+    def spec(self, name: str) -> ModelSpec:
+        """The spec of ``name`` with this runner's threshold overrides (the registry's if none)."""
+        return self._specs.get(name) or self.registry.spec(name)
+
     def run(self, name: str, inputs: Mapping[str, SeriesVolume]) -> ModelResult:
-        """``predict`` on one volume per input slot, checked against the model's contract."""
+        """``predict`` on one volume per input slot, checked against the model's contract,
+        with the findings' thresholds those of :meth:`spec`."""
         spec = self.registry.spec(name)
         slots = {s.name: s for s in spec.slots}
         if set(inputs) != set(slots):
@@ -348,6 +371,21 @@ class ModelRunner:
                                  f"slices, series {vol.series_instance_uid} has {vol.array.shape[0]}")
         result = self.model(name).predict(dict(inputs))
         result.check(spec, dict(inputs))
+        effective = self.spec(name)
+        if effective is not spec:
+            result = dataclasses.replace(result, findings=tuple(
+                dataclasses.replace(f, threshold=effective.label(f.label).threshold) for f in result.findings))
         log.info("model %s ran on %s: %d findings", name,
                  [v.series_instance_uid for v in inputs.values()], len(result.findings))
         return result
+
+
+def _with_thresholds(spec: ModelSpec, overrides: Mapping[str, float]) -> ModelSpec:
+    """``spec`` with the thresholds of the labels in ``overrides`` replaced (validated by :class:`Label`)."""
+    labels = [lb.name for lb in spec.labels]
+    unknown = sorted(set(overrides) - set(labels))
+    if unknown:
+        raise ValueError(f"model {spec.name}: threshold overrides for unknown labels {unknown}; labels: {labels}")
+    return dataclasses.replace(spec, labels=tuple(
+        dataclasses.replace(lb, threshold=float(overrides[lb.name])) if lb.name in overrides else lb
+        for lb in spec.labels))
