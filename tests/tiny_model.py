@@ -3,10 +3,17 @@
 Random weights (seeded), a real forward pass: a per-slice CNN, attention over slices, one
 sigmoid output; the attention picks key slices and the last feature map is the heatmap.
 Not a product model and never trained.
+
+Fault tests can hold a running node inside ``predict``: when the environment variable
+``TINY_MODEL_HOLD`` names a file that exists, ``predict`` writes ``<that file>.running``
+(holding the series UID) and waits, polling, until the file is removed. Unset (the default),
+``predict`` never waits.
 """
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +30,18 @@ SPEC = ModelSpec(
     labels=(Label("finding", Code("404684003", "SCT", "Clinical finding"), 0.5),),
     explanations=("attention",),
 )
+HOLD_ENV = "TINY_MODEL_HOLD"
+
+
+def _hold(series_uid: str) -> None:
+    """Wait while the file named by ``$TINY_MODEL_HOLD`` exists (see the module docstring)."""
+    name = os.environ.get(HOLD_ENV)
+    if not name or not Path(name).exists():
+        return
+    hold = Path(name)
+    hold.with_name(hold.name + ".running").write_text(series_uid)
+    while hold.exists():
+        time.sleep(0.05)
 
 
 class _Net(nn.Module):
@@ -58,6 +77,7 @@ class TinyModel:
         if self.net is None or self.card is None:
             raise RuntimeError("TinyModel.predict before load")
         vol = inputs["ct"]
+        _hold(vol.series_instance_uid)
         x = torch.from_numpy(np.clip((vol.array.astype(np.float32) + 0.0) / 80.0, 0, 1))[:, None]
         with torch.no_grad():
             prob, attention, maps = self.net(x)
