@@ -107,7 +107,8 @@ class Receiver(AbstractContextManager):
         return self
 
     def __exit__(self, *exc: object) -> None:
-        assert self.proc is not None
+        if self.proc is None:
+            return
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(30)

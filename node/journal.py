@@ -98,6 +98,7 @@ class Journal:
         with self._lock:
             f = self._open()
             start = f.tell()
+            appended = False
             try:
                 self._writer(f, head + blob)
                 self._writer(f, data)
@@ -105,9 +106,10 @@ class Journal:
                 if self.sync:
                     os.fdatasync(f.fileno())
                 self._pending.append(then())
-            except BaseException:
-                self._cut(f, start)
-                raise
+                appended = True
+            finally:
+                if not appended:  # whatever failed, no trace of this record stays
+                    self._cut(f, start)
 
     def _open(self) -> BinaryIO:
         if self._file is None:
@@ -138,7 +140,7 @@ class Journal:
         """Sync every file written since the last checkpoint, then delete the segment(s) that
         held them. Returns how many files were synced. Safe to call at any time."""
         with self._lock:
-            if self._file is None:
+            if self._file is None or self._path is None:
                 return 0
             self._file.close()
             done, pending = self._path, self._pending
@@ -156,7 +158,6 @@ class Journal:
             folders.update((path.parent, path.parent.parent, path.parent.parent.parent))
         for folder in folders:
             fsync_dir(folder)
-        assert done is not None
         done.unlink(missing_ok=True)  # missing: another Spool on this folder recovered it
         fsync_dir(self.folder)
         return len(pending)

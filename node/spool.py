@@ -178,7 +178,7 @@ class Spool:
         if self._fsync:
             self._journal = Journal(self.root / ".journal", writer=writer)
             self._journal.recover(self._restore)
-            self._checkpointer = threading.Thread(target=self._checkpoint_loop, args=(float(checkpoint_s),),
+            self._checkpointer = threading.Thread(target=self._checkpoint_loop, args=(self._journal, float(checkpoint_s)),
                                                   name="spool-checkpoint", daemon=True)
             self._checkpointer.start()
 
@@ -191,11 +191,10 @@ class Spool:
         if self._journal is not None:
             self._journal.close()
 
-    def _checkpoint_loop(self, interval: float) -> None:
-        assert self._journal is not None
+    def _checkpoint_loop(self, journal: Journal, interval: float) -> None:
         while not self._stop.wait(interval):
             try:
-                self._journal.checkpoint()
+                journal.checkpoint()
             except OSError as exc:  # the journal keeps the instances; the next round tries again
                 logger.error("spool checkpoint failed, journal kept: %s", exc)
 
@@ -251,10 +250,11 @@ class Spool:
 
         try:
             self._make_dirs(path.parent)
-            if path.exists() and _same_bytes(path, data):
+            exists = path.exists()  # one stat on the receive path
+            if exists and _same_bytes(path, data):
                 outcome: Outcome = "duplicate"
             else:
-                outcome = "replaced" if path.exists() else "new"
+                outcome = "replaced" if exists else "new"
                 if self._journal is None:
                     self._write_atomic(path, data)
                 else:
