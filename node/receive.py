@@ -1,6 +1,9 @@
 """The receive stage: a DICOM SCP (C-ECHO, C-STORE) that hands instances to the spool.
 
-:class:`StorageSCP` wraps a pynetdicom ``AE`` started as a non-blocking server.
+:class:`StorageSCP` is the policy (who may associate, what a data set must hold, which status
+answers what); :class:`node.upper_layer.AssociationServer` is the network loop it runs on
+(pynetdicom's PDU, negotiation and DIMSE code, without pynetdicom's polling reactors: that
+module's docstring says why and what was measured).
 
 Negotiation
     Every storage SOP class pynetdicom knows (``AllStoragePresentationContexts``: CT, MR,
@@ -10,6 +13,7 @@ Negotiation
     received, never transcoded. A SOP class outside that list (a private one, say) gets its
     presentation context rejected ("abstract syntax not supported"); if no context is left the
     peer cannot send anything on the association (pynetdicom's SCU then aborts it).
+    Verification is accepted with implicit and explicit VR little endian.
 
 Who may associate (checked on the A-ASSOCIATE-RQ, before any negotiation)
     * ``peers``: an allow-list of :class:`Peer` (calling AE title and/or address or network);
@@ -18,7 +22,7 @@ Who may associate (checked on the A-ASSOCIATE-RQ, before any negotiation)
     * the called AE title must equal ``ae_title`` unless ``require_called_ae=False``;
       otherwise A-ASSOCIATE-RJ *rejected-permanent, service-user, called AE title not recognised*.
     * at most ``max_associations`` at once; one more gets *rejected-transient,
-      service-provider (presentation), local limit exceeded* (pynetdicom's own check).
+      service-provider (presentation), local limit exceeded*.
     Each rejection is logged at WARNING with the AE titles and the address (no patient data).
 
 C-STORE statuses (:class:`StoreStatus`)
@@ -38,14 +42,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import socket
 import ssl
 import struct
-import threading
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from io import BytesIO
 
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
@@ -70,11 +73,15 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, AllStoragePresentationContexts, evt
-from pynetdicom.dsutils import encode_file_meta
+from pydicom.uid import UID
+from pynetdicom import AllStoragePresentationContexts
+from pynetdicom.dsutils import decode
+from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification
 
 from node.spool import InvalidUIDError, Spool, SpoolFullError
+from node.upper_layer import Association, AssociationServer, Rejection
+from node.wire import file_meta
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +111,7 @@ TRANSFER_SYNTAXES: tuple[str, ...] = (
 _PARSE_ERRORS = (InvalidDicomError, ValueError, TypeError, KeyError, IndexError, EOFError, OSError,
                  OverflowError, NotImplementedError, struct.error, zlib.error, UnicodeDecodeError)
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+_PREAMBLE = b"\x00" * 128 + b"DICM"
 
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
 _RJ_CALLING_AE = (0x01, 0x01, 0x03)
@@ -251,38 +259,24 @@ class StorageSCP:
         self.ssl_context = ssl_context
         self.transfer_syntaxes = tuple(transfer_syntaxes)
         self._timeouts = (acse_timeout, dimse_timeout, network_timeout)
-        self._server = None
-        self._lock = threading.Lock()
-        self._stored: dict[int, int] = {}  # id(association) -> instances stored on it
+        self._server: AssociationServer | None = None
 
     # -- life cycle -------------------------------------------------------------------------
-    def _make_ae(self) -> AE:
-        ae = AE(ae_title=self.ae_title)
-        ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = self._timeouts
-        ae.maximum_associations = self.max_associations
-        ae.require_called_aet = False  # checked in _on_requested, with logging
-        ae.require_calling_aet = []
-        ae.maximum_pdu_size = 0  # no limit on what the peer may send us in one PDU
-        for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, list(self.transfer_syntaxes))
-        ae.add_supported_context(Verification)
-        return ae
+    def _contexts(self) -> list[PresentationContext]:
+        contexts = [build_context(cx.abstract_syntax, list(self.transfer_syntaxes))
+                    for cx in AllStoragePresentationContexts]
+        contexts.append(build_context(Verification, [ImplicitVRLittleEndian, ExplicitVRLittleEndian]))
+        return contexts
 
     def start(self) -> None:
         """Start listening (non-blocking). Raises ``OSError`` if the port cannot be bound."""
         if self._server is not None:
             raise RuntimeError("StorageSCP is already started")
-        handlers = [
-            (evt.EVT_CONN_OPEN, self._on_conn_open),
-            (evt.EVT_REQUESTED, self._on_requested),
-            (evt.EVT_REJECTED, self._on_rejected),
-            (evt.EVT_ACCEPTED, self._on_accepted),
-            (evt.EVT_RELEASED, self._on_finished),
-            (evt.EVT_ABORTED, self._on_finished),
-            (evt.EVT_C_STORE, self._on_c_store),
-        ]
-        self._server = self._make_ae().start_server(
-            (self.host, self._port), block=False, evt_handlers=handlers, ssl_context=self.ssl_context)
+        acse, dimse, network = self._timeouts
+        self._server = AssociationServer(
+            self, ae_title=self.ae_title, host=self.host, port=self._port, contexts=self._contexts(),
+            max_associations=self.max_associations, ssl_context=self.ssl_context,
+            acse_timeout=acse, dimse_timeout=dimse, network_timeout=network)
         logger.info("SCP %s listening on %s:%d%s", self.ae_title, self.host, self.port,
                     " (TLS)" if self.ssl_context else "")
 
@@ -291,8 +285,6 @@ class StorageSCP:
         server, self._server = self._server, None
         if server is None:
             return
-        for assoc in server.active_associations:
-            assoc.abort()
         server.shutdown()
         logger.info("SCP %s stopped", self.ae_title)
 
@@ -301,7 +293,12 @@ class StorageSCP:
         """The port listened on (the real one when constructed with ``port=0``)."""
         if self._server is None:
             return self._port
-        return int(self._server.server_address[1])
+        return int(self._server.address[1])
+
+    @property
+    def server(self) -> AssociationServer | None:
+        """The running association server (None before :meth:`start`)."""
+        return self._server
 
     def __enter__(self) -> "StorageSCP":
         self.start()
@@ -310,65 +307,38 @@ class StorageSCP:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    # -- association events -----------------------------------------------------------------
-    @staticmethod
-    def _peer(event: evt.Event) -> tuple[str, str, int]:
-        rq = event.assoc.requestor
-        return (rq.primitive.calling_ae_title if rq.primitive else rq.ae_title), rq.address, rq.port
+    # -- association events (the AssociationServer's Acceptor) -------------------------------
+    def vet(self, assoc: Association) -> tuple[Rejection, str] | None:
+        if self.peers is not None and not any(p.matches(assoc.calling_ae, assoc.address) for p in self.peers):
+            return _RJ_CALLING_AE, "peer not in the allow-list"
+        if self.require_called_ae and assoc.called_ae != self.ae_title:
+            return _RJ_CALLED_AE, f"called AE title {assoc.called_ae!r} is not {self.ae_title!r}"
+        return None
 
-    def _on_conn_open(self, event: evt.Event) -> None:
-        sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def _on_requested(self, event: evt.Event) -> None:
-        primitive = event.assoc.requestor.primitive
-        calling, address, port = self._peer(event)
-        called = str(primitive.called_ae_title).strip()
-        reason = None
-        if self.peers is not None and not any(p.matches(calling, address) for p in self.peers):
-            reason, rsd = "peer not in the allow-list", _RJ_CALLING_AE
-        elif self.require_called_ae and called != self.ae_title:
-            reason, rsd = f"called AE title {called!r} is not {self.ae_title!r}", _RJ_CALLED_AE
-        if reason is None:
-            return
+    def rejected(self, assoc: Association, rejection: Rejection, why: str) -> None:
         logger.warning("association rejected: %s (calling AE %r from %s:%d, called AE %r)",
-                       reason, calling, address, port, called,
-                       extra={"calling_ae": calling, "peer_address": address})
-        event.assoc.acse.send_reject(*rsd)
-        event.assoc.kill()  # waits until the A-ASSOCIATE-RJ has been sent
+                       why, assoc.calling_ae, assoc.address, assoc.port, assoc.called_ae,
+                       extra={"calling_ae": assoc.calling_ae, "peer_address": assoc.address})
 
-    def _on_rejected(self, event: evt.Event) -> None:
-        calling, address, port = self._peer(event)
-        logger.warning("association rejected by negotiation (e.g. more than %d associations): "
-                       "calling AE %r from %s:%d", self.max_associations, calling, address, port,
-                       extra={"calling_ae": calling, "peer_address": address})
-
-    def _on_accepted(self, event: evt.Event) -> None:
-        calling, address, port = self._peer(event)
-        n_cx = len(event.assoc.accepted_contexts)
-        with self._lock:
-            self._stored[id(event.assoc)] = 0
+    def accepted(self, assoc: Association) -> None:
         logger.info("association accepted: calling AE %r from %s:%d, %d presentation contexts "
-                    "accepted, %d rejected", calling, address, port, n_cx,
-                    len(event.assoc.rejected_contexts),
-                    extra={"calling_ae": calling, "peer_address": address})
+                    "accepted, %d rejected", assoc.calling_ae, assoc.address, assoc.port,
+                    len(assoc.contexts), len(assoc.rejected),
+                    extra={"calling_ae": assoc.calling_ae, "peer_address": assoc.address})
 
-    def _on_finished(self, event: evt.Event) -> None:
-        with self._lock:
-            n = self._stored.pop(id(event.assoc), None)
-        if n is not None:
-            calling, address, _ = self._peer(event)
-            logger.info("association %s: calling AE %r from %s, %d instances stored",
-                        "released" if event.assoc.is_released else "aborted", calling, address, n,
-                        extra={"calling_ae": calling, "instances": n})
+    def finished(self, assoc: Association) -> None:
+        logger.info("association %s: calling AE %r from %s, %d instances stored",
+                    "released" if assoc.released else "aborted", assoc.calling_ae, assoc.address,
+                    assoc.stored, extra={"calling_ae": assoc.calling_ae, "instances": assoc.stored})
 
     # -- C-STORE ----------------------------------------------------------------------------
-    def _on_c_store(self, event: evt.Event) -> Dataset | int:
-        req = event.request
-        calling = event.assoc.requestor.ae_title
+    def c_store(self, assoc: Association, context: PresentationContext, req: Dataset,
+                data: bytes) -> Dataset | int:
+        """Check one received data set and store it; the C-STORE status (see the module)."""
+        calling = assoc.calling_ae
+        syntax = UID(context.transfer_syntax[0])
         try:
-            ds = event.dataset
+            ds = decode(BytesIO(data), syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
             truncated = _truncated_element(ds)
             uids = {kw: ds.get(kw) for kw in
                     ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")}
@@ -397,18 +367,15 @@ class StorageSCP:
             return _failure(StoreStatus.CANNOT_UNDERSTAND_INSTANCE_MISMATCH,
                             "SOP Instance UID differs from the request's")
 
-        meta = event.file_meta
-        meta.SourceApplicationEntityTitle = calling
-        data = b"".join((b"\x00" * 128, b"DICM", encode_file_meta(meta),
-                         event.encoded_dataset(include_meta=False)))
+        meta = file_meta(uids["SOPClassUID"], uids["SOPInstanceUID"], syntax, calling)
         try:
             self.spool.store(
-                data,
+                b"".join((_PREAMBLE, meta, data)),
                 study_uid=uids["StudyInstanceUID"],
                 series_uid=uids["SeriesInstanceUID"],
                 sop_instance_uid=uids["SOPInstanceUID"],
                 sop_class_uid=uids["SOPClassUID"],
-                transfer_syntax_uid=str(event.context.transfer_syntax),
+                transfer_syntax_uid=str(syntax),
                 calling_ae=calling,
                 header=ds,
             )
@@ -421,8 +388,5 @@ class StorageSCP:
         except OSError as exc:
             logger.error("C-STORE from %r refused, spool I/O error: %s", calling, exc)
             return _failure(StoreStatus.OUT_OF_RESOURCES_IO_ERROR, f"spool I/O error: {exc.strerror}")
-        with self._lock:
-            key = id(event.assoc)
-            if key in self._stored:
-                self._stored[key] += 1
+        assoc.stored += 1
         return StoreStatus.SUCCESS

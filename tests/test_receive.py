@@ -58,8 +58,8 @@ class _Node:
                               network_timeout=10, **kwargs)
 
     def files(self) -> list[Path]:
-        """The spool's instance files (the write-ahead journal's segments excluded)."""
-        return sorted(p for p in self.spool.root.rglob("*") if p.is_file() and ".journal" not in p.parts)
+        """The spool's files."""
+        return sorted(p for p in self.spool.root.rglob("*") if p.is_file())
 
 
 @pytest.fixture
@@ -248,8 +248,8 @@ def test_association_limit_and_tcp_nodelay(make_node):
     first = _associate(node.scp.port)
     assert first.is_established
 
-    [server_side] = node.scp._server.active_associations
-    assert server_side.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    [server_side] = node.scp.server.sockets()
+    assert server_side.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     second = _associate(node.scp.port)
     assert second.is_rejected
     rj = second.acceptor.primitive
@@ -395,3 +395,103 @@ def test_constructor_validates(tmp_path):
         Peer("PACS", "not-an-ip")
     with pytest.raises(ValueError, match="spool"):
         StorageSCP(str(tmp_path))
+
+
+# -- the association loop (node.upper_layer) --------------------------------------------------
+
+def _raw_connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.settimeout(10)
+    return sock
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    out = b""
+    while chunk := sock.recv(65536):
+        out += chunk
+    return out
+
+
+def test_unsupported_dimse_request_answered_and_association_goes_on(make_node):
+    node = make_node()
+    assoc = _associate(node.scp.port)
+    status, _ = assoc.send_n_get([0x00080016], CTImageStorage, "1.2.826.0.1.3680043.8.498.5")
+    assert status.Status == 0x0211  # unrecognised operation
+    assert assoc.send_c_store(_ct()).Status == StoreStatus.SUCCESS  # the association is still fine
+    assoc.release()
+    assert len(node.records) == 1
+
+
+def test_failure_after_the_spool_answers_processing_failure(tmp_path, caplog):
+    def boom(record):
+        raise RuntimeError("assemble stage broken")
+
+    scp = StorageSCP(Spool(tmp_path / "spool", on_stored=boom), ae_title=AET, port=0, acse_timeout=5)
+    with scp:
+        assoc = _associate(scp.port, contexts=(CTImageStorage, Verification))
+        rsp = assoc.send_c_store(_ct())
+        assert rsp.Status == 0x0110 and "RuntimeError" in rsp.ErrorComment
+        assert assoc.send_c_echo().Status == 0  # same association, still served
+        assoc.release()
+    assert "handling failed" in caplog.text
+
+
+def test_silent_connection_closed_after_acse_timeout(tmp_path):
+    scp = StorageSCP(Spool(tmp_path / "spool"), ae_title=AET, port=0, acse_timeout=1)
+    with scp:
+        sock = _raw_connect(scp.port)
+        assert _read_all(sock) == b""  # closed by the node, nothing said
+        sock.close()
+        assert _send(scp.port, _ct()) == StoreStatus.SUCCESS  # and it still serves others
+
+
+@pytest.mark.parametrize("pdu, reason", [
+    (b"\x01\x00\x00\x00\x00\x10" + b"\xff" * 16, 0x06),  # an A-ASSOCIATE-RQ that cannot be decoded
+    (b"\x99\x00\x00\x00\x00\x02\x00\x00", 0x01),  # an unknown PDU type
+    (b"\x04\x00\x00\x00\x00\x02\x00\x00", 0x02),  # P-DATA before any association
+])
+def test_malformed_or_unexpected_pdu_gets_a_provider_abort(make_node, caplog, pdu, reason):
+    node = make_node()
+    sock = _raw_connect(node.scp.port)
+    sock.sendall(pdu)
+    answer = _read_all(sock)
+    sock.close()
+    assert answer[:1] == b"\x07" and answer[8:10] == bytes([0x02, reason])  # A-ABORT, provider, reason
+    assert "aborted" in caplog.text
+    assert _send(node.scp.port, _ct()) == StoreStatus.SUCCESS
+
+
+def test_peer_abort_in_the_middle_of_a_data_set_stores_nothing(make_node, series):
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.pdu import P_DATA_TF
+
+    node = make_node()
+    assoc = _associate(node.scp.port)
+    ds = pydicom.dcmread(series[0])
+    rq = C_STORE()
+    rq.MessageID, rq.Priority = 1, 0
+    rq.AffectedSOPClassUID, rq.AffectedSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    rq.DataSet = BytesIO(_data_set_bytes(series[0]))
+    message = C_STORE_RQ()
+    message.primitive_to_message(rq)
+    [cx] = [c for c in assoc.accepted_contexts if c.abstract_syntax == ds.SOPClassUID]
+    fragments = list(message.encode_msg(cx.context_id, 4096))
+    assert len(fragments) > 3
+    for p_data in fragments[:3]:  # the command and the data set's first fragments, not its last
+        pdu = P_DATA_TF()
+        pdu.from_primitive(p_data)
+        assoc.dul.socket.send(pdu.encode())
+    assoc.abort()
+    assert _send(node.scp.port, _ct()) == StoreStatus.SUCCESS  # served after the abort ...
+    assert [r.sop_instance_uid for r in node.records] == [_ct().SOPInstanceUID]  # ... nothing of the cut one
+
+
+def test_stop_aborts_open_associations(tmp_path):
+    scp = StorageSCP(Spool(tmp_path / "spool"), ae_title=AET, port=0, acse_timeout=5)
+    scp.start()
+    assoc = _associate(scp.port)
+    assert assoc.is_established
+    scp.stop()
+    assoc.join(10)  # the SCU's association thread ends when the A-ABORT arrives
+    assert assoc.is_aborted and not assoc.is_established
