@@ -384,7 +384,6 @@ class Node:
             self._ticker = None
         self.pool.stop(60)
         self.deliverer.stop()
-        self.spool.close()
         self.store.close()
 
     def __enter__(self) -> "Node":

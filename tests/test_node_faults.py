@@ -432,7 +432,7 @@ def test_spool_full_out_of_resources_no_partial_file_resend_after_space_freed(tm
     assert 0 < len(stored) < len(sent) // 2 and refused, got
     assert set(refused) == {StoreStatus.OUT_OF_RESOURCES}, [hex(s) for s in refused]  # 0xA700
 
-    def settled() -> list[Path] | None:  # no temporary file, no journal: instance files only
+    def settled() -> list[Path] | None:  # no temporary file: instance files only
         files = [p for p in small_spool.rglob("*") if p.is_file()]
         return files if all(p.suffix == ".dcm" and not p.name.startswith(TEMP_PREFIX) for p in files) else None
 

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import errno
-import time
+import os
 from pathlib import Path
 
 import pytest
 
-from node.journal import read_segment
 from node.spool import InvalidUIDError, Spool, SpoolFullError, validate_uid
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -17,12 +16,7 @@ UIDS = dict(study_uid="1.2.3", series_uid="1.2.3.4", sop_instance_uid="1.2.3.4.5
 
 
 def _all_files(root: Path) -> list[Path]:
-    """Every file under root except the journal's segments (checked on their own below)."""
-    return sorted(p for p in root.rglob("*") if p.is_file() and ".journal" not in p.parts)
-
-
-def _journal_records(root: Path) -> list:
-    return [r for seg in sorted((root / ".journal").glob("*.wal")) for r in read_segment(seg)]
+    return sorted(p for p in root.rglob("*") if p.is_file())
 
 
 def test_store_layout_record_and_callback(tmp_path):
@@ -91,8 +85,6 @@ def test_disk_full_leaves_nothing_half_written(tmp_path, code):
     with pytest.raises(SpoolFullError):
         spool.store(b"0123456789", **UIDS)
     assert _all_files(spool.root) == [] and seen == []
-    assert _journal_records(spool.root) == []  # the half record was cut off the journal too
-    assert all(seg.stat().st_size == 0 for seg in (spool.root / ".journal").glob("*.wal"))
 
 
 def test_full_disk_on_replace_keeps_old_copy(tmp_path):
@@ -136,40 +128,37 @@ def test_constructor_validates(tmp_path):
         Spool(tmp_path / "file")
 
 
-def test_acknowledged_instance_survives_a_crash_before_checkpoint(tmp_path):
-    """The journal holds an acknowledged instance until its file is synced: if the file is lost
-    (power cut before writeback), opening the spool again puts it back, byte for byte."""
-    spool = Spool(tmp_path, checkpoint_s=3600)  # no checkpoint during the test
+def test_bytes_and_rename_are_synced_before_store_returns(tmp_path, monkeypatch):
+    """The durability order, seen at the system calls: new folders synced into their parents,
+    the temporary file synced, renamed onto the final name, then its folder synced; all before
+    ``on_stored`` (the hand-off after which the SCP answers success)."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    spool = Spool(tmp_path / "spool", on_stored=lambda rec: events.append(("stored", str(rec.path))))
     rec = spool.store(b"precious bytes", **UIDS)
-    other = spool.store(b"other", **{**UIDS, "sop_instance_uid": "1.2.3.4.6"})
-    assert [r.meta["sop_instance_uid"] for r in _journal_records(tmp_path)] == ["1.2.3.4.5", "1.2.3.4.6"]
-    rec.path.unlink()  # what a power cut can do to a file not yet synced
-    other.path.write_bytes(b"oth")  # ... or a file only partly written back
-    reopened = Spool(tmp_path, checkpoint_s=3600)
-    assert rec.path.read_bytes() == b"precious bytes" and other.path.read_bytes() == b"other"
-    assert _journal_records(tmp_path) == []  # replayed segments are gone
-    assert reopened.store(b"precious bytes", **UIDS).outcome == "duplicate"
+    series, study = str(rec.path.parent), str(rec.path.parent.parent)
+    temp = [e for e in events if e[0] == "fsync" and ".incoming-" in e[1]]
+    assert len(temp) == 1
+    assert events == [("fsync", str(spool.root)), ("fsync", study),  # the new study and series folders
+                      temp[0], ("replace", str(rec.path)), ("fsync", series), ("stored", str(rec.path))]
+    events.clear()
+    spool.store(b"more", **{**UIDS, "sop_instance_uid": "1.2.3.4.6"})  # folders exist: file, rename, folder
+    assert [e[0] for e in events] == ["fsync", "replace", "fsync", "stored"]
 
 
-def test_torn_journal_tail_is_dropped(tmp_path):
-    spool = Spool(tmp_path, checkpoint_s=3600)
-    rec = spool.store(b"kept", **UIDS)
-    segment, = (tmp_path / ".journal").glob("*.wal")
-    with open(segment, "ab") as f:  # a second record cut by a crash before it was acknowledged
-        f.write(b"NRJ1" + b"\x05\x00")
-    rec.path.unlink()
-    Spool(tmp_path, checkpoint_s=3600)
-    assert _all_files(tmp_path) == [rec.path] and rec.path.read_bytes() == b"kept"
-
-
-def test_checkpoint_syncs_and_empties_the_journal(tmp_path):
-    spool = Spool(tmp_path, checkpoint_s=0.05)
-    spool.store(b"abc", **UIDS)
-    deadline = time.monotonic() + 10
-    while list((tmp_path / ".journal").glob("*.wal")):
-        assert time.monotonic() < deadline, "the checkpoint thread did not drop the segment"
-        time.sleep(0.02)
-    spool.store(b"def", **{**UIDS, "sop_instance_uid": "1.2.3.4.6"})
-    spool.close()
-    assert not list((tmp_path / ".journal").glob("*.wal"))
-    assert [p.read_bytes() for p in _all_files(tmp_path)] == [b"abc", b"def"]
+def test_no_sync_when_turned_off(tmp_path, monkeypatch):
+    synced = []
+    monkeypatch.setattr(os, "fsync", synced.append)
+    Spool(tmp_path, fsync=False).store(b"abc", **UIDS)
+    assert synced == []
