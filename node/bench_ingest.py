@@ -3,14 +3,17 @@
     python -m node.bench_ingest                    # 300 slices of 512×512, 3 rounds
     python -m node.bench_ingest --rounds 5 --slices 300 --keep
 
-One run measures all three receivers on the same series, the same disk and the same sender
+One run measures all four receivers on the same series, the same disk and the same sender
 (dcmtk ``storescu`` with ``TCP_NODELAY=1``, one association, the series' own transfer syntax),
 each round in a rotated order and each receiver into a fresh, empty folder:
 
 * **neuroread**: ``neuroread serve`` (the whole node, not only its SCP), durable spool on;
 * **Orthanc**: Debian's ``Orthanc`` with its defaults (``SyncStorageArea`` true: fsync per file,
   SQLite index), plugins off, started with ``TCP_NODELAY=1`` like ``storescu``;
-* **storescp**: dcmtk ``storescp -od DIR`` (writes files, no fsync: the practical ceiling).
+* **storescp**: dcmtk ``storescp -od DIR`` (writes files, no fsync: the practical ceiling);
+* **pynetdicom**: pynetdicom's own server (``AE.start_server``) with a handler that only writes
+  the received bytes durably as neuroread's spool does (temporary file, fsync, rename, folder
+  fsync): what the receive stage would reach on pynetdicom's reactors (see node/upper_layer.py).
 
 The series is a head-CT phantom from ``training.phantoms`` with ``--slices`` thin slices of
 512×512, made once (a few minutes) and kept under ``out/bench/``. Instances per second is the
@@ -149,6 +152,38 @@ class Orthanc(Receiver):
             return int(json.load(r)["CountInstances"])
 
 
+class BarePynetdicom(Receiver):
+    name, aet = "pynetdicom", "PYNETDICOM"
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        (self.work / "in").mkdir()
+        return [sys.executable, "-m", "node.bench_ingest", "--bare-pynetdicom-scp", str(self.port),
+                str(self.work / "in")], {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def stored(self) -> int:
+        return sum(1 for f in (self.work / "in").iterdir() if f.suffix == ".dcm")
+
+
+def bare_pynetdicom_scp(port: int, folder: Path) -> None:
+    """Serve until killed: pynetdicom's server, each instance written durably, nothing else."""
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+    from pynetdicom.sop_class import Verification
+
+    from node.durable import atomic_write
+    from node.receive import TRANSFER_SYNTAXES
+
+    def store(event: evt.Event) -> int:
+        atomic_write(folder / f"{event.request.AffectedSOPInstanceUID}.dcm", event.encoded_dataset(), fsync=True)
+        return 0x0000
+
+    ae = AE(BarePynetdicom.aet)
+    ae.maximum_pdu_size = 0
+    for cx in AllStoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax, list(TRANSFER_SYNTAXES))
+    ae.add_supported_context(Verification)
+    ae.start_server(("127.0.0.1", port), block=True, evt_handlers=[(evt.EVT_C_STORE, store)])
+
+
 class StoreSCP(Receiver):
     name, aet = "storescp", "STORESCP"
 
@@ -160,7 +195,7 @@ class StoreSCP(Receiver):
         return sum(1 for f in (self.work / "in").iterdir() if f.is_file())
 
 
-RECEIVERS: tuple[type[Receiver], ...] = (Neuroread, Orthanc, StoreSCP)
+RECEIVERS: tuple[type[Receiver], ...] = (Neuroread, Orthanc, StoreSCP, BarePynetdicom)
 
 
 def send(files: list[Path], port: int, aet: str) -> float:
@@ -183,7 +218,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="scratch folder for the receivers (default: a temporary folder beside --series, "
                              "so all write to the same disk)")
     parser.add_argument("--keep", action="store_true", help="keep the receivers' folders")
+    parser.add_argument("--bare-pynetdicom-scp", nargs=2, metavar=("PORT", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.bare_pynetdicom_scp:  # one of the receivers, run as its own process
+        bare_pynetdicom_scp(int(args.bare_pynetdicom_scp[0]), Path(args.bare_pynetdicom_scp[1]))
+        return 0
     for tool in ("storescu", "storescp", "echoscu", "Orthanc"):
         if shutil.which(tool) is None:
             parser.error(f"{tool} not found: install Debian's dcmtk and orthanc (bash .ci/setup does)")
@@ -218,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:10s} {value:7.1f} inst/s")
     print(f"  neuroread / Orthanc  = {median['neuroread'] / median['Orthanc']:.2f}")
     print(f"  neuroread / storescp = {median['neuroread'] / median['storescp']:.2f}")
+    print(f"  neuroread / pynetdicom SCP = {median['neuroread'] / median['pynetdicom']:.2f}")
     return 0
 
 
