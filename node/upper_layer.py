@@ -396,8 +396,12 @@ class AssociationServer:
         request: Dataset | None = None
         context_id = 0
         while True:
-            sock.settimeout(self.dimse_timeout if (command or request is not None) else self.network_timeout)
-            pdu_type, raw = _read_pdu(sock, MAX_PDU + 6)
+            timeout = self.dimse_timeout if (command or request is not None) else self.network_timeout
+            sock.settimeout(timeout)
+            try:
+                pdu_type, raw = _read_pdu(sock, MAX_PDU + 6)
+            except TimeoutError as exc:
+                raise ProtocolError(f"nothing received for {timeout:g} s", 0x00) from exc
             if pdu_type == _RELEASE_RQ:
                 if command or request is not None:
                     raise ProtocolError("A-RELEASE-RQ in the middle of a DIMSE message", _UNEXPECTED_PDU)

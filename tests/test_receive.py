@@ -445,6 +445,16 @@ def test_silent_connection_closed_after_acse_timeout(tmp_path):
         assert _send(scp.port, _ct()) == StoreStatus.SUCCESS  # and it still serves others
 
 
+def test_silent_established_association_aborted_after_network_timeout(tmp_path, caplog):
+    scp = StorageSCP(Spool(tmp_path / "spool"), ae_title=AET, port=0, acse_timeout=5, network_timeout=1)
+    with scp:
+        assoc = _associate(scp.port)
+        assert assoc.is_established
+        assoc.join(10)  # the SCU sends nothing; the node gives up after 1 s
+        assert assoc.is_aborted
+    assert "nothing received for 1 s" in caplog.text
+
+
 @pytest.mark.parametrize("pdu, reason", [
     (b"\x01\x00\x00\x00\x00\x10" + b"\xff" * 16, 0x06),  # an A-ASSOCIATE-RQ that cannot be decoded
     (b"\x99\x00\x00\x00\x00\x02\x00\x00", 0x01),  # an unknown PDU type
