@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
 
 from models import ModelRegistry
@@ -123,13 +124,20 @@ def test_node_end_to_end_results_valid_and_idempotent(tmp_path, ct, storescp):
         assert node.port > 0
         storescu(node.port, files)
 
-        def all_kinds():
-            got = [pydicom.dcmread(p) for p in storescp.files()]
-            return got if {str(ds.SOPClassUID) for ds in got} >= KINDS else None
+        def everything_delivered():
+            """Every output the job's outbox event lists, whole (parsable) at storescp."""
+            jobs = node.store.list()
+            outbox = [e for e in node.store.audit_trail(jobs[0].id) if e.event == "outbox"] if jobs else []
+            files = storescp.files()
+            if not outbox or len(files) < len(outbox[0].detail["outputs"]):
+                return None
+            try:
+                return [pydicom.dcmread(p) for p in files]
+            except (InvalidDicomError, OSError, EOFError):
+                return None  # storescp is still writing one
 
-        received = wait_for(all_kinds, 60, "SR, KO, SEG, PM and SC at storescp")
-        time.sleep(1.0)  # let the rest of the batch land
-        received = [pydicom.dcmread(p) for p in storescp.files()]
+        received = wait_for(everything_delivered, 60, "every output of the job at storescp")
+        assert {str(ds.SOPClassUID) for ds in received} >= KINDS
         for ds in received:
             assert validate(ds) == [], ds.SOPClassUID.name
             assert str(ds.StudyInstanceUID) == study_uid
