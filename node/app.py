@@ -93,6 +93,19 @@ study_routing_table = sa.Table(
 )
 
 
+def routing_records(engine: sa.Engine) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """What did not become a job, newest first: series recorded ``unrouted`` and (study, model)
+    pairs recorded ``incomplete``, each with its reason (``neuroread jobs unrouted``)."""
+    if not sa.inspect(engine).has_table(routing_table.name):
+        return [], []  # a database the node has not run on yet
+    with engine.connect() as conn:
+        series = conn.execute(routing_table.select().where(routing_table.c.state == "unrouted")
+                              .order_by(routing_table.c.at.desc())).mappings().all()
+        studies = conn.execute(study_routing_table.select().where(study_routing_table.c.state == "incomplete")
+                               .order_by(study_routing_table.c.at.desc())).mappings().all()
+    return [dict(r) for r in series], [dict(r) for r in studies]
+
+
 class PipelineError(Exception):
     """One job that could not go through the pipeline; the message says why (UIDs, no names)."""
 

@@ -159,6 +159,18 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
                 print(f"{job.id:6d}  {job.state:9s}  {job.model} {job.model_version}  "
                       f"attempts={job.attempts}  {job.updated:%Y-%m-%d %H:%M:%S}{reason}")
             return 0
+        if args.action == "unrouted":
+            from node.app import routing_records
+
+            series, studies = routing_records(store.engine)
+            if not series and not studies:
+                print("every series the node completed was routed (nothing unrouted or incomplete)")
+            for row in series:
+                print(f"{row['at']:%Y-%m-%d %H:%M:%S}  series {row['series_uid']}  unrouted: {row['reason']}")
+            for row in studies:
+                print(f"{row['at']:%Y-%m-%d %H:%M:%S}  study {row['study_uid']}  {row['model']} incomplete: "
+                      f"{row['reason']}")
+            return 0
         if args.id is None:
             raise ValueError(f"jobs {args.action} needs a job id")
         if args.action == "retry":
@@ -270,11 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_route_explain)
 
     p = with_config(sub.add_parser(
-        "jobs", help="list jobs, show one with its audit trail, retry a failed one",
-        description="The node's jobs, from its job database (queue.database in the configuration).",
+        "jobs", help="list jobs, show one with its audit trail, retry a failed one, say why series made none",
+        description="The node's jobs, from its job database (queue.database in the configuration). "
+        "'unrouted' lists the series no route took and the studies a multi-series model could not "
+        "use (a slot without a series), each with the reason.",
         epilog="examples:\n  neuroread jobs\n  neuroread jobs list --state failed\n  neuroread jobs show 12\n"
-        "  neuroread jobs retry 12", formatter_class=argparse.RawDescriptionHelpFormatter))
-    p.add_argument("action", nargs="?", choices=("list", "show", "retry"), default="list")
+        "  neuroread jobs retry 12\n  neuroread jobs unrouted", formatter_class=argparse.RawDescriptionHelpFormatter))
+    p.add_argument("action", nargs="?", choices=("list", "show", "retry", "unrouted"), default="list")
     p.add_argument("id", nargs="?", type=int, help="job id (show, retry)")
     p.add_argument("--state", choices=("received", "queued", "running", "retrying", "done", "failed"),
                    help="only jobs in this state (list)")

@@ -4,8 +4,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from node.queue import JobStore
@@ -115,3 +117,28 @@ def test_models_lists_plugin_models_from_the_configuration(tmp_path):
     res = subprocess.run([sys.executable, "-m", "node.cli", "models", "-c", str(tmp_path / "bad.yaml")],
                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": env_path})
     assert res.returncode == 2 and "plugin 'tiny_model:NOPE': module tiny_model has no 'NOPE'" in res.stderr
+
+
+def test_jobs_unrouted_says_why_a_series_made_no_job(tmp_path, phantom_sets):
+    from models.registry import default_registry
+    from node.app import Node
+    from node.config import load_config
+
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text(f"storage:\n  root: {tmp_path / 'data'}\nassemble:\n  stable_age_s: 1\n")
+    study = sorted(p.parent for p in phantom_sets["ms-csvd"].glob("*/truth.json"))[0]
+    files = sorted(p for p in study.rglob("*.dcm") if p.parent.name != "masks")
+    series_uids = {str(pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID) for f in files}
+    with Node(load_config(cfg), default_registry(), port=0, tick_s=0.2) as node:
+        sent = subprocess.run(["storescu", "-aec", "NEUROREAD", "127.0.0.1", str(node.port), *map(str, files)],
+                              env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True, timeout=120)
+        assert sent.returncode == 0, sent.stderr
+        deadline = time.monotonic() + 60
+        while not all(node.routing(uid) for uid in series_uids):
+            assert time.monotonic() < deadline, "the node did not record the series' routing"
+            time.sleep(0.2)
+    res = _cli("jobs", "unrouted", "-c", str(cfg))
+    assert res.returncode == 0, res.stderr
+    lines = [line for line in res.stdout.splitlines() if " unrouted: " in line]
+    assert sorted(line.split()[3] for line in lines) == sorted(series_uids)  # every series, with a reason
+    assert all(line.split(" unrouted: ", 1)[1].strip() for line in lines)
