@@ -1,0 +1,459 @@
+"""Training data: study records from four layouts, and the torch Dataset that samples them.
+
+A :class:`StudyRecord` is one series with its study labels (0/1 per name of a configured
+label list) and, where the source has them, per-slice labels keyed by SOP Instance UID.
+Pixels are read only when the Dataset asks, by :func:`node.infer.load_series` (the node's
+own reader: same slice order, same HU), and per-slice labels are put in the volume's order
+through the SOP Instance UIDs, so no reader has to guess the order the volume will have.
+
+Readers (each returns a list of records, sorted by ``study_id``):
+
+- :func:`read_phantoms`: a folder of studies written by :mod:`training.phantoms` (one
+  ``<case>/truth.json`` each); study and per-slice labels from the truth.
+- :func:`read_manifest`: the generic manifest CSV, format in its docstring.
+- :func:`read_rsna`: the RSNA Intracranial Hemorrhage Detection layout: ``stage_2_train.csv``
+  (``ID,Label`` rows such as ``ID_12cadc6af_epidural,0``, one per image and subtype; the image
+  id is the file's SOP Instance UID) and the folder of single-slice DICOM files. Images are
+  grouped into series by SeriesInstanceUID from their headers and ordered along the slice
+  normal by ImagePositionPatient; a series is positive for a label when any of its images is;
+  per-image labels are kept as per-slice labels.
+- :func:`read_cq500`: the CQ500 layout: ``reads.csv`` (``name,Category,R1:ICH,...,R3:MidlineShift``)
+  and one folder per study (``CQ500CT0 CQ500CT0/Unknown Study/<series>/CT000000.dcm``). One record
+  per CT series, each with its study's labels: the majority of the readers (at least 2 of 3),
+  the gold standard of the CQ500 paper (Chilamkurthy et al., Lancet 2018). No per-slice labels.
+
+Label keys: :data:`RSNA_LABELS` (six) and :data:`CQ500_LABELS` (nine, the phantoms' too);
+:data:`RSNA_COLUMNS` and :data:`CQ500_COLUMNS` map the datasets' names to them (CQ500's
+``CalvarialFracture``, not its broader ``Fracture``, is the paper's "calvarial fracture").
+
+:class:`SeriesDataset` yields ``(x [m, 3, size, size] float32 in [0, 1], study labels
+[n_labels] float32, per-slice labels of the sampled slices [m, n_labels] float32 or None)``
+through :mod:`models.ct_hemorrhage.preprocess`; with ``augment=True`` each series also
+yields the sets built from its unsampled slices (the paper's data enhancement).
+:func:`collate` batches such items (``None`` per-slice labels stay ``None``).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+import numpy as np
+import pydicom
+import torch
+from pydicom.errors import InvalidDicomError
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from models import SeriesVolume
+from models.ct_hemorrhage.preprocess import WINDOWS, Window, augmentation_sets, sample_indices, to_input
+from node.infer import load_series
+
+log = logging.getLogger(__name__)
+
+RSNA_LABELS: tuple[str, ...] = ("any", "iph", "ivh", "sdh", "edh", "sah")
+CQ500_LABELS: tuple[str, ...] = RSNA_LABELS + ("fracture", "mass_effect", "midline_shift")
+RSNA_COLUMNS: Mapping[str, str] = MappingProxyType({
+    "any": "any", "intraparenchymal": "iph", "intraventricular": "ivh",
+    "subdural": "sdh", "epidural": "edh", "subarachnoid": "sah",
+})
+CQ500_COLUMNS: Mapping[str, str] = MappingProxyType({
+    "ICH": "any", "IPH": "iph", "IVH": "ivh", "SDH": "sdh", "EDH": "edh", "SAH": "sah",
+    "CalvarialFracture": "fracture", "MassEffect": "mass_effect", "MidlineShift": "midline_shift",
+})
+_HEADER_TAGS = ["SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "PatientID", "Modality",
+                "SeriesDescription", "NumberOfFrames", "ImagePositionPatient", "ImageOrientationPatient"]
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """One series to learn from.
+
+    ``files``: the series' DICOM files (read by :func:`node.infer.load_series`); ``n_slices``:
+    the slices they hold; ``label_names``/``labels``: study labels, float32 0/1, one per name;
+    ``slice_uids``/``slice_labels``: optional per-slice labels ``[len(slice_uids), n_labels]``,
+    row k for the slice whose SOP Instance UID is ``slice_uids[k]``; ``group``: what must not be
+    split across folds (the patient where known); ``description``: SeriesDescription, if any.
+    """
+
+    study_id: str
+    files: tuple[Path, ...]
+    n_slices: int
+    label_names: tuple[str, ...]
+    labels: np.ndarray
+    slice_uids: tuple[str, ...] | None = None
+    slice_labels: np.ndarray | None = None
+    group: str = ""
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        where = f"StudyRecord {self.study_id!r}"
+        if not self.files or self.n_slices < 1:
+            raise ValueError(f"{where}: no files or slices ({len(self.files)} files, n_slices={self.n_slices})")
+        if len(set(self.label_names)) != len(self.label_names) or not self.label_names:
+            raise ValueError(f"{where}: label_names must be distinct and non-empty, got {self.label_names}")
+        if self.labels.shape != (len(self.label_names),) or not np.isin(self.labels, (0, 1)).all():
+            raise ValueError(f"{where}: labels must be 0/1 of shape ({len(self.label_names)},), got {self.labels}")
+        if (self.slice_uids is None) != (self.slice_labels is None):
+            raise ValueError(f"{where}: slice_uids and slice_labels go together")
+        if self.slice_labels is not None:
+            if self.slice_labels.shape != (len(self.slice_uids), len(self.label_names)):
+                raise ValueError(f"{where}: slice_labels shape {self.slice_labels.shape} != "
+                                 f"({len(self.slice_uids)}, {len(self.label_names)})")
+            if not np.isin(self.slice_labels, (0, 1)).all():
+                raise ValueError(f"{where}: slice_labels must be 0/1")
+        if not self.group:
+            object.__setattr__(self, "group", self.study_id)
+
+    def load(self, spacing_tol: float = 0.1) -> tuple[SeriesVolume, np.ndarray | None]:
+        """The volume (``load_series``) and the per-slice labels in its slice order (or None)."""
+        volume = load_series(self.files, spacing_tol=spacing_tol)
+        if volume.array.shape[0] != self.n_slices:
+            raise ValueError(f"study {self.study_id}: series {volume.series_instance_uid} has "
+                             f"{volume.array.shape[0]} slices, the record says {self.n_slices}")
+        if self.slice_labels is None:
+            return volume, None
+        row = {uid: k for k, uid in enumerate(self.slice_uids)}
+        missing = [uid for uid in volume.sop_instance_uids if uid not in row]
+        if missing or len(set(volume.sop_instance_uids)) != len(volume.sop_instance_uids):
+            raise ValueError(f"study {self.study_id}: per-slice labels need one row per single-frame slice; "
+                             f"{len(missing)} slice(s) without one (e.g. {missing[:2]})")
+        return volume, self.slice_labels[[row[uid] for uid in volume.sop_instance_uids]]
+
+
+def _check_labels(labels: Sequence[str], known: Iterable[str], source: str) -> tuple[str, ...]:
+    known = tuple(known)
+    unknown = [name for name in labels if name not in known]
+    if unknown or not labels:
+        raise ValueError(f"{source}: unknown label(s) {unknown or '(none given)'}; known: {', '.join(known)}")
+    return tuple(labels)
+
+
+def _binary(value: str, where: str) -> int:
+    text = str(value).strip()
+    if text not in ("0", "1", "0.0", "1.0"):
+        raise ValueError(f"{where}: expected 0 or 1, got {value!r}")
+    return int(float(text))
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+        return list(reader.fieldnames or []), rows
+
+
+# --- phantoms ---------------------------------------------------------------------------------
+
+def read_phantoms(folder: Path, labels: Sequence[str] = CQ500_LABELS, series: str = "ct") -> list[StudyRecord]:
+    """Studies written by :func:`training.phantoms.writer.write_study` under ``folder``
+    (``<case>/truth.json``); ``series`` is the truth's series key."""
+    studies = sorted(Path(folder).glob("*/truth.json"))
+    if not studies:
+        raise FileNotFoundError(f"no phantom studies (*/truth.json) under {folder}")
+    records = []
+    for truth_path in studies:
+        truth = json.loads(truth_path.read_text())
+        source = f"phantom {truth_path.parent.name}"
+        names = _check_labels(labels, truth["labels"], source)
+        if series not in truth["series"]:
+            raise ValueError(f"{source}: no series {series!r}; it has {', '.join(truth['series'])}")
+        info = truth["series"][series]
+        uids = tuple(info["sop_instance_uids"])
+        per_slice = truth.get("per_slice_labels")
+        slice_labels = None
+        if per_slice is not None:
+            _check_labels(names, per_slice, f"{source} per_slice_labels")
+            slice_labels = np.array([per_slice[name] for name in names], np.float32).T
+        records.append(StudyRecord(
+            study_id=truth["case_id"], files=tuple(sorted((truth_path.parent / info["folder"]).glob("*.dcm"))),
+            n_slices=len(uids), label_names=names,
+            labels=np.array([truth["labels"][name] for name in names], np.float32),
+            slice_uids=uids if slice_labels is not None else None, slice_labels=slice_labels,
+            description=info.get("description", "")))
+    return records
+
+
+# --- DICOM headers ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Header:
+    path: Path
+    sop_uid: str
+    series_uid: str
+    patient: str
+    modality: str
+    description: str
+    frames: int
+    depth: float  # position along the slice normal (ImagePositionPatient · normal), 0 if unknown
+
+
+def _header(path: Path) -> _Header | None:
+    """The header facts of one file, or None when it is not DICOM (truth.json, masks, notes)."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+    except InvalidDicomError:
+        return None
+    if "SeriesInstanceUID" not in ds or "SOPInstanceUID" not in ds:
+        log.warning("skipping %s: no SeriesInstanceUID or SOPInstanceUID", path)
+        return None
+    depth = 0.0
+    iop, ipp = ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient")
+    if iop is not None and ipp is not None and len(iop) == 6 and len(ipp) == 3:
+        normal = np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float))
+        depth = float(np.asarray(ipp, float) @ normal)
+    return _Header(path, str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID),
+                   str(ds.get("PatientID") or ds.get("StudyInstanceUID") or ""), str(ds.get("Modality", "")),
+                   str(ds.get("SeriesDescription", "")), int(ds.get("NumberOfFrames") or 1), depth)
+
+
+def _scan(folder: Path, progress: bool = False) -> dict[str, list[_Header]]:
+    """DICOM files under ``folder`` (recursively) by SeriesInstanceUID, each series ordered
+    along its slice normal (then by file name)."""
+    paths = sorted(p for p in Path(folder).rglob("*") if p.is_file())
+    series: dict[str, list[_Header]] = defaultdict(list)
+    for path in tqdm(paths, desc=f"headers {Path(folder).name}", unit="file", disable=not progress):
+        header = _header(path)
+        if header is not None:
+            series[header.series_uid].append(header)
+    return {uid: sorted(headers, key=lambda h: (h.depth, h.path.name)) for uid, headers in series.items()}
+
+
+# --- generic manifest -------------------------------------------------------------------------
+
+def read_manifest(path: Path, labels: Sequence[str]) -> list[StudyRecord]:
+    """Studies listed in a manifest CSV (header row, one row per study):
+
+    - ``study`` (required): folder of the study's DICOM files, searched recursively (files that
+      are not DICOM are ignored); relative paths are relative to the manifest's folder.
+    - one column per name in ``labels`` (required): 0 or 1, the study label.
+    - ``series_instance_uid`` (optional): which series to use when the folder holds several;
+      empty or absent, the folder must hold exactly one.
+    - ``slice_labels`` (optional): a CSV of per-slice labels (relative to the manifest's folder):
+      column ``sop_instance_uid`` plus one 0/1 column per name in ``labels``, one row for every
+      slice of the series, in any order.
+    - ``group`` (optional): what must not be split across folds (e.g. the patient); default: ``study``.
+
+    Extra columns are ignored.
+    """
+    path = Path(path)
+    fields, rows = _read_csv(path)
+    missing = [c for c in ("study", *labels) if c not in fields]
+    if missing:
+        raise ValueError(f"manifest {path}: missing column(s) {missing}; it has {fields}")
+    names = tuple(labels)
+    if not names:
+        raise ValueError(f"manifest {path}: no labels given")
+    records = []
+    for line, row in enumerate(rows, start=2):
+        where = f"manifest {path.name} line {line}"
+        folder = path.parent / row["study"]
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{where}: study folder {folder} does not exist")
+        scanned = _scan(folder)
+        wanted = (row.get("series_instance_uid") or "").strip()
+        if wanted:
+            if wanted not in scanned:
+                raise ValueError(f"{where}: series {wanted} not in {folder}; found {sorted(scanned)}")
+            headers = scanned[wanted]
+        elif len(scanned) == 1:
+            headers = next(iter(scanned.values()))
+        else:
+            raise ValueError(f"{where}: {folder} holds {len(scanned)} series ({sorted(scanned)}); "
+                             "name one in column series_instance_uid")
+        uids, slice_labels = None, None
+        if (row.get("slice_labels") or "").strip():
+            uids, slice_labels = _slice_label_file(path.parent / row["slice_labels"], names,
+                                                   {h.sop_uid for h in headers}, where)
+        records.append(StudyRecord(
+            study_id=row["study"], files=tuple(h.path for h in headers), n_slices=sum(h.frames for h in headers),
+            label_names=names, labels=np.array([_binary(row[n], f"{where} column {n}") for n in names], np.float32),
+            slice_uids=uids, slice_labels=slice_labels, group=(row.get("group") or "").strip(),
+            description=headers[0].description))
+    return sorted(records, key=lambda r: r.study_id)
+
+
+def _slice_label_file(path: Path, names: tuple[str, ...], series_uids: set[str],
+                      where: str) -> tuple[tuple[str, ...], np.ndarray]:
+    fields, rows = _read_csv(path)
+    missing = [c for c in ("sop_instance_uid", *names) if c not in fields]
+    if missing:
+        raise ValueError(f"{where}: slice label file {path} lacks column(s) {missing}")
+    uids = tuple(row["sop_instance_uid"].strip() for row in rows)
+    if set(uids) != series_uids or len(uids) != len(series_uids):
+        absent, extra = sorted(series_uids - set(uids)), sorted(set(uids) - series_uids)
+        raise ValueError(f"{where}: slice label file {path} must have one row per slice of the series: "
+                         f"{len(absent)} slice(s) without a row (e.g. {absent[:2]}), {len(extra)} row(s) for "
+                         f"unknown or repeated UIDs (e.g. {extra[:2]})")
+    matrix = np.array([[_binary(row[n], f"{path.name} line {k + 2} column {n}") for n in names]
+                       for k, row in enumerate(rows)], np.float32)
+    return uids, matrix
+
+
+# --- RSNA Intracranial Hemorrhage Detection ---------------------------------------------------
+
+def read_rsna(labels_csv: Path, dicom_dir: Path, labels: Sequence[str] = RSNA_LABELS,
+              progress: bool = False) -> list[StudyRecord]:
+    """Series of the RSNA layout (module docstring). Series none of whose images is in the
+    CSV (e.g. test images in the same folder) are skipped; so are series only partly
+    labelled, with a warning naming them. Exact duplicate CSV rows are accepted; a row that
+    contradicts another raises."""
+    labels_csv = Path(labels_csv)
+    by_key = {v: k for k, v in RSNA_COLUMNS.items()}
+    names = _check_labels(labels, by_key, f"RSNA {labels_csv.name}")
+    table = _rsna_table(labels_csv)
+    records, unlabelled, partial = [], 0, []
+    for series_uid, headers in _scan(dicom_dir, progress).items():
+        have = [h.sop_uid in table for h in headers]
+        if not any(have):
+            unlabelled += 1
+            continue
+        if not all(have):
+            partial.append(series_uid)
+            continue
+        rows = []
+        for h in headers:
+            absent = [by_key[n] for n in names if by_key[n] not in table[h.sop_uid]]
+            if absent:
+                raise ValueError(f"RSNA {labels_csv.name}: image {h.sop_uid} has no row for {absent}")
+            rows.append([table[h.sop_uid][by_key[n]] for n in names])
+        matrix = np.array(rows, np.float32)
+        records.append(StudyRecord(
+            study_id=series_uid, files=tuple(h.path for h in headers), n_slices=len(headers), label_names=names,
+            labels=matrix.max(axis=0), slice_uids=tuple(h.sop_uid for h in headers), slice_labels=matrix,
+            group=headers[0].patient, description=headers[0].description))
+    if partial:
+        log.warning("RSNA: skipped %d series with only some images labelled: %s", len(partial), ", ".join(partial[:5]))
+    log.info("RSNA: %d labelled series, %d series without labels skipped", len(records), unlabelled)
+    if not records:
+        raise ValueError(f"RSNA: no image under {dicom_dir} is labelled in {labels_csv}")
+    return sorted(records, key=lambda r: r.study_id)
+
+
+def _rsna_table(path: Path) -> dict[str, dict[str, int]]:
+    """``{image id: {subtype: 0/1}}`` from ``ID,Label`` rows such as ``ID_12cadc6af_epidural,0``."""
+    fields, rows = _read_csv(path)
+    if fields[:2] != ["ID", "Label"]:
+        raise ValueError(f"RSNA {path.name}: expected columns ID,Label, got {fields}")
+    table: dict[str, dict[str, int]] = defaultdict(dict)
+    for line, row in enumerate(rows, start=2):
+        image, _, subtype = row["ID"].rpartition("_")
+        if subtype not in RSNA_COLUMNS or not image:
+            raise ValueError(f"RSNA {path.name} line {line}: ID {row['ID']!r} is not <image id>_<subtype> "
+                             f"with a subtype of {', '.join(RSNA_COLUMNS)}")
+        value = _binary(row["Label"], f"RSNA {path.name} line {line}")
+        if table[image].setdefault(subtype, value) != value:
+            raise ValueError(f"RSNA {path.name} line {line}: {row['ID']} is {value} here and "
+                             f"{table[image][subtype]} on an earlier line")
+    return table
+
+
+# --- CQ500 ------------------------------------------------------------------------------------
+
+_READER_COLUMN = re.compile(r"^(R\d+):(.+)$")
+
+
+def _cq500_key(name: str) -> str:
+    """``CQ500-CT-0`` (reads.csv) and ``CQ500CT0 CQ500CT0`` (folder) both become ``cq500ct0``."""
+    return name.split()[0].replace("-", "").lower() if name.split() else ""
+
+
+def read_cq500(reads_csv: Path, root: Path, labels: Sequence[str] = CQ500_LABELS,
+               progress: bool = False) -> list[StudyRecord]:
+    """One record per CT series under ``root``'s study folders, labelled by the majority of
+    the readers in ``reads_csv`` (a label is 1 when more than half the readers marked it).
+    Rows without a folder and folders without a row are skipped with a warning."""
+    reads_csv = Path(reads_csv)
+    by_key = {v: k for k, v in CQ500_COLUMNS.items()}
+    names = _check_labels(labels, by_key, f"CQ500 {reads_csv.name}")
+    fields, rows = _read_csv(reads_csv)
+    readers = sorted({m.group(1) for m in map(_READER_COLUMN.match, fields) if m})
+    needed = [f"{r}:{by_key[n]}" for r in readers for n in names]
+    missing = [c for c in ("name", *needed) if c not in fields]
+    if not readers or missing:
+        raise ValueError(f"CQ500 {reads_csv.name}: missing column(s) {missing or 'R1:... (no reader columns)'}")
+    folders = {_cq500_key(p.name): p for p in Path(root).iterdir() if p.is_dir()}
+    records, absent = [], []
+    for line, row in enumerate(rows, start=2):
+        folder = folders.pop(_cq500_key(row["name"]), None)
+        if folder is None:
+            absent.append(row["name"])
+            continue
+        votes = np.array([[_binary(row[f"{r}:{by_key[n]}"], f"CQ500 {reads_csv.name} line {line} {r}:{by_key[n]}")
+                           for n in names] for r in readers])
+        study_labels = (2 * votes.sum(axis=0) > len(readers)).astype(np.float32)
+        for series_uid, headers in sorted(_scan(folder, progress).items()):
+            if headers[0].modality != "CT":
+                continue
+            records.append(StudyRecord(
+                study_id=f"{row['name']}/{series_uid}", files=tuple(h.path for h in headers),
+                n_slices=sum(h.frames for h in headers), label_names=names, labels=study_labels,
+                group=row["name"], description=headers[0].description))
+    if absent:
+        log.warning("CQ500: %d read(s) without a study folder under %s: %s", len(absent), root, ", ".join(absent[:5]))
+    if folders:
+        log.warning("CQ500: %d folder(s) without reads: %s", len(folders), ", ".join(p.name for p in folders.values()))
+    if not records:
+        raise ValueError(f"CQ500: no CT series under {root} matches a row of {reads_csv}")
+    return sorted(records, key=lambda r: r.study_id)
+
+
+# --- torch ------------------------------------------------------------------------------------
+
+class SeriesDataset(Dataset):
+    """Records as network inputs.
+
+    Item: ``(x, y, s)``: ``x`` float32 ``[m, len(windows), size, size]`` in [0, 1] (the
+    uniformly sampled slices, CT windows as channels); ``y`` float32 ``[n_labels]`` study
+    labels; ``s`` float32 ``[m, n_labels]`` labels of the sampled slices, or ``None`` when the
+    record has none. Items come per record in record order: the base sampling, then, with
+    ``augment``, every set of unsampled slices (:func:`~models.ct_hemorrhage.preprocess.augmentation_sets`,
+    shuffled by a generator seeded with ``(seed, record index)``, so the same seed gives the
+    same items). ``spacing_tol`` goes to :func:`node.infer.load_series`.
+    """
+
+    def __init__(self, records: Sequence[StudyRecord], m: int, size: int, *, augment: bool = False,
+                 seed: int = 0, windows: Sequence[Window] = WINDOWS, spacing_tol: float = 0.1) -> None:
+        if not records:
+            raise ValueError("SeriesDataset: no records")
+        names = {r.label_names for r in records}
+        if len(names) != 1:
+            raise ValueError(f"SeriesDataset: records with different label lists: {sorted(names)}")
+        if size < 1:
+            raise ValueError(f"SeriesDataset: size must be >= 1, got {size}")
+        self.records = list(records)
+        self.label_names: tuple[str, ...] = records[0].label_names
+        self.m, self.size, self.windows, self.spacing_tol = m, size, tuple(windows), spacing_tol
+        self.items: list[tuple[int, np.ndarray]] = []
+        for i, record in enumerate(self.records):
+            self.items.append((i, sample_indices(record.n_slices, m)))
+            if augment:
+                rng = np.random.default_rng([seed, i])
+                self.items.extend((i, idx) for idx in augmentation_sets(record.n_slices, m, rng))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        i, indices = self.items[index]
+        record = self.records[i]
+        volume, slice_labels = record.load(self.spacing_tol)
+        x = to_input(volume.array, indices, self.size, self.windows)
+        s = None if slice_labels is None else torch.from_numpy(slice_labels[indices])
+        return x, torch.from_numpy(record.labels.copy()), s
+
+
+def collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Stack :class:`SeriesDataset` items: ``x [B, m, 3, H, W]``, ``y [B, n_labels]``,
+    ``s [B, m, n_labels]`` or ``None`` when no item has per-slice labels (mixing raises)."""
+    xs, ys, ss = zip(*batch)
+    if any(s is None for s in ss) and not all(s is None for s in ss):
+        raise ValueError("collate: a batch mixes items with and without per-slice labels")
+    return torch.stack(xs), torch.stack(ys), None if ss[0] is None else torch.stack(ss)
