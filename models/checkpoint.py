@@ -1,0 +1,93 @@
+"""Weights files: one format for every model, written by ``training/`` and read by the models.
+
+A checkpoint is a ``torch.save`` of a plain dict (no pickled classes, so ``weights_only=True``
+loads it)::
+
+    {"format": "neuroread-checkpoint/1", "model": "ct-hemorrhage", "config": {...},
+     "labels": ["any", ...], "state_dict": {...}, "card": {"architecture": {...},
+     "training_data": "...", "demo": true, "metrics": {...}}}
+
+``config`` is what the model needs to rebuild its network (e.g. ``DrCT2Config.to_dict()``);
+``card`` becomes the :class:`~models.spec.ModelCard` with ``weights_sha256`` = the SHA-256 of
+the file's bytes (what ``sha256sum`` prints), so a site can check which weights made a result.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .spec import ModelCard
+
+FORMAT = "neuroread-checkpoint/1"
+_KEYS = ("format", "model", "config", "labels", "state_dict", "card")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded checkpoint: the network's config and state, its labels and its card."""
+
+    model: str
+    config: dict[str, Any]
+    labels: tuple[str, ...]
+    state_dict: dict[str, torch.Tensor]
+    card: ModelCard
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: Path, *, model: str, config: dict[str, Any], labels: list[str] | tuple[str, ...],
+                    state_dict: dict[str, torch.Tensor], architecture: dict[str, Any], training_data: str,
+                    demo: bool, metrics: dict[str, float] | None = None) -> str:
+    """Write a checkpoint atomically (temporary file, rename) and return its SHA-256."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = {"format": FORMAT, "model": model, "config": dict(config), "labels": list(labels),
+            "state_dict": {k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
+            "card": {"architecture": dict(architecture), "training_data": training_data, "demo": bool(demo),
+                     "metrics": {k: float(v) for k, v in (metrics or {}).items()}}}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(blob, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return file_sha256(path)
+
+
+def load_checkpoint(path: Path, model: str) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint` for ``model``; ValueError says what is
+    wrong (not a checkpoint, another model's, a missing key)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"weights file {path} does not exist")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:  # what torch raises for a foreign file
+        raise ValueError(f"weights file {path} is not a readable checkpoint: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise ValueError(f"weights file {path} is not a {FORMAT} file")
+    missing = [k for k in _KEYS if k not in blob]
+    if missing:
+        raise ValueError(f"weights file {path} lacks {', '.join(missing)}")
+    if blob["model"] != model:
+        raise ValueError(f"weights file {path} holds weights for {blob['model']!r}, not {model!r}")
+    card = blob["card"]
+    return Checkpoint(model=blob["model"], config=dict(blob["config"]), labels=tuple(blob["labels"]),
+                      state_dict=dict(blob["state_dict"]),
+                      card=ModelCard(architecture=dict(card["architecture"]), weights_sha256=file_sha256(path),
+                                     training_data=card["training_data"], demo=bool(card["demo"]),
+                                     metrics=dict(card.get("metrics", {}))))
