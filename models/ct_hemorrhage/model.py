@@ -1,0 +1,251 @@
+"""The head-CT hemorrhage models as the node sees them: specs, weights loading and ``predict``.
+
+Two registered models share one implementation, :class:`HemorrhageModel`:
+
+- ``ct-hemorrhage``: RSNA's six labels (the paper samples m = 28 slices for RSNA-style series);
+- ``ct-hemorrhage-cq500``: CQ500's nine (adds calvarial fracture, mass effect, midline shift;
+  m = 32).
+
+The architecture (m, sizes, backbone) is not part of the spec: it comes with the weights, in
+the checkpoint's ``config`` (:class:`~models.ct_hemorrhage.network.DrCT2Config`), so paper and
+demo weights run through the same code. :func:`paper_config` gives the paper's for a model.
+
+**Label codes.** Every label carries a coded concept. The label keys (:data:`RSNA_KEYS`,
+:data:`CQ500_KEYS`) are the ones training's dataset readers use.
+
+- ``any``: SCT 1386000 "Intracranial hemorrhage (disorder)", from pydicom's SNOMED CT
+  dictionary (``codes.SCT.IntracranialHemorrhage``), the only one of these it holds;
+- ``iph``: SCT 274100004 "Cerebral hemorrhage"; ``sah``: SCT 21454007 "Subarachnoid
+  intracranial hemorrhage"; ``sdh``: SCT 35486000 "Subdural intracranial hemorrhage"
+  (identifiers as published SNOMED CT code lists give them);
+- ``ivh``, ``edh``, ``fracture`` (calvarial), ``mass_effect``, ``midline_shift``: codes in the
+  node's private scheme ``99NEUROREAD``. No SNOMED CT identifier for them could be checked
+  here, and a wrong identifier in a PACS is worse than an honest private code; replace them
+  once the concepts are confirmed in a SNOMED CT browser.
+
+**Outputs of** :meth:`HemorrhageModel.predict`, following the paper's Figure 2:
+
+- one finding per label: the fusion network's probability against the label's threshold;
+- the five key slices: the series slices with the highest slice attention. When a series has
+  fewer slices than m, sampling repeats slices, and a slice's score is the highest attention
+  of its repeats (a sum would rank a slice higher only because the sampling repeated it);
+- one ``attention`` heatmap on the series' own grid: on each key slice, that slice's spatial
+  map (feature-attention-weighted last convolutional maps, scaled to [0, 1]) mapped back
+  through the square padding and resizing of :func:`~models.ct_hemorrhage.preprocess.prepare`;
+  zero on every other slice;
+- a ``slice attention`` table with one row per sampled position, so the report can show the
+  attention of every sampled slice.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydicom.sr.codedict import codes
+
+from ..checkpoint import load_checkpoint
+from ..registry import ModelEntry
+from ..result import Finding, Heatmap, KeySlice, ModelResult, SeriesVolume, Table
+from ..spec import Code, InputSlot, Label, ModelCard, ModelSpec
+from .network import DrCT2, DrCT2Config
+from .preprocess import prepare
+
+log = logging.getLogger(__name__)
+
+VERSION = "1.0.0"
+KEY_SLICES = 5  # the paper's Figure 2 shows the five slices of highest attention
+PRIVATE = "99NEUROREAD"
+# Weights committed beside the module (``<model>-demo.pt``) take precedence over the cache.
+SHIPPED_WEIGHTS = Path(__file__).with_name("weights")
+WEIGHTS_ENV = "NEUROREAD_WEIGHTS"
+DEFAULT_WEIGHTS_DIR = "~/.cache/neuroread/weights"
+
+_ICH = codes.SCT.IntracranialHemorrhage
+_LABELS: dict[str, Label] = {lb.name: lb for lb in (
+    Label("any", Code(_ICH.value, _ICH.scheme_designator, _ICH.meaning)),
+    Label("iph", Code("274100004", "SCT", "Cerebral hemorrhage")),
+    Label("ivh", Code("IVH", PRIVATE, "Intraventricular hemorrhage")),
+    Label("sdh", Code("35486000", "SCT", "Subdural intracranial hemorrhage")),
+    Label("edh", Code("EDH", PRIVATE, "Epidural hemorrhage")),
+    Label("sah", Code("21454007", "SCT", "Subarachnoid intracranial hemorrhage")),
+    Label("fracture", Code("CALVARIALFRACTURE", PRIVATE, "Calvarial fracture")),
+    Label("mass_effect", Code("MASSEFFECT", PRIVATE, "Mass effect")),
+    Label("midline_shift", Code("MIDLINESHIFT", PRIVATE, "Midline shift")),
+)}
+RSNA_KEYS: tuple[str, ...] = ("any", "iph", "ivh", "sdh", "edh", "sah")
+CQ500_KEYS: tuple[str, ...] = RSNA_KEYS + ("fracture", "mass_effect", "midline_shift")
+
+# A scout or a handful of key images is not a head CT; 10 slices at 10 mm still cover the brain.
+SLOT = InputSlot(
+    "ct", "CT", body_parts=("HEAD", "BRAIN", "SKULL"), min_slices=10,
+    description="non-contrast head CT, axial slices (BodyPartExamined HEAD, BRAIN or SKULL)",
+)
+SPEC = ModelSpec(
+    name="ct-hemorrhage",
+    version=VERSION,
+    summary="DrCT2 head-CT hemorrhage (RSNA labels: any, IPH, IVH, SDH, EDH, SAH)",
+    slots=(SLOT,),
+    labels=tuple(_LABELS[k] for k in RSNA_KEYS),
+    explanations=("attention",),
+    multi_label=True,
+)
+SPEC_CQ500 = ModelSpec(
+    name="ct-hemorrhage-cq500",
+    version=VERSION,
+    summary="DrCT2 head-CT hemorrhage (CQ500 labels: RSNA's six, calvarial fracture, mass effect, midline shift)",
+    slots=(SLOT,),
+    labels=tuple(_LABELS[k] for k in CQ500_KEYS),
+    explanations=("attention",),
+    multi_label=True,
+)
+# The paper's m: 28 sampled slices for RSNA-style series, 32 for CQ500-style ones.
+PAPER_SLICES = {SPEC.name: 28, SPEC_CQ500.name: 32}
+
+
+def paper_config(spec: ModelSpec) -> DrCT2Config:
+    """The paper's architecture for ``spec`` (its labels, its m)."""
+    if spec.name not in PAPER_SLICES:
+        raise ValueError(f"no paper configuration for model {spec.name!r}; known: {sorted(PAPER_SLICES)}")
+    return DrCT2Config.paper(len(spec.labels), slices=PAPER_SLICES[spec.name])
+
+
+def demo_weights_path(model_name: str) -> Path:
+    """Where the demo weights of ``model_name`` are read from (and ``neuroread train-demo`` writes them).
+
+    ``models/ct_hemorrhage/weights/<name>-demo.pt`` when that file is shipped with the
+    package; otherwise ``<name>-demo.pt`` in the folder named by ``$NEUROREAD_WEIGHTS``
+    (default ``~/.cache/neuroread/weights``), read when called.
+    """
+    shipped = SHIPPED_WEIGHTS / f"{model_name}-demo.pt"
+    if shipped.is_file():
+        return shipped
+    return Path(os.environ.get(WEIGHTS_ENV, DEFAULT_WEIGHTS_DIR)).expanduser() / f"{model_name}-demo.pt"
+
+
+def _torch_device(device: str) -> torch.device:
+    try:
+        return torch.device(device)
+    except RuntimeError as err:  # what torch raises for an unknown device string
+        raise ValueError(f"unknown torch device {device!r}: {err}") from err
+
+
+def _to_series_grid(maps: torch.Tensor, rows: int, cols: int) -> np.ndarray:
+    """Undo :func:`~models.ct_hemorrhage.preprocess.resize_square` for maps [k, S, S]: bilinear
+    back to the padded square's side, then the centred padding cropped off → float32 [k, rows, cols].
+
+    Bilinear resampling of values in [0, 1] stays in [0, 1]; the clip only removes rounding.
+    """
+    side = max(rows, cols)
+    if maps.shape[-1] != side:
+        maps = F.interpolate(maps[:, None], size=(side, side), mode="bilinear", align_corners=False,
+                             antialias=True)[:, 0]
+    top, left = (side - rows) // 2, (side - cols) // 2
+    return np.clip(maps[:, top:top + rows, left:left + cols].numpy(), 0.0, 1.0).astype(np.float32)
+
+
+class HemorrhageModel:
+    """DrCT2 behind the model contract, for one of :data:`SPEC` and :data:`SPEC_CQ500`.
+
+    ``load`` reads a checkpoint (:mod:`models.checkpoint`) whose labels are the spec's, in
+    order; ``predict`` runs the network in eval mode without gradients. Torch's thread count
+    is left as the caller set it (the node sets it per worker).
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.net: DrCT2 | None = None
+        self.card: ModelCard | None = None
+        self.device = torch.device("cpu")
+
+    def load(self, weights: Path | None, device: str = "cpu") -> None:
+        """Load the checkpoint ``weights`` (``None``: the demo weights at :func:`demo_weights_path`).
+
+        Raises ValueError naming the file and what is wrong: missing (for demo weights: how to
+        build them), not a checkpoint of this model, labels other than the spec's, a state
+        dict that does not fit its configuration.
+        """
+        name = self.spec.name
+        if weights is None:
+            path = demo_weights_path(name)
+            if not path.is_file():
+                raise ValueError(
+                    f"no demo weights for {name} at {path}: run `neuroread train-demo {name}` to build them, "
+                    f"set {WEIGHTS_ENV} to the folder holding {path.name}, or configure a weights file")
+        else:
+            path = Path(weights)
+        target = _torch_device(device)
+        ckpt = load_checkpoint(path, name)
+        expected = tuple(lb.name for lb in self.spec.labels)
+        if ckpt.labels != expected:
+            raise ValueError(f"weights file {path}: labels {list(ckpt.labels)} are not {name}'s {list(expected)} "
+                             "(same names, same order)")
+        try:
+            config = DrCT2Config.from_dict(ckpt.config)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"weights file {path}: invalid DrCT2 configuration: {err}") from err
+        if config.n_labels != len(expected):
+            raise ValueError(f"weights file {path}: configuration has {config.n_labels} outputs for "
+                             f"{len(expected)} labels")
+        net = DrCT2(config)
+        try:
+            net.load_state_dict(ckpt.state_dict, strict=True)
+        except RuntimeError as err:  # missing, unexpected or mis-shaped tensors
+            raise ValueError(f"weights file {path} does not fit its own configuration: {err}") from err
+        self.net, self.card, self.device = net.to(target).eval(), ckpt.card, target
+        log.info("loaded %s weights %s (sha256 %s, config %s, demo %s) on %s", name, path,
+                 ckpt.card.weights_sha256[:12], config.name, ckpt.card.demo, target)
+
+    def predict(self, inputs: dict[str, SeriesVolume]) -> ModelResult:
+        """Findings, key slices, attention heatmap and slice-attention table for one head CT.
+
+        ``inputs["ct"]``: the series in HU, array (slices, rows, columns), any number of
+        slices >= 1 (sampled to the configuration's m). Deterministic for given weights and
+        input. Raises RuntimeError before :meth:`load`, ValueError for other input slots.
+        """
+        if self.net is None or self.card is None:
+            raise RuntimeError(f"{self.spec.name}: predict before load")
+        if set(inputs) != {SLOT.name}:
+            raise ValueError(f"{self.spec.name} takes one input slot {SLOT.name!r}, got {sorted(inputs)}")
+        vol = inputs[SLOT.name]
+        net, config = self.net, self.net.config
+        x, sampled = prepare(vol.array, config.slices, config.input_size)
+        with torch.inference_mode():
+            out = net(x.unsqueeze(0).to(self.device))
+            attention = out.slice_attention[0].double().cpu().numpy()
+            # Repeats of a slice (series shorter than m): its best position counts.
+            slices, first, inverse = np.unique(sampled, return_index=True, return_inverse=True)
+            merged = np.full(len(slices), -np.inf)
+            np.maximum.at(merged, inverse, attention)
+            ranked = np.argsort(-merged, kind="stable")[:KEY_SLICES]  # ties: lower slice first
+            # Repeats are the same image with the same feature attention, so any one gives its map.
+            positions = torch.as_tensor(first[ranked], dtype=torch.int64, device=self.device)[None]
+            maps = net.spatial_maps(out, positions)[0].float().cpu()
+            probabilities = out.probabilities[0].cpu().tolist()
+
+        uid = vol.series_instance_uid
+        key_slices = tuple(
+            KeySlice(uid, int(slices[j]), vol.sop_instance_uids[int(slices[j])], float(merged[j]), rank)
+            for rank, j in enumerate(ranked, start=1))
+        heat = np.zeros(vol.array.shape, np.float32)
+        heat[slices[ranked]] = _to_series_grid(maps, *vol.array.shape[1:])
+        # Within the 64 characters a Parametric Map's LUT Explanation keeps.
+        heatmap = Heatmap(uid, "attention", heat,
+                          f"feature attention on {len(ranked)} key slices, each 0-1; 0 elsewhere")
+        rows = tuple((i, int(k), vol.sop_instance_uids[int(k)], float(a))
+                     for i, (k, a) in enumerate(zip(sampled, attention)))
+        table = Table("slice attention", ("sampled position", "slice index", "SOP Instance UID", "attention"), rows)
+        findings = tuple(Finding(lb.name, lb.code, float(p), lb.threshold)
+                         for lb, p in zip(self.spec.labels, probabilities))
+        return ModelResult(model=self.spec.name, version=self.spec.version, findings=findings, card=self.card,
+                           key_slices=key_slices, heatmaps=(heatmap,), tables=(table,))
+
+
+ENTRIES = [
+    ModelEntry(SPEC, functools.partial(HemorrhageModel, SPEC)),
+    ModelEntry(SPEC_CQ500, functools.partial(HemorrhageModel, SPEC_CQ500)),
+]
