@@ -8,8 +8,10 @@ loads it)::
      "training_data": "...", "demo": true, "metrics": {...}}}
 
 ``config`` is what the model needs to rebuild its network (e.g. ``DrCT2Config.to_dict()``);
-``card`` becomes the :class:`~models.spec.ModelCard` with ``weights_sha256`` = the SHA-256 of
-the file's bytes (what ``sha256sum`` prints), so a site can check which weights made a result.
+``card`` becomes the :class:`~models.spec.ModelCard` with ``weights_sha256`` =
+:func:`state_dict_sha256`: a hash of the tensors themselves (names, dtypes, shapes, bytes), so
+the same weights have the same hash however often they are saved. (Not the file's hash: every
+``torch.save`` writes a random serialization id, so two saves of one state differ in bytes.)
 """
 from __future__ import annotations
 
@@ -40,18 +42,20 @@ class Checkpoint:
     card: ModelCard
 
 
-def file_sha256(path: Path) -> str:
+def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the tensors in name order: each name, dtype, shape and little-endian bytes."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
 
 def save_checkpoint(path: Path, *, model: str, config: dict[str, Any], labels: list[str] | tuple[str, ...],
                     state_dict: dict[str, torch.Tensor], architecture: dict[str, Any], training_data: str,
                     demo: bool, metrics: dict[str, float] | None = None) -> str:
-    """Write a checkpoint atomically (temporary file, rename) and return its SHA-256."""
+    """Write a checkpoint atomically (temporary file, rename); returns :func:`state_dict_sha256`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = {"format": FORMAT, "model": model, "config": dict(config), "labels": list(labels),
@@ -65,7 +69,7 @@ def save_checkpoint(path: Path, *, model: str, config: dict[str, Any], labels: l
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
-    return file_sha256(path)
+    return state_dict_sha256(blob["state_dict"])
 
 
 def load_checkpoint(path: Path, model: str) -> Checkpoint:
@@ -88,6 +92,7 @@ def load_checkpoint(path: Path, model: str) -> Checkpoint:
     card = blob["card"]
     return Checkpoint(model=blob["model"], config=dict(blob["config"]), labels=tuple(blob["labels"]),
                       state_dict=dict(blob["state_dict"]),
-                      card=ModelCard(architecture=dict(card["architecture"]), weights_sha256=file_sha256(path),
+                      card=ModelCard(architecture=dict(card["architecture"]),
+                                     weights_sha256=state_dict_sha256(blob["state_dict"]),
                                      training_data=card["training_data"], demo=bool(card["demo"]),
                                      metrics=dict(card.get("metrics", {}))))

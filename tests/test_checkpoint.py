@@ -16,15 +16,17 @@ def _save(path, **over):
     return save_checkpoint(path, **kw)
 
 
-def test_round_trip_and_the_card_names_the_file_hash(tmp_path):
+def test_round_trip_and_the_card_names_the_weights_hash(tmp_path):
     path = tmp_path / "w" / "m.pt"
     sha = _save(path)
-    assert sha == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert sha == _save(tmp_path / "again.pt") != hashlib.sha256(path.read_bytes()).hexdigest()  # tensors, not bytes
+    assert _save(tmp_path / "other.pt", state_dict={"w": torch.arange(6.0).view(3, 2)}) != sha  # shape counts
     ck = load_checkpoint(path, "m")
     assert ck.labels == ("any", "iph") and ck.config == {"width": 4}
     assert torch.equal(ck.state_dict["w"], torch.arange(6.0).view(2, 3))
     assert ck.card.weights_sha256 == sha and ck.card.demo and ck.card.metrics == {"f1_macro": 0.9}
     assert [p.name for p in path.parent.iterdir()] == ["m.pt"]  # no temporary file left
+    assert load_checkpoint(tmp_path / "again.pt", "m").card.weights_sha256 == sha
 
 
 def test_refusals_say_what_is_wrong(tmp_path):

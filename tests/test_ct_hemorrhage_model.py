@@ -14,7 +14,7 @@ import torch
 from pydicom.sr.codedict import codes
 
 from models import ModelRegistry
-from models.checkpoint import file_sha256, save_checkpoint
+from models.checkpoint import load_checkpoint, save_checkpoint, state_dict_sha256
 from models.ct_hemorrhage import model as cth
 from models.ct_hemorrhage.model import ENTRIES, SPEC, SPEC_CQ500, HemorrhageModel, demo_weights_path, paper_config
 from models.ct_hemorrhage.network import DrCT2, DrCT2Config
@@ -106,7 +106,7 @@ def test_predict_honours_the_contract_with_one_finding_per_label(run, weights):
     assert [(f.label, f.code, f.threshold) for f in result.findings] == [(lb.name, lb.code, 0.5) for lb in SPEC.labels]
     assert all(0.0 < f.probability < 1.0 for f in result.findings)
     assert result.card == model.card and result.card.demo
-    assert result.card.weights_sha256 == file_sha256(weights)
+    assert result.card.weights_sha256 == state_dict_sha256(load_checkpoint(weights, SPEC.name).state_dict)
     assert result.card.architecture["name"] == "test" and result.lesions == ()
 
 
