@@ -121,6 +121,12 @@ class Lesion:
             raise ValueError(f"Lesion {self.label!r}: volume must be positive, got {self.volume_mm3}")
 
 
+SLICE_ATTENTION_TABLE = "slice attention"
+"""A :class:`Table` of this name, with columns ``slice index``, ``SOP Instance UID`` and
+``attention`` (one row per slice the model looked at), is drawn on the report page as the
+attention of every slice, as DrCT2's Figure 2 does."""
+
+
 @dataclass(frozen=True)
 class Table:
     """A small table (e.g. relevance per atlas region): named columns, rows of values."""

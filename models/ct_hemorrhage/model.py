@@ -50,7 +50,7 @@ from pydicom.sr.codedict import codes
 
 from ..checkpoint import load_checkpoint
 from ..registry import ModelEntry
-from ..result import Finding, Heatmap, KeySlice, ModelResult, SeriesVolume, Table
+from ..result import SLICE_ATTENTION_TABLE, Finding, Heatmap, KeySlice, ModelResult, SeriesVolume, Table
 from ..spec import Code, InputSlot, Label, ModelCard, ModelSpec
 from .network import DrCT2, DrCT2Config
 from .preprocess import prepare
@@ -238,7 +238,7 @@ class HemorrhageModel:
                           f"feature attention on {len(ranked)} key slices, each 0-1; 0 elsewhere")
         rows = tuple((i, int(k), vol.sop_instance_uids[int(k)], float(a))
                      for i, (k, a) in enumerate(zip(sampled, attention)))
-        table = Table("slice attention", ("sampled position", "slice index", "SOP Instance UID", "attention"), rows)
+        table = Table(SLICE_ATTENTION_TABLE, ("sampled position", "slice index", "SOP Instance UID", "attention"), rows)
         findings = tuple(Finding(lb.name, lb.code, float(p), lb.threshold)
                          for lb, p in zip(self.spec.labels, probabilities))
         return ModelResult(model=self.spec.name, version=self.spec.version, findings=findings, card=self.card,

@@ -33,6 +33,16 @@ class FindingLine:
 
 
 @dataclass(frozen=True)
+class SampledSlice:
+    """A slice the model looked at, for the report page's attention strip."""
+
+    image: np.ndarray  # windowed uint8
+    slice_index: int
+    score: float
+    key: bool
+
+
+@dataclass(frozen=True)
 class Thumb:
     """A key slice for the report page: its windowed overlay, rank, score, slice index."""
 
@@ -112,9 +122,43 @@ def captioned(rgb: np.ndarray, lines: list[str], demo_text: str | None) -> np.nd
     return np.asarray(img, dtype=np.uint8)
 
 
+def _verdict(findings: list[FindingLine]) -> str:
+    present = [f.meaning or f.label for f in findings if f.present]
+    return f"This patient may have: {', '.join(present)}" if present else \
+        "No finding reaches its threshold"
+
+
+def _attention_strip(img: Image.Image, draw: ImageDraw.ImageDraw, y: int, sampled: list[SampledSlice]) -> int:
+    """Every sampled slice as a small thumbnail (key slices outlined) over its attention bar;
+    returns the next free y."""
+    width = img.width
+    small = _font(12)
+    draw.text((24, y), "Sampled slices and their attention (key slices outlined)", fill=TEXT, font=_font(18))
+    y += 28
+    side = max(12, min(56, (width - 48) // len(sampled) - 2))
+    top = max(s.score for s in sampled) or 1.0
+    chart_h = 56
+    for i, s in enumerate(sampled):
+        x = 24 + i * (side + 2)
+        img.paste(Image.fromarray(s.image).convert("RGB").resize((side, side), Image.Resampling.BILINEAR), (x, y))
+        if s.key:
+            draw.rectangle((x - 1, y - 1, x + side, y + side), outline=PRESENT, width=2)
+        h = int(chart_h * max(s.score, 0.0) / top)
+        draw.rectangle((x, y + side + 4 + chart_h - h, x + side - 1, y + side + 4 + chart_h),
+                       fill=PRESENT if s.key else BAR)
+    y += side + 4 + chart_h + 2
+    draw.text((24, y), f"slices {sampled[0].slice_index}..{sampled[-1].slice_index} of the series, "
+                       f"highest attention {top:.3f}", fill=TEXT, font=small)
+    return y + 20
+
+
 def report_page(title: str, subtitle: str, findings: list[FindingLine], thumbs: list[Thumb],
-                demo_text: str | None, width: int = 1024, height: int = 768) -> np.ndarray:
-    """The one-page report: findings with probabilities, key-slice score bars, thumbnails."""
+                demo_text: str | None, width: int = 1024, height: int = 768,
+                sampled: list[SampledSlice] | None = None) -> np.ndarray:
+    """The one-page report, laid out like DrCT2's Figure 2: the verdict ("This patient may
+    have: …"), findings with probabilities, the attention of every sampled slice (when the model
+    reported it; else the key slices' scores as bars) and the ranked key slices with their
+    highlighted areas."""
     img = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(img)
     big, mid, small = _font(28), _font(18), _font(14)
@@ -125,6 +169,8 @@ def report_page(title: str, subtitle: str, findings: list[FindingLine], thumbs: 
         draw.rectangle((16, y, width - 16, y + 34), outline=WARN, width=2)
         draw.text((28, y + 6), demo_text, fill=WARN, font=mid)
         y += 46
+    draw.text((24, y), _verdict(findings), fill=PRESENT if any(f.present for f in findings) else ABSENT, font=mid)
+    y += 30
     draw.text((24, y), "Findings (probability / threshold)", fill=TEXT, font=mid)
     y += 28
     for f in findings[:12]:
@@ -137,20 +183,23 @@ def report_page(title: str, subtitle: str, findings: list[FindingLine], thumbs: 
         draw.rectangle((bar_x, y + 2, bar_x + int(240 * f.probability), y + 14), fill=color)
         y += 22
     y += 10
+    if sampled:
+        y = _attention_strip(img, draw, y, sampled)
     if thumbs:
-        draw.text((24, y), "Key slices: score by slice (bars), ranked thumbnails", fill=TEXT, font=mid)
-        y += 28
-        chart_h = 90
-        ordered = sorted(thumbs, key=lambda t: t.slice_index)
-        top = max(t.score for t in thumbs) or 1.0
-        bar_w = max(8, min(60, (width - 48) // (2 * len(ordered))))
-        for i, t in enumerate(ordered):
-            x = 32 + i * 2 * bar_w
-            h = int(chart_h * max(t.score, 0.0) / top)
-            draw.rectangle((x, y + chart_h - h, x + bar_w, y + chart_h), fill=BAR)
-            draw.text((x, y + chart_h + 2), str(t.slice_index), fill=TEXT, font=small)
-        y += chart_h + 24
-        side = max(64, min(200, height - y - 40))
+        if not sampled:
+            draw.text((24, y), "Key slices: score by slice (bars), ranked thumbnails", fill=TEXT, font=mid)
+            y += 28
+            chart_h = 90
+            ordered = sorted(thumbs, key=lambda t: t.slice_index)
+            top = max(t.score for t in thumbs) or 1.0
+            bar_w = max(8, min(60, (width - 48) // (2 * len(ordered))))
+            for i, t in enumerate(ordered):
+                x = 32 + i * 2 * bar_w
+                h = int(chart_h * max(t.score, 0.0) / top)
+                draw.rectangle((x, y + chart_h - h, x + bar_w, y + chart_h), fill=BAR)
+                draw.text((x, y + chart_h + 2), str(t.slice_index), fill=TEXT, font=small)
+            y += chart_h + 24
+        side = max(64, min(200, height - y - 40, (width - 32) // len(thumbs) - 16))  # all of them in a row
         for i, t in enumerate(sorted(thumbs, key=lambda t: t.rank)[: (width - 32) // (side + 16)]):
             x = 24 + i * (side + 16)
             thumb = Image.fromarray(t.image).resize((side, side), Image.Resampling.BILINEAR)

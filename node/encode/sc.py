@@ -2,8 +2,10 @@
 
 Overlays (instances 1..n, rank order) show the source slice windowed with the first heatmap
 of its series blended in, a caption with rank and score and, for demo weights, the demo
-warning. The report page (last instance) lists the findings with probabilities, draws the
-key-slice scores as bars and shows the ranked overlays as thumbnails. All carry burned-in
+warning. The report page (last instance) says what the patient may have, lists the findings
+with probabilities, draws the attention of every sampled slice when the result carries a
+slice-attention table (else the key-slice scores as bars) and shows the ranked overlays as
+thumbnails. All carry burned-in
 text, so Burned In Annotation is YES.
 """
 from __future__ import annotations
@@ -13,6 +15,8 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
+
+from models import SLICE_ATTENTION_TABLE
 
 from . import render
 from .common import DEMO_TEXT, Job, ensure_laterality
@@ -38,6 +42,23 @@ def _heat_for(job: Job, series_uid: str) -> np.ndarray | None:
             low, high = float(a.min()), float(a.max())
             return (a - low) / (high - low) if high > low else np.zeros_like(a)
     return None
+
+
+def _sampled_slices(job: Job) -> list[render.SampledSlice] | None:
+    """The rows of the result's slice-attention table (:data:`models.SLICE_ATTENTION_TABLE`) as
+    windowed source slices with their attention, in the table's order; None without one."""
+    table = next((t for t in job.result.tables if t.name == SLICE_ATTENTION_TABLE), None)
+    if table is None or not table.rows:
+        return None
+    col = {name: i for i, name in enumerate(table.columns)}
+    by_uid = {str(ds.SOPInstanceUID): ds for datasets in job.series.values() for ds in datasets}
+    keys = {ks.sop_instance_uid for ks in job.result.key_slices}
+    out = []
+    for row in table.rows:
+        uid = str(row[col["SOP Instance UID"]])
+        out.append(render.SampledSlice(render.windowed(by_uid[uid]), int(row[col["slice index"]]),
+                                       float(row[col["attention"]]), uid in keys))
+    return out
 
 
 def _sc(job: Job, pixels: np.ndarray, index: int, ref: pydicom.Dataset, orientation: tuple[str, str],
@@ -87,7 +108,7 @@ def build_secondary_captures(job: Job) -> list[pydicom.Dataset]:
     page = render.report_page(
         title=f"{job.spec.name} {job.spec.version}",
         subtitle=f"{job.spec.summary} - weights {job.result.card.weights_sha256[:12]}"[:160],
-        findings=findings, thumbs=thumbs, demo_text=demo,
+        findings=findings, thumbs=thumbs, demo_text=demo, sampled=_sampled_slices(job),
     )
     ref = job.reference
     report = _sc(job, page, len(out), ref, _orientation(ref), f"{job.spec.name} report page", None)
