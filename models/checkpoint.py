@@ -65,7 +65,9 @@ def save_checkpoint(path: Path, *, model: str, config: dict[str, Any], labels: l
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        torch.save(blob, tmp)
+        with open(tmp, "wb") as f:  # a file object: torch would record the temporary file's name
+            torch.save(blob, f)
+        os.chmod(tmp, 0o644)  # mkstemp made it private; weights are not secret
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

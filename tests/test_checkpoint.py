@@ -20,6 +20,7 @@ def test_round_trip_and_the_card_names_the_weights_hash(tmp_path):
     path = tmp_path / "w" / "m.pt"
     sha = _save(path)
     assert sha == _save(tmp_path / "again.pt") != hashlib.sha256(path.read_bytes()).hexdigest()  # tensors, not bytes
+    assert (tmp_path / "again.pt").read_bytes() == path.read_bytes()  # and the files are equal too
     assert _save(tmp_path / "other.pt", state_dict={"w": torch.arange(6.0).view(3, 2)}) != sha  # shape counts
     ck = load_checkpoint(path, "m")
     assert ck.labels == ("any", "iph") and ck.config == {"width": 4}
