@@ -98,7 +98,7 @@ def load_series(paths: Sequence[Path], *, min_slices: int = 1, max_tilt_deg: flo
         volume = _multi_frame(datasets[0], series_uid, min_slices, max_tilt_deg, spacing_tol)
     else:
         volume = _single_frames(datasets, series_uid, min_slices, max_tilt_deg, spacing_tol)
-    log.info("loaded series %s: %d slices %s, spacing %s", series_uid, volume.array.shape[0],
+    log.debug("loaded series %s: %d slices %s, spacing %s", series_uid, volume.array.shape[0],
              volume.array.shape[1:], tuple(round(s, 3) for s in volume.spacing))
     return volume
 
