@@ -10,8 +10,9 @@ loads it)::
 ``config`` is what the model needs to rebuild its network (e.g. ``DrCT2Config.to_dict()``);
 ``card`` becomes the :class:`~models.spec.ModelCard` with ``weights_sha256`` =
 :func:`state_dict_sha256`: a hash of the tensors themselves (names, dtypes, shapes, bytes), so
-the same weights have the same hash however often they are saved. (Not the file's hash: every
-``torch.save`` writes a random serialization id, so two saves of one state differ in bytes.)
+the same weights have the same hash however they were saved. (Not the file's hash: the bytes
+depend on how ``torch.save`` was called, e.g. it records the name of a path it writes to; saved
+here through a file object, two saves of the same weights are byte-identical too.)
 """
 from __future__ import annotations
 
