@@ -38,9 +38,9 @@ Threshold overrides (``models: {name: {thresholds: {label: t}}}``) are applied b
 :class:`~node.infer.ModelRunner` (:func:`make_runner`); results are encoded with its spec, so
 the findings' ``present`` flags, the SR and the report page carry the configured thresholds.
 
-:func:`run_files` is the one-shot pipeline (route → infer → encode → validate → folder) on
-files, for ``neuroread run``: single-series models per series, multi-series models per study
-with the same slot rules (an incomplete study is logged and skipped).
+The same route → infer → encode → validate path on files, without a network, is
+:func:`node.oneshot.run_files` (``neuroread run``); it shares this module's building blocks
+(:func:`build_routes`, :func:`make_runner`, :func:`decide`, :func:`process_inputs`).
 """
 from __future__ import annotations
 
@@ -206,7 +206,7 @@ def encode_info(config: Config) -> EncodeInfo:
     return EncodeInfo(device_name=f"neuroread node {config.node.ae_title}")
 
 
-def _multi_series_specs(registry: ModelRegistry) -> list[ModelSpec]:
+def multi_series_specs(registry: ModelRegistry) -> list[ModelSpec]:
     return [registry.spec(n) for n in registry.names() if len(registry.spec(n).slots) > 1]
 
 
@@ -393,7 +393,7 @@ class Node:
         """Fill the slots of each multi-series model from a complete study's series and enqueue
         one job per model whose slots are all filled (rules in the module docstring); record
         the others ``incomplete`` with the missing slots. Returns the jobs (new or existing)."""
-        specs = _multi_series_specs(self.registry)
+        specs = multi_series_specs(self.registry)
         if not specs:
             return []
         members = {s.series_uid: s for s in study.series}
@@ -529,81 +529,3 @@ class Node:
                 if name not in names:
                     names.append(name)
         return names or [d.name for d in self.destinations]
-
-
-# -- one-shot, no network ---------------------------------------------------------------------------
-def _series_files(paths: Iterable[Path]) -> dict[str, tuple[pydicom.Dataset, list[Path]]]:
-    """Series UID → (header of its first file by InstanceNumber, its files), from files or folders."""
-    files: list[Path] = []
-    for p in map(Path, paths):
-        files += sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-    series: dict[str, list[tuple[pydicom.Dataset, Path]]] = {}
-    for f in files:
-        try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True)
-            uid = str(ds.SeriesInstanceUID)
-        except (OSError, InvalidDicomError, AttributeError):
-            logger.debug("skipping %s: not a DICOM instance", f)
-            continue
-        series.setdefault(uid, []).append((ds, f))
-    out = {}
-    for uid, items in series.items():
-        items.sort(key=lambda t: int(t[0].get("InstanceNumber", 0) or 0))
-        unique = {str(ds.SOPInstanceUID): f for ds, f in items}
-        out[uid] = (items[0][0], list(unique.values()))
-    return out
-
-
-def _write(objects: Iterable[pydicom.Dataset], out_dir: Path) -> list[Path]:
-    written = []
-    for ds in objects:
-        target = Path(out_dir) / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        ds.save_as(target, enforce_file_format=True)
-        written.append(target)
-    return written
-
-
-def run_files(paths: Iterable[Path], out_dir: Path, config: Config, registry: ModelRegistry) -> list[Path]:
-    """Route, infer, encode and validate every series under ``paths`` (single-series models)
-    and every study (multi-series models, slots filled as in the module docstring); write the
-    results to ``out_dir/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm`` and return the files written.
-
-    A series that is unrouted or unusable, or a study missing a slot, is logged (with the
-    reason) and skipped.
-    """
-    config.check_models({n: registry.spec(n) for n in registry.names()})
-    routes = build_routes(config, registry)
-    runner, info, dciodvfy = make_runner(config, registry), encode_info(config), find_dciodvfy()
-    studies: dict[str, dict[str, tuple[pydicom.Dataset, list[Path]]]] = {}
-    for uid, (header, files) in _series_files(paths).items():
-        studies.setdefault(str(header.get("StudyInstanceUID", "")), {})[uid] = (header, files)
-    written: list[Path] = []
-
-    def run(model: str, inputs: dict[str, list[Path]], what: str) -> None:
-        try:
-            _, objects = process_inputs(inputs, model, runner, info, dciodvfy)
-        except PipelineError as exc:
-            logger.error("%s, %s: %s", what, model, exc.reason)
-            return
-        written.extend(_write(objects, out_dir))
-        logger.info("%s → %s: %d objects written", what, model, len(objects))
-
-    for study_uid, series in sorted(studies.items()):
-        candidates = []
-        for uid, (header, files) in sorted(series.items()):
-            decision, single, multi = decide(header, len(files), routes, registry)
-            if not decision.routed:
-                logger.warning("series %s unrouted: %s", uid, decision.reason)
-            for route in single:
-                run(route.model, {route.slot: files}, f"series {uid}")
-            candidates += [Candidate.of(uid, route, header, len(files)) for route in multi]
-        for spec in _multi_series_specs(registry):
-            filling = fill_slots(spec, candidates)
-            if filling.missing:
-                if filling.chosen:
-                    logger.warning("study %s incomplete, skipped: %s", study_uid, filling.describe())
-                continue
-            logger.info("study %s: %s", study_uid, filling.describe())
-            run(spec.name, {slot: series[c.series_uid][1] for slot, c in filling.chosen.items()}, f"study {study_uid}")
-    return written

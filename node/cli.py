@@ -244,7 +244,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from node.app import run_files
+    from node.oneshot import run_files
 
     config = _config(args)
     written = run_files([Path(p) for p in args.paths], Path(args.out), config, _registry(config))

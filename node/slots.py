@@ -26,7 +26,7 @@
   again, or reported again after a restart, makes no new job.
 
 :func:`fill_slots` is used by the node (:class:`node.app.Node`, when the assembler reports a
-study complete) and by the one-shot pipeline on files (:func:`node.app.run_files`).
+study complete) and by the one-shot pipeline on files (:func:`node.oneshot.run_files`).
 """
 from __future__ import annotations
 

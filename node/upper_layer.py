@@ -215,12 +215,6 @@ class AssociationServer:
         self._thread = threading.Thread(target=self._accept_loop, name=f"scp-{ae_title}-accept", daemon=True)
         self._thread.start()
 
-    @property
-    def active(self) -> int:
-        """Associations established and not yet finished."""
-        with self._lock:
-            return len(self._established)
-
     def sockets(self) -> list[socket.socket]:
         """The sockets of the connections being served (for tests and diagnostics)."""
         with self._lock:

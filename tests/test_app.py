@@ -14,7 +14,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
 
 from models import ModelRegistry
-from node.app import Node, run_files
+from node.app import Node
+from node.oneshot import run_files
 from node.assemble import CompleteSeries
 from node.config import parse_config
 from node.encode import validate

@@ -13,11 +13,12 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from models import ModelRegistry
-from node.app import Node, run_files
+from node.app import Node
 from node.assemble import CompleteSeries, CompleteStudy
 from node.config import parse_config
 from node.encode import validate
 from node.infer import ModelRunner
+from node.oneshot import run_files
 from node.route import Route, default_routes, parse_condition
 from node.slots import Candidate, fill_slots
 from training.phantoms.baseline import load_truth
