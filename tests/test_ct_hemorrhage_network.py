@@ -248,7 +248,7 @@ def test_demo_preset_forward_on_one_series():
     assert config.name == "demo" and config.to_dict()["name"] == "demo"
     assert config.backbone == (8, 8, "M", 16, 16, "M", 32, 32, 32, "M", 64, 64, 64, "M", 64, 64, 64, "M")
     assert (config.slices, config.key_slices, config.input_size, config.zoom_size) == (16, 8, 128, 256)
-    assert not config.freeze_backbone
+    assert config.freeze_backbone and config.backbone_batch_norm  # pre-trained on phantom slices, then frozen
     model = _model(config).eval()
     assert sum(p.numel() * 4 for p in model.parameters()) < 5 * 1024 * 1024  # float32 weights under 5 MB
     with torch.no_grad():
@@ -333,3 +333,41 @@ def test_config_from_dict_names_unknown_and_missing_keys():
 def test_config_refuses_invalid_values(change, message):
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(TINY, **change)
+
+
+def test_decode_from_encoded_slices_matches_forward():
+    """Training with a frozen encoder runs decode() on vectors encoded once per slice; it must
+    give what forward() gives on the images (same key slices, same logits)."""
+    config = dataclasses.replace(TINY, backbone_batch_norm=True, freeze_backbone=True)
+    model = _model(config).eval()
+    x = _batch(config)
+    with torch.no_grad():
+        full = model(x)
+        vectors, zoomed = model.encode_slices(x.flatten(0, 1))
+        cached = model.decode(vectors.view(2, 6, -1), zoomed.view(2, 6, -1))
+    assert torch.equal(cached.key_slices, full.key_slices)
+    for name in ("primary_logits", "aps_logits", "fusion_logits", "slice_attention", "feature_attention"):
+        torch.testing.assert_close(getattr(cached, name), getattr(full, name), rtol=1e-5, atol=1e-6)
+    assert cached.conv_maps is None
+    with pytest.raises(ValueError, match="conv maps"):
+        model.spatial_maps(cached)
+    with pytest.raises(ValueError, match=r"zoomed_vectors must be \[batch, 6, 8\]"):
+        model.decode(vectors.view(2, 6, -1), zoomed[:6].view(1, 6, -1)[:, :, :4])
+    with pytest.raises(ValueError, match="encode_slices expects"):
+        model.encode_slices(x)
+
+
+def test_frozen_encoder_keeps_its_batch_norm_statistics_in_training():
+    config = dataclasses.replace(TINY, backbone_batch_norm=True, freeze_backbone=True)
+    model = _model(config)
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    model.train()
+    assert model.training and model.primary.training and not model.backbone.training
+    optimizer = make_optimizer(model)
+    loss = drct2_loss(model(_batch(config)), torch.ones(2, 3))
+    loss.total.backward()
+    optimizer.step()
+    after = model.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and running statistics
+    unfrozen = _model(dataclasses.replace(config, freeze_backbone=False)).train()
+    assert unfrozen.backbone.training

@@ -6,6 +6,7 @@ backbone) for one or two epochs on the session's four small phantoms.
 """
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -17,6 +18,7 @@ from node.cli import main
 from models.ct_hemorrhage.network import DrCT2, make_optimizer
 from training.datasets import RSNA_LABELS, SeriesDataset, collate, read_phantoms
 from training.demo import DemoPlan, train_demo
+from training.encoder import encode_slices, load_slices, pretrain_encoder
 from training.train import TrainConfig, cross_validate, deterministic, train, train_once, train_step
 
 TINY = {"slices": 4, "key_slices": 2, "input_size": 32, "zoom_size": 64, "backbone": [4, "M", 8, "M"],
@@ -53,13 +55,17 @@ def test_gradient_steps_lower_the_loss_on_a_fixed_batch(records):
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
 
 
-def test_same_seed_gives_identical_weights_and_another_seed_does_not(records):
-    config = _config(epochs=2, augment=True, network={**TINY, "slices": 8})  # 24 slices: 2 extra sets each
+FROZEN = {**TINY, "backbone_batch_norm": True, "freeze_backbone": True, "name": "tiny-frozen"}
+
+
+@pytest.mark.parametrize("network, pretrain", [(TINY, 0), (FROZEN, 1)], ids=["trained-encoder", "pretrained-frozen"])
+def test_same_seed_gives_identical_weights_and_another_seed_does_not(records, network, pretrain):
+    def config(seed: int = 0) -> TrainConfig:  # 24 slices at m = 8: two extra sets per series
+        return _config(epochs=2, augment=True, network={**network, "slices": 8}, pretrain_epochs=pretrain, seed=seed)
     switch = torch.are_deterministic_algorithms_enabled()
-    first = train_once(records[:2], None, config, progress=False)
-    again = train_once(records[:2], None, config, progress=False)
-    other = train_once(records[:2], None, _config(epochs=2, augment=True, network={**TINY, "slices": 8}, seed=1),
-                       progress=False)
+    first = train_once(records[:2], None, config(), progress=False)
+    again = train_once(records[:2], None, config(), progress=False)
+    other = train_once(records[:2], None, config(seed=1), progress=False)
     a, b, c = (r.model.state_dict() for r in (first, again, other))
     assert list(a) == list(b)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -67,6 +73,38 @@ def test_same_seed_gives_identical_weights_and_another_seed_does_not(records):
     assert len(first.history) == 2 and first.history == again.history
     assert first.evaluation is None
     assert torch.are_deterministic_algorithms_enabled() == switch  # the context restored torch's switch
+
+
+def test_encoder_pretraining_learns_the_slices_then_stays_frozen(records):
+    network = TrainConfig(network=FROZEN, pretrain_epochs=1).network_config()
+    stacks = load_slices(records, network.input_size, progress=False)
+    assert [tuple(s.images.shape) for s in stacks] == [(24, 3, 32, 32)] * 4
+    assert all(s.slice_labels.shape == (24, 6) for s in stacks)
+    with deterministic(0, threads=1):
+        model = DrCT2(network)
+        before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+        losses = pretrain_encoder(model, stacks, epochs=4, lr=3e-3, progress=False)
+    assert losses[-1] < losses[0], losses
+    after = model.backbone.state_dict()
+    assert not torch.equal(before["0.weight"], after["0.weight"])  # the convolutions learnt
+    assert not torch.equal(before["1.running_mean"], after["1.running_mean"])  # batch norm saw the slices
+    assert not model.backbone.training and not any(p.requires_grad for p in model.backbone.parameters())
+    encoded = encode_slices(model, stacks, progress=False)
+    assert [tuple(v.shape) for v, _ in encoded] == [(24, 8)] * 4 and [tuple(z.shape) for _, z in encoded] == [(24, 8)] * 4
+    with torch.no_grad():  # the vectors are those forward() computes for the same slices
+        x = stacks[1].images[10:14].unsqueeze(0)
+        full = model.eval()(x)
+        cached = model.decode(encoded[1][0][10:14].unsqueeze(0), encoded[1][1][10:14].unsqueeze(0))
+    torch.testing.assert_close(cached.fusion_logits, full.fusion_logits, rtol=1e-5, atol=1e-6)
+
+
+def test_encoder_pretraining_needs_slice_labels_and_vectors_need_a_frozen_encoder(records):
+    stacks = [dataclasses.replace(s, slice_labels=None) for s in load_slices(records[:1], 32, progress=False)]
+    with pytest.raises(ValueError, match="pretrain_epochs > 0 needs per-slice labels"):
+        pretrain_encoder(DrCT2(TrainConfig(network=FROZEN, pretrain_epochs=1).network_config()), stacks,
+                         epochs=1, lr=1e-3, progress=False)
+    with pytest.raises(ValueError, match="needs a frozen encoder"):
+        encode_slices(DrCT2(TrainConfig(network=TINY).network_config()), stacks, progress=False)
 
 
 def test_train_with_two_folds_writes_a_checkpoint_with_its_card(records, tmp_path):
@@ -117,8 +155,15 @@ def test_config_refuses_bad_values_naming_them():
         TrainConfig(model="ct-hemorage", network="demo")
     with pytest.raises(ValueError, match=r"unknown preset 'papr' \(did you mean 'paper'\?\)"):
         TrainConfig(network="papr")
-    with pytest.raises(ValueError, match="backbone_weights.*--backbone-weights"):
+    with pytest.raises(ValueError, match="backbone_weights.*--backbone-weights.*--pretrain-epochs"):
         TrainConfig(network="paper")
+    with pytest.raises(ValueError, match="backbone_weights.*--pretrain-epochs"):
+        TrainConfig(network="demo", pretrain_epochs=0)
+    with pytest.raises(ValueError, match="TrainConfig.pretrain_epochs must be a non-negative integer, got -1"):
+        TrainConfig(network="demo", pretrain_epochs=-1)
+    assert TrainConfig(network="demo").pretrain_epochs == 3 and TrainConfig(network=TINY).pretrain_epochs == 0
+    assert "pre-trained 3 epochs on the per-slice labels" in TrainConfig(network="demo").describe()
+    assert TrainConfig(network="paper", pretrain_epochs=2).pretrain_epochs == 2  # slices instead of ImageNet
     with pytest.raises(ValueError, match="TrainConfig.epochs must be a positive integer, got 0"):
         TrainConfig(network="demo", epochs=0)
     with pytest.raises(ValueError, match="n_labels=9 but ct-hemorrhage has 6 labels"):

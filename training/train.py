@@ -7,7 +7,9 @@ APS network (:func:`~models.ct_hemorrhage.network.make_optimizer`), the loss of 
 (:func:`~models.ct_hemorrhage.network.drct2_loss`), 100 epochs, k-fold cross-validation
 (k = 10 for CQ500, 5 for RSNA) and the macro-F1 as the main metric.
 
-- :func:`train_once`: one model from training records, evaluated on validation records:
+- :func:`train_once`: one model from training records (its encoder first pre-trained on the
+  per-slice labels when asked, and trained on vectors encoded once when frozen:
+  :mod:`training.encoder`), evaluated on validation records:
   classification metrics of the fusion probabilities and, on records with per-slice labels,
   the paper's three key-slice tasks and the top-5 lesion fraction from the slice attention
   (:func:`evaluate`).
@@ -28,7 +30,7 @@ from __future__ import annotations
 import difflib
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,14 +44,19 @@ from tqdm import tqdm
 from models import ModelRegistry
 from models.checkpoint import save_checkpoint
 from models.ct_hemorrhage.model import ENTRIES, paper_config
-from models.ct_hemorrhage.network import DrCT2, DrCT2Config, DrCT2Loss, drct2_loss, make_optimizer
+from models.ct_hemorrhage.network import DrCT2, DrCT2Config, DrCT2Loss, DrCT2Output, drct2_loss, make_optimizer
 from training.datasets import SeriesDataset, StudyRecord, collate
+from training.encoder import encode_slices, load_slices, pretrain_encoder
 from training.folds import Split, holdout_split, kfold_splits
 from training.metrics import ClassificationMetrics, KeySliceResult, classification_metrics, key_slice_tasks
 
 log = logging.getLogger(__name__)
 
 PRESETS = ("paper", "demo")
+# Encoder pre-training epochs on per-slice labels by preset: the demo encoder has no ImageNet
+# weights to start from (DrCT2Config.demo); three epochs over ~5,000 phantom slices take about 4
+# minutes on 2 CPU cores and gave the held-out numbers in training.demo (four: 15 minutes in all).
+PRETRAIN_EPOCHS = {"demo": 3}
 
 
 def trainable() -> ModelRegistry:
@@ -69,8 +76,14 @@ class TrainConfig:
     (``n_labels`` may be left out: it follows the labels). ``augment`` adds the series built
     from unsampled slices to every epoch. ``threads`` sets torch's CPU threads while training
     (``None``: torch's default). ``backbone_weights`` is a local torchvision VGG16 file (needed
-    by a frozen backbone such as the paper's). ``device`` is a torch device (``"cuda"`` trains
-    on a GPU).
+    by a frozen backbone such as the paper's). ``pretrain_epochs`` > 0 first trains the encoder
+    on the records' per-slice labels for that many epochs with Adam at ``pretrain_lr``
+    (:func:`~training.encoder.pretrain_encoder`; in place of ImageNet weights, or on top of
+    them); ``None`` takes the preset's (:data:`PRETRAIN_EPOCHS`: 3 for ``"demo"``, else 0).
+    ``device`` is a torch device (``"cuda"`` trains on a GPU).
+
+    With a frozen encoder every slice is encoded once and the epochs train the rest of the
+    network on those vectors (:mod:`training.encoder`); otherwise each step runs the whole network.
     """
 
     model: str = "ct-hemorrhage"
@@ -83,6 +96,8 @@ class TrainConfig:
     primary_lr: float = 5e-4
     aps_lr: float = 3e-4
     backbone_weights: Path | None = None
+    pretrain_epochs: int | None = None
+    pretrain_lr: float = 1e-3
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -91,12 +106,17 @@ class TrainConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"TrainConfig.{key} must be a positive integer, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"TrainConfig.seed must be a non-negative integer, got {self.seed!r}")
+        if self.pretrain_epochs is None:
+            preset = self.network if isinstance(self.network, str) else ""
+            object.__setattr__(self, "pretrain_epochs", PRETRAIN_EPOCHS.get(preset, 0))
+        for key in ("seed", "pretrain_epochs"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"TrainConfig.{key} must be a non-negative integer, got {value!r}")
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
             raise ValueError(f"TrainConfig.threads must be a positive integer or None, got {self.threads!r}")
-        for key in ("primary_lr", "aps_lr"):
+        for key in ("primary_lr", "aps_lr", "pretrain_lr"):
             value = getattr(self, key)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 raise ValueError(f"TrainConfig.{key} must be a positive learning rate, got {value!r}")
@@ -108,11 +128,12 @@ class TrainConfig:
         if self.backbone_weights is not None:
             object.__setattr__(self, "backbone_weights", Path(self.backbone_weights))
         net = self.network_config()  # refuses a bad dict, naming the key
-        if net.freeze_backbone and self.backbone_weights is None:
+        if net.freeze_backbone and self.backbone_weights is None and not self.pretrain_epochs:
             raise ValueError(
                 f"TrainConfig.backbone_weights: the {net.name!r} network freezes its VGG backbone, which "
-                "only makes sense with ImageNet weights; give the local path of torchvision's vgg16 file "
-                "(CLI: --backbone-weights FILE), or use the 'demo' preset, which trains its backbone")
+                "only makes sense once it has learnt something: give the local path of torchvision's vgg16 "
+                "ImageNet file (CLI: --backbone-weights FILE), or pre-train it on per-slice labels "
+                "(TrainConfig.pretrain_epochs > 0, CLI: --pretrain-epochs N)")
         try:
             torch.device(self.device)
         except RuntimeError as err:  # what torch raises for an unknown device string
@@ -137,9 +158,15 @@ class TrainConfig:
 
     def describe(self) -> str:
         """One line for the model card: the settings that shaped the weights."""
-        return (f"{self.epochs} epochs, batch {self.batch_size}, seed {self.seed}, Adam lr {self.primary_lr:g} "
-                f"(primary, fusion) / {self.aps_lr:g} (APS), augmentation from unsampled slices "
-                f"{'on' if self.augment else 'off'}")
+        net = self.network_config()
+        encoder = "ImageNet VGG weights" if self.backbone_weights is not None else "initialised as torchvision does"
+        if self.pretrain_epochs:
+            encoder += (f", pre-trained {self.pretrain_epochs} epochs on the per-slice labels (Adam lr "
+                        f"{self.pretrain_lr:g})")
+        encoder += ", then frozen" if net.freeze_backbone else ", trained with the network"
+        return (f"encoder {encoder}; {self.epochs} epochs, batch {self.batch_size}, seed {self.seed}, Adam lr "
+                f"{self.primary_lr:g} (primary, fusion) / {self.aps_lr:g} (APS), augmentation from unsampled "
+                f"slices {'on' if self.augment else 'off'}")
 
 
 @contextmanager
@@ -205,13 +232,46 @@ def _check_records(records: Sequence[StudyRecord], config: TrainConfig, what: st
 def train_step(model: DrCT2, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> DrCT2Loss:
     """One gradient step on a batch (``x`` [B, m, 3, S, S], ``y`` [B, L]); returns the loss parts,
     detached. The output (with its conv maps) is dropped before returning."""
-    output = model(x)
+    return _step(optimizer, model(x), y)
+
+
+def _step(optimizer: torch.optim.Optimizer, output: DrCT2Output, y: torch.Tensor) -> DrCT2Loss:
     loss = drct2_loss(output, y)
     del output
     optimizer.zero_grad(set_to_none=True)
     loss.total.backward()
     optimizer.step()
     return DrCT2Loss(*(part.detach() for part in loss))
+
+
+_Steps = Callable[[DrCT2, torch.optim.Optimizer], Iterator[tuple[DrCT2Loss, int]]]
+
+
+def _image_batches(loader: DataLoader, config: TrainConfig) -> _Steps:
+    """One epoch of steps on image batches (the whole network runs each step)."""
+    def steps(model: DrCT2, optimizer: torch.optim.Optimizer) -> Iterator[tuple[DrCT2Loss, int]]:
+        for x, y in loader:
+            yield train_step(model, optimizer, x.to(config.device), y.to(config.device)), len(x)
+    return steps
+
+
+def _encoded_batches(dataset: SeriesDataset, encoded: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                     config: TrainConfig) -> _Steps:
+    """One epoch of steps on the dataset's items built from vectors encoded once (frozen encoder):
+    the same items, shuffled by a generator seeded like the image loader's."""
+    generator = torch.Generator().manual_seed(config.seed)
+    labels = [torch.from_numpy(r.labels.copy()) for r in dataset.records]
+
+    def steps(model: DrCT2, optimizer: torch.optim.Optimizer) -> Iterator[tuple[DrCT2Loss, int]]:
+        order = torch.randperm(len(dataset.items), generator=generator).tolist()
+        for start in range(0, len(order), config.batch_size):
+            items = [dataset.items[k] for k in order[start:start + config.batch_size]]
+            index = [torch.from_numpy(idx) for _, idx in items]
+            vectors = torch.stack([encoded[i][0][j] for (i, _), j in zip(items, index)]).to(config.device)
+            zoomed = torch.stack([encoded[i][1][j] for (i, _), j in zip(items, index)]).to(config.device)
+            y = torch.stack([labels[i] for i, _ in items]).to(config.device)
+            yield _step(optimizer, model.decode(vectors, zoomed), y), len(items)
+    return steps
 
 
 @dataclass(frozen=True)
@@ -296,22 +356,34 @@ def train_once(records_train: Sequence[StudyRecord], records_val: Sequence[Study
     started = time.perf_counter()
     with deterministic(config.seed, config.threads):
         model = DrCT2(network, backbone_weights=config.backbone_weights).to(config.device)
-        optimizer = make_optimizer(model, config.primary_lr, config.aps_lr)
         dataset = SeriesDataset(records_train, network.slices, network.input_size, augment=config.augment,
                                 seed=config.seed)
-        loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, num_workers=0,
-                            generator=torch.Generator().manual_seed(config.seed), collate_fn=_train_items)
+        stacks = None
+        if config.pretrain_epochs or network.freeze_backbone:
+            stacks = load_slices(records_train, network.input_size, progress=progress, desc=f"{desc}: load slices")
+        if config.pretrain_epochs:
+            pretrain_encoder(model, stacks, epochs=config.pretrain_epochs, lr=config.pretrain_lr, seed=config.seed,
+                             device=config.device, progress=progress, desc=f"{desc}: pre-train encoder")
+        optimizer = make_optimizer(model, config.primary_lr, config.aps_lr)
         log.info("%s: %d series (%d with augmentation), %s", desc, len(records_train), len(dataset),
                  config.describe(), extra={"series": len(records_train), "items": len(dataset)})
+        if network.freeze_backbone:
+            encoded = encode_slices(model, stacks, device=config.device, progress=progress,
+                                    desc=f"{desc}: encode slices")
+            del stacks  # the images are no longer needed, only their vectors
+            steps = _encoded_batches(dataset, encoded, config)
+        else:
+            loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, num_workers=0,
+                                generator=torch.Generator().manual_seed(config.seed), collate_fn=_train_items)
+            steps = _image_batches(loader, config)
         history = []
         model.train()
         epochs = tqdm(range(config.epochs), desc=desc, unit="epoch", disable=_progress(progress))
         for epoch in epochs:
             sums = np.zeros(4)
-            for x, y in tqdm(loader, desc=f"epoch {epoch + 1}", unit="batch", leave=False,
-                             disable=_progress(progress)):
-                loss = train_step(model, optimizer, x.to(config.device), y.to(config.device))
-                sums += np.array([float(part) for part in loss]) * len(x)
+            for loss, n in tqdm(steps(model, optimizer), desc=f"epoch {epoch + 1}", unit="batch", leave=False,
+                                disable=_progress(progress)):
+                sums += np.array([float(part) for part in loss]) * n
             means = dict(zip(DrCT2Loss._fields, (sums / len(dataset)).tolist()))
             history.append(means)
             epochs.set_postfix(loss=f"{means['total']:.4f}")

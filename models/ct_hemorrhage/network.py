@@ -42,7 +42,7 @@ last convolutional feature maps of a slice by that slice's feature attention.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -154,10 +154,15 @@ class DrCT2Config:
     ) -> DrCT2Config:
         """A smaller configuration for demo weights trained on this CPU from phantoms.
 
-        The VGG16 layout with every channel count divided by ``width_divisor``, trained from
-        scratch (no ImageNet weights exist for it, so it is not frozen), fewer slices and a lower
-        resolution (128 zoomed to 256: the paper's zoom-in, at about half the scale). Everything
-        else is the paper's.
+        The VGG16 layout with every channel count divided by ``width_divisor`` and batch
+        normalisation after each convolution (torchvision's VGG16-BN variant), fewer slices and
+        a lower resolution (128 zoomed to 256: the paper's zoom-in, at about half the scale).
+        No ImageNet weights exist for this narrow encoder, so it is pre-trained on labelled
+        phantom slices in their place (:func:`training.encoder.pretrain_encoder`) and then
+        frozen, as the paper freezes its ImageNet VGG16. Everything else is the paper's.
+
+        (Trained end to end from scratch instead, on the same phantoms and CPU budget, it did not
+        learn: held-out macro-F1 0.13, AUC 0.46; see :mod:`training.demo`.)
         """
         if not _is_int(width_divisor) or width_divisor < 1:
             raise ValueError(f"width_divisor must be a positive integer, got {width_divisor!r}")
@@ -170,7 +175,8 @@ class DrCT2Config:
             input_size=input_size,
             zoom_size=zoom_size,
             backbone=layout,
-            freeze_backbone=False,
+            backbone_batch_norm=True,
+            freeze_backbone=True,
             gru_hidden=max(1, width // 2),
             aps_fc=width,
             head=(width, max(1, width // 2)),
@@ -216,7 +222,7 @@ class DrCT2Output:
       slice order (ties to the lower index): the ones the APS network zoomed in on.
     - ``conv_maps``: [B, m, C, h, w], the primary encoder's last convolutional feature maps
       (after ReLU, before the last max pool; h = w = input_size / 2^(pools - 1)), for
-      :meth:`DrCT2.spatial_maps`.
+      :meth:`DrCT2.spatial_maps`; ``None`` from :meth:`DrCT2.decode`, which never sees images.
     """
 
     primary_logits: Tensor
@@ -225,7 +231,7 @@ class DrCT2Output:
     slice_attention: Tensor
     feature_attention: Tensor
     key_slices: Tensor
-    conv_maps: Tensor
+    conv_maps: Tensor | None
 
     @property
     def probabilities(self) -> Tensor:
@@ -374,13 +380,45 @@ class DrCT2(nn.Module):
         batch = x.shape[0]
         images = (x.flatten(0, 1) - self.mean) / self.std
         conv_maps, vectors = self._encode(images)
-        primary = self.primary(vectors.view(batch, cfg.slices, -1))
-        key = _top_slices(primary.slice_attention.detach(), cfg.key_slices)
         rows = torch.arange(batch, device=x.device).unsqueeze(1)
-        chosen = images.view(batch, cfg.slices, *images.shape[1:])[rows, key].flatten(0, 1)
-        zoomed = F.interpolate(chosen, size=(cfg.zoom_size, cfg.zoom_size), mode="bilinear", align_corners=False)
-        _, aps_vectors = self._encode(zoomed)
-        aps_logits, aps_matrix = self.aps(aps_vectors.view(batch, cfg.key_slices, -1))
+
+        def zoomed_vectors(key: Tensor) -> Tensor:
+            chosen = images.view(batch, cfg.slices, *images.shape[1:])[rows, key].flatten(0, 1)
+            zoomed = F.interpolate(chosen, size=(cfg.zoom_size, cfg.zoom_size), mode="bilinear", align_corners=False)
+            return self._encode(zoomed)[1].view(batch, cfg.key_slices, -1)
+
+        return self._decode(vectors.view(batch, cfg.slices, -1), zoomed_vectors,
+                            conv_maps.view(batch, cfg.slices, *conv_maps.shape[1:]))
+
+    def decode(self, vectors: Tensor, zoomed_vectors: Tensor) -> DrCT2Output:
+        """The three networks from encoder vectors computed beforehand, as :meth:`forward` would
+        run them on the images these vectors came from.
+
+        ``vectors``: [B, m, C], :meth:`encode_slices`' first output for the m sampled slices;
+        ``zoomed_vectors``: [B, m, C], its second output for the same slices (only the key
+        slices' rows are read). With a frozen encoder the vectors never change, so training can
+        encode every slice once and run only this part per step (:mod:`training.encoder`).
+        ``conv_maps`` of the result is ``None``.
+        """
+        cfg = self.config
+        expected = (cfg.slices, cfg.features)
+        for name, value in (("vectors", vectors), ("zoomed_vectors", zoomed_vectors)):
+            if value.ndim != 3 or tuple(value.shape[1:]) != expected:
+                raise ValueError(f"DrCT2.decode: {name} must be [batch, {cfg.slices}, {cfg.features}], "
+                                 f"got {list(value.shape)}")
+        if zoomed_vectors.shape[0] != vectors.shape[0]:
+            raise ValueError(f"DrCT2.decode: batch sizes differ ({vectors.shape[0]} vs {zoomed_vectors.shape[0]})")
+        rows = torch.arange(vectors.shape[0], device=vectors.device).unsqueeze(1)
+        return self._decode(vectors, lambda key: zoomed_vectors[rows, key], None)
+
+    def _decode(self, vectors: Tensor, zoomed_vectors: Callable[[Tensor], Tensor],
+                conv_maps: Tensor | None) -> DrCT2Output:
+        """Primary network, key-slice choice, APS network on ``zoomed_vectors(key)`` ([B, k, C]), fusion."""
+        cfg = self.config
+        primary = self.primary(vectors)
+        key = _top_slices(primary.slice_attention.detach(), cfg.key_slices)
+        aps_logits, aps_matrix = self.aps(zoomed_vectors(key))
+        rows = torch.arange(vectors.shape[0], device=vectors.device).unsqueeze(1)
         fused = primary.weighted[rows, key] + aps_matrix
         return DrCT2Output(
             primary_logits=primary.logits,
@@ -389,8 +427,28 @@ class DrCT2(nn.Module):
             slice_attention=primary.slice_attention,
             feature_attention=primary.feature_attention,
             key_slices=key,
-            conv_maps=conv_maps.view(batch, cfg.slices, *conv_maps.shape[1:]),
+            conv_maps=conv_maps,
         )
+
+    @torch.no_grad()
+    def encode_slices(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Encoder vectors of single slices for :meth:`decode`: ``x`` [n, 3, S, S] (CT windows in
+        [0, 1], S = ``input_size``) gives ([n, C] at S, [n, C] zoomed to ``zoom_size``), the
+        vectors :meth:`forward` computes for sampled and for zoomed key slices."""
+        cfg = self.config
+        if x.ndim != 4 or tuple(x.shape[1:]) != (3, cfg.input_size, cfg.input_size):
+            raise ValueError(f"encode_slices expects [n, 3, {cfg.input_size}, {cfg.input_size}], got {list(x.shape)}")
+        images = (x - self.mean) / self.std
+        zoomed = F.interpolate(images, size=(cfg.zoom_size, cfg.zoom_size), mode="bilinear", align_corners=False)
+        return self._encode(images)[1], self._encode(zoomed)[1]
+
+    def train(self, mode: bool = True) -> DrCT2:
+        """As :meth:`nn.Module.train`, except that a frozen encoder stays in eval mode: its batch
+        normalisation (if any) keeps the statistics it was frozen with."""
+        super().train(mode)
+        if self.config.freeze_backbone:
+            self.backbone.eval()
+        return self
 
     def _encode(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """VGG features of [n, 3, s, s]: the last conv maps [n, C, h, w] and one vector per image [n, C].
@@ -411,6 +469,8 @@ class DrCT2(nn.Module):
         attention, upsampled bilinearly to ``input_size`` and scaled to [0, 1] per map (a map
         with no contrast is all zeros).
         """
+        if output.conv_maps is None:
+            raise ValueError("spatial_maps needs the conv maps of DrCT2.forward; DrCT2.decode does not keep any")
         index = output.key_slices if slices is None else slices
         batch, m = output.slice_attention.shape
         if index.ndim != 2 or index.shape[0] != batch:
