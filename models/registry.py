@@ -100,9 +100,16 @@ def load_plugin(ref: str) -> list[ModelEntry]:
 
 
 def default_registry(plugins: Iterable[str] = ()) -> ModelRegistry:
-    """The product models (each model issue adds its entry here; none has landed yet), plus
-    the entries of each plugin reference (see :func:`load_plugin`)."""
-    entries: list[ModelEntry] = []
+    """The product models (each model issue adds its entry here), plus the entries of each
+    plugin reference (see :func:`load_plugin`).
+
+    Product models: ``ct-hemorrhage`` (DrCT2, RSNA's labels; its CQ500 variant is a plugin away,
+    see :mod:`models.ct_hemorrhage.model`). Imported here, when asked for, so that importing the
+    contract does not import torch.
+    """
+    from .ct_hemorrhage.model import ENTRY as CT_HEMORRHAGE
+
+    entries: list[ModelEntry] = [CT_HEMORRHAGE]
     for ref in plugins:
         entries += load_plugin(ref)
     return ModelRegistry(entries)

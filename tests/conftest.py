@@ -1,6 +1,7 @@
 """Shared fixtures: small phantom sets made once per test session."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -24,6 +25,20 @@ class _Sets(dict):
         generate_set(task, SET_N, SET_SEED, out, size="small", workers=2, progress=False)
         self[task] = out
         return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_cached_demo_weights(tmp_path_factory):
+    """Demo weights built on this machine (``~/.cache/neuroread/weights``) must not change what a
+    test sees: every test (and every process it starts) reads demo weights from an empty folder,
+    unless it configures weights itself."""
+    previous = os.environ.get("NEUROREAD_WEIGHTS")
+    os.environ["NEUROREAD_WEIGHTS"] = str(tmp_path_factory.mktemp("no-demo-weights"))
+    yield
+    if previous is None:
+        del os.environ["NEUROREAD_WEIGHTS"]
+    else:
+        os.environ["NEUROREAD_WEIGHTS"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -203,8 +203,7 @@ def test_wrong_weights_are_refused_naming_the_problem(tmp_path, weights):
         model.predict({})
 
 
-def test_demo_weights_come_from_the_shipped_file_or_the_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(cth, "SHIPPED_WEIGHTS", tmp_path / "shipped")
+def test_demo_weights_come_from_the_weights_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("NEUROREAD_WEIGHTS", str(tmp_path / "cache"))
     path = demo_weights_path("ct-hemorrhage-cq500")
     assert path == tmp_path / "cache" / "ct-hemorrhage-cq500-demo.pt"
@@ -215,13 +214,7 @@ def test_demo_weights_come_from_the_shipped_file_or_the_cache(tmp_path, monkeypa
     _save(path, spec=SPEC_CQ500, demo=True)
     model.load(None)
     assert model.card.demo and model.net.config.n_labels == 9
-    shipped = tmp_path / "shipped" / "ct-hemorrhage-cq500-demo.pt"
-    _save(shipped, spec=SPEC_CQ500, seed=1, demo=False)
-    assert demo_weights_path("ct-hemorrhage-cq500") == shipped
-    model.load(None)
-    assert not model.card.demo  # the shipped file won
     monkeypatch.delenv("NEUROREAD_WEIGHTS")
-    monkeypatch.setattr(cth, "SHIPPED_WEIGHTS", tmp_path / "none")
     assert str(demo_weights_path("ct-hemorrhage")).endswith(".cache/neuroread/weights/ct-hemorrhage-demo.pt")
 
 

@@ -35,7 +35,7 @@ def test_registry_finds_models_and_suggests_names():
         reg.spec("tiny-tset")
     with pytest.raises(ValueError, match="registered twice"):
         reg.with_model(ENTRY)
-    assert default_registry().names() == []  # the product models land with their own issues
+    assert default_registry().names() == ["ct-hemorrhage"]  # the product models, each with its issue
 
 
 def test_tiny_model_runs_on_a_phantom_and_its_result_honours_the_contract(ct_case):
@@ -68,7 +68,9 @@ def test_check_names_what_breaks_the_contract(ct_case):
 
 
 def test_plugins_add_models_and_bad_references_say_why():
-    assert default_registry(["tiny_model:ENTRY"]).names() == ["tiny-test"]
+    assert default_registry(["tiny_model:ENTRY"]).names() == ["ct-hemorrhage", "tiny-test"]
+    assert default_registry(["models.ct_hemorrhage.model:ENTRY_CQ500"]).names() == ["ct-hemorrhage",
+                                                                                    "ct-hemorrhage-cq500"]
     assert load_plugin("tiny_model:ENTRY") == [ENTRY]
     for ref, message in [("no_such_module_here:ENTRY", "cannot import no_such_module_here"),
                          ("tiny_model:NOPE", "has no 'NOPE'"),
