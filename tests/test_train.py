@@ -18,7 +18,7 @@ from node.cli import main
 from models.ct_hemorrhage.network import DrCT2, make_optimizer
 from training.datasets import RSNA_LABELS, SeriesDataset, collate, read_phantoms
 from training.demo import DemoPlan, train_demo
-from training.encoder import encode_slices, load_slices, pretrain_encoder
+from training.encoder import encode_records, load_slices, pretrain_encoder
 from training.train import TrainConfig, cross_validate, deterministic, train, train_once, train_step
 
 TINY = {"slices": 4, "key_slices": 2, "input_size": 32, "zoom_size": 64, "backbone": [4, "M", 8, "M"],
@@ -89,7 +89,9 @@ def test_encoder_pretraining_learns_the_slices_then_stays_frozen(records):
     assert not torch.equal(before["0.weight"], after["0.weight"])  # the convolutions learnt
     assert not torch.equal(before["1.running_mean"], after["1.running_mean"])  # batch norm saw the slices
     assert not model.backbone.training and not any(p.requires_grad for p in model.backbone.parameters())
-    encoded = encode_slices(model, stacks, progress=False)
+    encoded = encode_records(model, records, stacks=stacks, progress=False)
+    streamed = encode_records(model, records, progress=False)  # read again, one record at a time
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(encoded, streamed))
     assert [tuple(v.shape) for v, _ in encoded] == [(24, 8)] * 4 and [tuple(z.shape) for _, z in encoded] == [(24, 8)] * 4
     with torch.no_grad():  # the vectors are those forward() computes for the same slices
         x = stacks[1].images[10:14].unsqueeze(0)
@@ -104,7 +106,7 @@ def test_encoder_pretraining_needs_slice_labels_and_vectors_need_a_frozen_encode
         pretrain_encoder(DrCT2(TrainConfig(network=FROZEN, pretrain_epochs=1).network_config()), stacks,
                          epochs=1, lr=1e-3, progress=False)
     with pytest.raises(ValueError, match="needs a frozen encoder"):
-        encode_slices(DrCT2(TrainConfig(network=TINY).network_config()), stacks, progress=False)
+        encode_records(DrCT2(TrainConfig(network=TINY).network_config()), records[:1], progress=False)
 
 
 def test_train_with_two_folds_writes_a_checkpoint_with_its_card(records, tmp_path):

@@ -11,14 +11,17 @@ end to end from scratch on a few hundred phantom series it did not learn (held-o
   label of every labelled slice (binary cross-entropy, positives weighted by how rare they are,
   left-right flips); the linear layer is then dropped. About 24 times as many examples as
   series, each with its lesion in view.
-- Frozen afterwards, the encoder gives each slice the same vector in every epoch, so
-  :func:`encode_slices` runs it once per slice (at the input size and zoomed) and the DrCT2
-  training only runs :meth:`~models.ct_hemorrhage.network.DrCT2.decode` per step: minutes
-  instead of hours on a CPU, the same model (a test checks decode against forward).
+- Frozen afterwards (or frozen from the start with ImageNet weights, the paper's setting), the
+  encoder gives each slice the same vector in every epoch, so :func:`encode_records` runs it
+  once per slice (at the input size and zoomed) and the DrCT2 training only runs
+  :meth:`~models.ct_hemorrhage.network.DrCT2.decode` per step: minutes instead of hours on a
+  CPU, the same model (a test checks decode against forward).
 
-:func:`load_slices` keeps every slice of every record in memory, windowed at the network's
-input size (about 200 KB per slice at 128 px: 1 GB per 5,000 slices); a dataset beyond memory
-needs a frozen encoder with its vectors cached on disk, which this module does not do.
+Memory: :func:`encode_records` reads one record at a time and keeps only its vectors (2 × 512
+floats per slice with VGG16: about 120 KB per 30-slice series, 2.4 GB for RSNA's 20,000).
+Pre-training needs every labelled slice at hand: :func:`load_slices` keeps them in memory,
+windowed at the network's input size (about 200 KB per slice at 128 px, 600 KB at 224 px), which
+suits the phantoms and small datasets; pre-training on all of RSNA this way does not fit in RAM.
 """
 from __future__ import annotations
 
@@ -48,14 +51,16 @@ class SliceStack:
     slice_labels: np.ndarray | None
 
 
+def _stack(record: StudyRecord, size: int) -> SliceStack:
+    volume, slice_labels = record.load()
+    return SliceStack(to_input(volume.array, np.arange(volume.array.shape[0]), size), slice_labels)
+
+
 def load_slices(records: Sequence[StudyRecord], size: int, *, progress: bool = True,
                 desc: str = "load slices") -> list[SliceStack]:
     """Read each record once (:meth:`StudyRecord.load`) and window all its slices at ``size``."""
-    stacks = []
-    for record in tqdm(records, desc=desc, unit="series", leave=False, disable=None if progress else True):
-        volume, slice_labels = record.load()
-        stacks.append(SliceStack(to_input(volume.array, np.arange(volume.array.shape[0]), size), slice_labels))
-    return stacks
+    return [_stack(record, size)
+            for record in tqdm(records, desc=desc, unit="series", leave=False, disable=None if progress else True)]
 
 
 def pretrain_encoder(model: DrCT2, stacks: Sequence[SliceStack], *, epochs: int, lr: float, batch_size: int = 32,
@@ -115,16 +120,21 @@ def pretrain_encoder(model: DrCT2, stacks: Sequence[SliceStack], *, epochs: int,
 
 
 @torch.no_grad()
-def encode_slices(model: DrCT2, stacks: Sequence[SliceStack], *, batch_size: int = 32, device: str = "cpu",
-                  progress: bool = True, desc: str = "encode slices") -> list[tuple[torch.Tensor, torch.Tensor]]:
+def encode_records(model: DrCT2, records: Sequence[StudyRecord], *, stacks: Sequence[SliceStack] | None = None,
+                   batch_size: int = 32, device: str = "cpu", progress: bool = True,
+                   desc: str = "encode slices") -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per record, the frozen encoder's vectors of every slice: ([n, C], [n, C] zoomed), for
-    :meth:`DrCT2.decode`."""
+    :meth:`DrCT2.decode`. The slices come from ``stacks`` (same order as ``records``) when
+    given, else each record is read and windowed in turn and its images dropped once encoded."""
     if not model.config.freeze_backbone:
-        raise ValueError("encode_slices needs a frozen encoder: a trained one changes its vectors every step")
+        raise ValueError("encode_records needs a frozen encoder: a trained one changes its vectors every step")
+    if stacks is not None and len(stacks) != len(records):
+        raise ValueError(f"encode_records: {len(stacks)} slice stacks for {len(records)} records")
     model.backbone.eval()
     out = []
-    for stack in tqdm(stacks, desc=desc, unit="series", leave=False, disable=None if progress else True):
-        parts = [model.encode_slices(stack.images[i:i + batch_size].to(device))
-                 for i in range(0, len(stack.images), batch_size)]
-        out.append((torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])))
+    for i, record in enumerate(tqdm(records, desc=desc, unit="series", leave=False,
+                                    disable=None if progress else True)):
+        images = (stacks[i] if stacks is not None else _stack(record, model.config.input_size)).images
+        parts = [model.encode_slices(images[j:j + batch_size].to(device)) for j in range(0, len(images), batch_size)]
+        out.append((torch.cat([p[0] for p in parts]).cpu(), torch.cat([p[1] for p in parts]).cpu()))
     return out

@@ -46,7 +46,7 @@ from models.checkpoint import save_checkpoint
 from models.ct_hemorrhage.model import ENTRIES, paper_config
 from models.ct_hemorrhage.network import DrCT2, DrCT2Config, DrCT2Loss, DrCT2Output, drct2_loss, make_optimizer
 from training.datasets import SeriesDataset, StudyRecord, collate
-from training.encoder import encode_slices, load_slices, pretrain_encoder
+from training.encoder import encode_records, load_slices, pretrain_encoder
 from training.folds import Split, holdout_split, kfold_splits
 from training.metrics import ClassificationMetrics, KeySliceResult, classification_metrics, key_slice_tasks
 
@@ -359,17 +359,16 @@ def train_once(records_train: Sequence[StudyRecord], records_val: Sequence[Study
         dataset = SeriesDataset(records_train, network.slices, network.input_size, augment=config.augment,
                                 seed=config.seed)
         stacks = None
-        if config.pretrain_epochs or network.freeze_backbone:
-            stacks = load_slices(records_train, network.input_size, progress=progress, desc=f"{desc}: load slices")
         if config.pretrain_epochs:
+            stacks = load_slices(records_train, network.input_size, progress=progress, desc=f"{desc}: load slices")
             pretrain_encoder(model, stacks, epochs=config.pretrain_epochs, lr=config.pretrain_lr, seed=config.seed,
                              device=config.device, progress=progress, desc=f"{desc}: pre-train encoder")
         optimizer = make_optimizer(model, config.primary_lr, config.aps_lr)
         log.info("%s: %d series (%d with augmentation), %s", desc, len(records_train), len(dataset),
                  config.describe(), extra={"series": len(records_train), "items": len(dataset)})
         if network.freeze_backbone:
-            encoded = encode_slices(model, stacks, device=config.device, progress=progress,
-                                    desc=f"{desc}: encode slices")
+            encoded = encode_records(model, records_train, stacks=stacks, device=config.device, progress=progress,
+                                     desc=f"{desc}: encode slices")
             del stacks  # the images are no longer needed, only their vectors
             steps = _encoded_batches(dataset, encoded, config)
         else:
