@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
 
 from models import ModelRegistry
@@ -129,13 +128,12 @@ def test_node_end_to_end_results_valid_and_idempotent(tmp_path, ct, storescp):
             """Every output the job's outbox event lists, whole (parsable) at storescp."""
             jobs = node.store.list()
             outbox = [e for e in node.store.audit_trail(jobs[0].id) if e.event == "outbox"] if jobs else []
-            files = storescp.files()
-            if not outbox or len(files) < len(outbox[0].detail["outputs"]):
+            if not outbox or [i.state for i in node.outbox.status(str(jobs[0].id))] != ["sent"] * len(
+                    outbox[0].detail["outputs"]):
                 return None
-            try:
-                return [pydicom.dcmread(p) for p in files]
-            except (InvalidDicomError, OSError, EOFError):
-                return None  # storescp is still writing one
+            # storescp answers a C-STORE once its file is written: "sent" means the file is whole
+            # (a file read while storescp still writes it can parse with pixel bytes taken for elements)
+            return [pydicom.dcmread(p) for p in storescp.files()]
 
         received = wait_for(everything_delivered, 60, "every output of the job at storescp")
         assert {str(ds.SOPClassUID) for ds in received} >= KINDS

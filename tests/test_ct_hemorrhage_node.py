@@ -14,7 +14,6 @@ import sys
 import numpy as np
 import pydicom
 import pytest
-from pydicom.errors import InvalidDicomError
 from pydicom.sr.codedict import codes
 
 from models import default_registry
@@ -82,13 +81,12 @@ def test_a_head_ct_through_the_node_comes_back_as_sr_kos_sc_and_pm(tmp_path, pha
             if jobs and jobs[0].state == "failed":
                 pytest.fail(f"the job failed: {node.store.audit_trail(jobs[0].id)[-1].detail}")
             outbox = [e for e in node.store.audit_trail(jobs[0].id) if e.event == "outbox"] if jobs else []
-            got = storescp.files()
-            if not outbox or len(got) < len(outbox[0].detail["outputs"]):
+            if not outbox or [i.state for i in node.outbox.status(str(jobs[0].id))] != ["sent"] * len(
+                    outbox[0].detail["outputs"]):
                 return None
-            try:
-                return [pydicom.dcmread(p) for p in got]
-            except (InvalidDicomError, OSError, EOFError):
-                return None  # storescp is still writing one
+            # storescp answers a C-STORE once its file is written: "sent" means the file is whole
+            # (a file read while storescp still writes it can parse with pixel bytes taken for elements)
+            return [pydicom.dcmread(p) for p in storescp.files()]
 
         received = wait_for(delivered, 90, "every output of the ct-hemorrhage job at storescp")
         jobs = node.store.list()

@@ -1,10 +1,11 @@
 """The head-CT hemorrhage models as the node sees them: specs, weights loading and ``predict``.
 
-Two registered models share one implementation, :class:`HemorrhageModel`:
+Two models share one implementation, :class:`HemorrhageModel`:
 
-- ``ct-hemorrhage``: RSNA's six labels (the paper samples m = 28 slices for RSNA-style series);
+- ``ct-hemorrhage``: RSNA's six labels (the paper samples m = 28 slices for RSNA-style series),
+  in the node's default registry (:data:`ENTRY`);
 - ``ct-hemorrhage-cq500``: CQ500's nine (adds calvarial fracture, mass effect, midline shift;
-  m = 32).
+  m = 32), a plugin line away (:data:`ENTRY_CQ500`).
 
 The architecture (m, sizes, backbone) is not part of the spec: it comes with the weights, in
 the checkpoint's ``config`` (:class:`~models.ct_hemorrhage.network.DrCT2Config`), so paper and
