@@ -15,6 +15,7 @@ from pathlib import Path
 
 import highdicom as hd
 import pydicom
+from pydicom import uid
 from pydicom.errors import InvalidDicomError
 from pydicom.sr.codedict import codes
 
@@ -25,13 +26,13 @@ logger = logging.getLogger(__name__)
 HIGHDICOM = str(hd.ContributingEquipment.for_highdicom().ManufacturerModelName)
 
 KIND_NAMES = {
-    "1.2.840.10008.5.1.4.1.1.88.34": "SR",
-    "1.2.840.10008.5.1.4.1.1.88.33": "SR",
-    "1.2.840.10008.5.1.4.1.1.88.22": "SR",
-    "1.2.840.10008.5.1.4.1.1.88.59": "KOS",
-    "1.2.840.10008.5.1.4.1.1.7": "SC",
-    "1.2.840.10008.5.1.4.1.1.30": "PM",
-    "1.2.840.10008.5.1.4.1.1.66.4": "SEG",
+    uid.Comprehensive3DSRStorage: "SR",
+    uid.ComprehensiveSRStorage: "SR",
+    uid.EnhancedSRStorage: "SR",
+    uid.KeyObjectSelectionDocumentStorage: "KOS",
+    uid.SecondaryCaptureImageStorage: "SC",
+    uid.ParametricMapStorage: "PM",
+    uid.SegmentationStorage: "SEG",
 }
 
 
@@ -54,26 +55,18 @@ class StudyResults:
     files: list[Path] = field(default_factory=list)
 
 
-def _findings(sr: pydicom.Dataset) -> list[Finding]:
-    """The TID 1501 findings of a TID 1500 report, via highdicom."""
-    report = _as_sr(sr).content
+def _findings(path: Path) -> list[Finding]:
+    """The TID 1501 findings of the TID 1500 report in the SR file ``path``, via highdicom."""
     out = []
-    for group in report.get_image_measurement_groups():
+    for group in hd.sr.srread(path).content.get_image_measurement_groups():
         kind = group.finding_type
-        evaluations = group.get_qualitative_evaluations(name=kind) if kind is not None else []
-        present = None
-        if evaluations:
-            present = evaluations[0].value.meaning.lower() in ("present", "yes")
+        if kind is None:
+            continue
+        evaluations = group.get_qualitative_evaluations(name=kind)
+        present = evaluations[0].value.meaning.lower() in ("present", "yes") if evaluations else None
         probability = next((float(m.value) for m in group.get_measurements(name=PROBABILITY)), None)
-        if kind is not None:
-            out.append(Finding(kind.meaning, present, probability))
+        out.append(Finding(kind.meaning, present, probability))
     return out
-
-
-def _as_sr(ds: pydicom.Dataset):
-    if str(ds.SOPClassUID) == "1.2.840.10008.5.1.4.1.1.88.34":
-        return hd.sr.Comprehensive3DSR.from_dataset(ds)
-    return hd.sr.ComprehensiveSR.from_dataset(ds)
 
 
 def summarize(folder: Path) -> list[StudyResults]:
@@ -101,7 +94,7 @@ def summarize(folder: Path) -> list[StudyResults]:
                 study.demo |= DEMO_TEXT in str(item.get("ContributionDescription", ""))
         study.models.update(m for m in models if m)
         if kind == "SR":
-            study.findings += [(models[0] if models else "", f) for f in _findings(pydicom.dcmread(path))]
+            study.findings += [(models[0] if models else "", f) for f in _findings(path)]
     return [studies[k] for k in sorted(studies)]
 
 

@@ -84,24 +84,18 @@ SLOT = InputSlot(
     "ct", "CT", body_parts=("HEAD", "BRAIN", "SKULL"), min_slices=10,
     description="non-contrast head CT, axial slices (BodyPartExamined HEAD, BRAIN or SKULL)",
 )
-SPEC = ModelSpec(
-    name="ct-hemorrhage",
-    version=VERSION,
-    summary="DrCT2 head-CT hemorrhage (RSNA labels: any, IPH, IVH, SDH, EDH, SAH)",
-    slots=(SLOT,),
-    labels=tuple(_LABELS[k] for k in RSNA_KEYS),
-    explanations=("attention",),
-    multi_label=True,
-)
-SPEC_CQ500 = ModelSpec(
-    name="ct-hemorrhage-cq500",
-    version=VERSION,
-    summary="DrCT2 head-CT hemorrhage (CQ500 labels: RSNA's six, calvarial fracture, mass effect, midline shift)",
-    slots=(SLOT,),
-    labels=tuple(_LABELS[k] for k in CQ500_KEYS),
-    explanations=("attention",),
-    multi_label=True,
-)
+
+
+def _spec(name: str, keys: tuple[str, ...], labels_said: str) -> ModelSpec:
+    return ModelSpec(name=name, version=VERSION, summary=f"DrCT2 head-CT hemorrhage ({labels_said})",
+                     slots=(SLOT,), labels=tuple(_LABELS[k] for k in keys), explanations=("attention",),
+                     multi_label=True)
+
+
+SPEC = _spec("ct-hemorrhage", RSNA_KEYS, "RSNA labels: any, IPH, IVH, SDH, EDH, SAH")
+SPEC_CQ500 = _spec("ct-hemorrhage-cq500", CQ500_KEYS,
+                   "CQ500 labels: RSNA's six, calvarial fracture, mass effect, midline shift")
+
 # The paper's m: 28 sampled slices for RSNA-style series, 32 for CQ500-style ones.
 PAPER_SLICES = {SPEC.name: 28, SPEC_CQ500.name: 32}
 
