@@ -114,6 +114,18 @@ def copy_series(src: list[Path], out: Path, *, modality: str | None = None) -> t
     return series_uid, paths
 
 
+def delivered_outputs(node: Node, storescp: StoreSCP) -> list[pydicom.Dataset] | None:
+    """Every output the first job's outbox event lists, read from storescp once all were sent;
+    None before. storescp answers a C-STORE once its file is written, so "sent" means whole (a
+    file read while storescp still writes it can parse with pixel bytes taken for elements)."""
+    jobs = node.store.list()
+    outbox = [e for e in node.store.audit_trail(jobs[0].id) if e.event == "outbox"] if jobs else []
+    if not outbox or [i.state for i in node.outbox.status(str(jobs[0].id))] != ["sent"] * len(
+            outbox[0].detail["outputs"]):
+        return None
+    return [pydicom.dcmread(p) for p in storescp.files()]
+
+
 def test_node_end_to_end_results_valid_and_idempotent(tmp_path, ct, storescp):
     folder, info = ct
     files = sorted(folder.glob("*.dcm"))
@@ -124,18 +136,7 @@ def test_node_end_to_end_results_valid_and_idempotent(tmp_path, ct, storescp):
         assert node.port > 0
         storescu(node.port, files)
 
-        def everything_delivered():
-            """Every output the job's outbox event lists, whole (parsable) at storescp."""
-            jobs = node.store.list()
-            outbox = [e for e in node.store.audit_trail(jobs[0].id) if e.event == "outbox"] if jobs else []
-            if not outbox or [i.state for i in node.outbox.status(str(jobs[0].id))] != ["sent"] * len(
-                    outbox[0].detail["outputs"]):
-                return None
-            # storescp answers a C-STORE once its file is written: "sent" means the file is whole
-            # (a file read while storescp still writes it can parse with pixel bytes taken for elements)
-            return [pydicom.dcmread(p) for p in storescp.files()]
-
-        received = wait_for(everything_delivered, 60, "every output of the job at storescp")
+        received = wait_for(lambda: delivered_outputs(node, storescp), 60, "every output of the job at storescp")
         assert {str(ds.SOPClassUID) for ds in received} >= KINDS
         for ds in received:
             assert validate(ds) == [], ds.SOPClassUID.name

@@ -28,7 +28,7 @@ from training.phantoms.baseline import load_truth
 from training.train import TrainConfig, train
 
 from peers import StoreSCP
-from test_app import KO, PM, SC, SR, referenced_uids, storescu, wait_for
+from test_app import KO, PM, SC, SR, delivered_outputs, referenced_uids, storescu, wait_for
 
 TINY = {"slices": 8, "key_slices": 6, "input_size": 32, "zoom_size": 64, "backbone": [4, "M", 8, "M"],
         "gru_hidden": 4, "aps_fc": 8, "head": [8, 4], "freeze_backbone": False, "name": "tiny"}
@@ -80,13 +80,7 @@ def test_a_head_ct_through_the_node_comes_back_as_sr_kos_sc_and_pm(tmp_path, pha
             jobs = node.store.list()
             if jobs and jobs[0].state == "failed":
                 pytest.fail(f"the job failed: {node.store.audit_trail(jobs[0].id)[-1].detail}")
-            outbox = [e for e in node.store.audit_trail(jobs[0].id) if e.event == "outbox"] if jobs else []
-            if not outbox or [i.state for i in node.outbox.status(str(jobs[0].id))] != ["sent"] * len(
-                    outbox[0].detail["outputs"]):
-                return None
-            # storescp answers a C-STORE once its file is written: "sent" means the file is whole
-            # (a file read while storescp still writes it can parse with pixel bytes taken for elements)
-            return [pydicom.dcmread(p) for p in storescp.files()]
+            return delivered_outputs(node, storescp)
 
         received = wait_for(delivered, 90, "every output of the ct-hemorrhage job at storescp")
         jobs = node.store.list()
