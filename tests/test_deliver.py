@@ -303,7 +303,8 @@ def test_destinations_from_yaml_dicts(tmp_path):
         ({"type": "dicom", "name": "p", "host": "h", "port": 104, "called_ae": "P", "tls": {"ca_file": "/nope"}},
          r"\.tls\.ca_file"),
         ({"type": "folder", "name": "a", "pth": "x"}, r"\.pth: unknown key; did you mean 'path'"),
-        ({"type": "stow-rs", "name": "w"}, r"\.type: 'stow-rs' is planned"),
+        ({"type": "stow-rs", "name": "w"}, r"\.type: 'stow-rs' is not a destination type .*did you mean 'stowrs'"),
+        ({"type": "stowrs", "name": "w"}, r"missing key url"),
         ({"type": "dicomm"}, r"did you mean 'dicom'"),
         ("pacs", r"must be a mapping"),
     ]

@@ -9,9 +9,21 @@ Destinations (built from plain dicts as YAML gives them: :func:`destination_from
                 ACK); optional DICOM-TLS.
     ``folder``  :class:`FolderDestination`, ``<path>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``,
                 each file written atomically (temporary file, fsync, rename, directory fsync).
-    Extension point: a new kind (STOW-RS, Orthanc REST: planned, not built) is a frozen
-    dataclass with ``name``, ``from_dict`` and ``send(items) -> list[Outcome]`` (the
-    :class:`Destination` protocol), listed in :data:`DESTINATION_TYPES`.
+    ``stowrs``  :class:`StowRsDestination`, STOW-RS with dicomweb-client to a DICOMweb root
+                (``url``): one request per study and ``batch_size`` objects, to
+                ``<url>/studies/<StudyUID>``.
+    ``orthanc`` :class:`OrthancDestination`, Orthanc's REST API: ``POST /instances`` per object,
+                then, if configured, ``POST /modalities/{name}/store`` (``modalities``) and
+                ``POST /dicom-web/servers/{name}/stow`` (``dicomweb_servers``) with the batch's
+                Orthanc ids. Its ``rest`` callable replaces HTTP when the Orthanc plugin calls
+                Orthanc in-process.
+    The two HTTP kinds share ``username`` + ``password`` (HTTP basic) or ``token`` (bearer),
+    each also as ``password_env`` / ``token_env`` (an environment variable's name, so secrets
+    need not sit in the YAML), ``ca_file`` or ``verify: false`` for https, and ``timeout``;
+    the session is :func:`node.dicomweb.http_session`.
+    Extension point: a new kind is a frozen dataclass with ``name``, ``from_dict`` and
+    ``send(items) -> list[Outcome]`` (the :class:`Destination` protocol), listed in
+    :data:`DESTINATION_TYPES`.
 
 The outbox (:class:`Outbox`), durable in SQL through SQLAlchemy (a SQLite file by default,
 PostgreSQL by URL: portable types only, one unique constraint, no dialect-specific SQL)
@@ -36,6 +48,31 @@ PostgreSQL by URL: portable types only, one unique constraint, no dialect-specif
     write failed (disk full…)                               after the n-th attempt; never lost
     ==========================================  ==========  ===================================
 
+    The HTTP kinds map HTTP the same way (``status_code`` holds the HTTP status):
+
+    ==========================================  ==========  ===================================
+    what happened                               state       then
+    ==========================================  ==========  ===================================
+    STOW-RS 200; an instance in the reply's     sent        a Warning Reason is kept
+    Referenced SOP Sequence (any status);
+    Orthanc 200 Success or AlreadyStored
+    (and every forward done)
+    STOW-RS: an instance in the Failed SOP      rejected    the Failure Reason is kept
+    Sequence (0008,1198), any status
+    other 4xx (400, 409, 413, 415…) for an      rejected    status and a short body excerpt
+    instance the reply does not list;
+    Orthanc: 4xx from ``POST /instances``, or
+    200 with another Status
+    401/403 (the credentials: the operator      retrying    the message says so; nothing is
+    fixes them), 404 (a wrong URL path), 408,               lost while the operator fixes it
+    429, 3xx, 5xx; STOW-RS 202 for an
+    instance the reply does not list;
+    connection refused, timeout, TLS failure;
+    Orthanc: a forward that fails (the
+    instance is stored; storing again is
+    idempotent)
+    ==========================================  ==========  ===================================
+
     :meth:`Outbox.status` is the audit trail of a job: where each output went and how.
     One process delivers at a time (a lock in the :class:`Outbox`); several node processes on
     one database would each need their own destinations.
@@ -43,10 +80,11 @@ PostgreSQL by URL: portable types only, one unique constraint, no dialect-specif
 :class:`Deliverer` runs :meth:`Outbox.deliver_due` in a thread; or the node's worker loop calls
 it. Time is injected (``clock``, ``now``), so tests need no sleeps.
 """
-from .destinations import (DESTINATION_TYPES, PLANNED_TYPES, DicomDestination, Destination, FolderDestination,
-                           Outcome, OutboxItem, TlsSettings, destination_from_dict, write_file)
+from .destinations import DicomDestination, Destination, FolderDestination, Outcome, OutboxItem, TlsSettings, write_file
+from .kinds import DESTINATION_TYPES, destination_from_dict
+from .web import OrthancDestination, RestCall, StowRsDestination, stow_outcomes
 from .outbox import STATES, Backoff, Deliverer, DeliveryReport, Outbox, State
 
-__all__ = ["DESTINATION_TYPES", "PLANNED_TYPES", "STATES", "Backoff", "Deliverer", "DeliveryReport",
-           "DicomDestination", "Destination", "FolderDestination", "Outbox", "OutboxItem", "Outcome", "State",
-           "TlsSettings", "destination_from_dict", "write_file"]
+__all__ = ["DESTINATION_TYPES", "STATES", "Backoff", "Deliverer", "DeliveryReport", "DicomDestination",
+           "Destination", "FolderDestination", "OrthancDestination", "Outbox", "OutboxItem", "Outcome", "RestCall",
+           "State", "StowRsDestination", "TlsSettings", "destination_from_dict", "stow_outcomes", "write_file"]

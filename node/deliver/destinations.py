@@ -1,6 +1,8 @@
-"""Destinations of the deliver stage: C-STORE SCU and folder (STOW-RS, Orthanc REST: planned).
+"""Destinations of the deliver stage: the values they exchange with the outbox, C-STORE SCU and
+folder (the HTTP kinds, STOW-RS and Orthanc REST, are :mod:`node.deliver.web`).
 
-See :mod:`node.deliver` for the contract; a new kind implements :class:`Destination`.
+See :mod:`node.deliver` for the contract and each kind's outcome mapping; a new kind
+implements :class:`Destination` and is listed in :data:`node.deliver.kinds.DESTINATION_TYPES`.
 """
 from __future__ import annotations
 
@@ -15,7 +17,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from io import BytesIO
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, ClassVar, Literal, Protocol
 
 import pydicom
@@ -32,7 +33,6 @@ from node.spool import InvalidUIDError, validate_uid
 
 logger = logging.getLogger(__name__)
 
-PLANNED_TYPES = ("stow-rs", "orthanc")  # later issues
 TEMP_PREFIX = ".outgoing-"
 
 
@@ -68,7 +68,7 @@ class Outcome:
 
 
 class Destination(Protocol):
-    """What the outbox needs of a destination (the extension point for STOW-RS, Orthanc REST)."""
+    """What the outbox needs of a destination (the extension point for new kinds)."""
 
     name: str
 
@@ -131,6 +131,12 @@ def write_file(root: Path, target: Path, data: bytes, *, fsync: bool = True, wri
     """``target`` (below ``root``) written durably, its new folders included (node.durable)."""
     make_dirs(target.parent, root, fsync=fsync)
     atomic_write(target, data, fsync=fsync, writer=writer, temp_prefix=TEMP_PREFIX, temp_suffix=".tmp")
+
+
+def _log_summary(name: str, outcomes: Sequence[Outcome], started: float) -> None:
+    logger.info("destination %s: %d sent, %d rejected, %d to retry in %.2f s", name,
+                *(sum(o.result == r for o in outcomes) for r in ("sent", "rejected", "retry")),
+                time.monotonic() - started, extra={"destination": name})
 
 
 def _part10(ds: Dataset) -> bytes:
@@ -289,9 +295,7 @@ class DicomDestination:
                 assoc.release()
         lost = "association ended before this object was sent"
         outcomes += [Outcome(i.sop_instance_uid, "retry", None, lost) for i in items[len(outcomes):]]
-        logger.info("destination %s: %d sent, %d rejected, %d to retry in %.2f s", self.name,
-                    *(sum(o.result == r for o in outcomes) for r in ("sent", "rejected", "retry")),
-                    time.monotonic() - started, extra={"destination": self.name})
+        _log_summary(self.name, outcomes, started)
         return outcomes
 
     def _store(self, assoc: Association, item: OutboxItem) -> Outcome:
@@ -371,22 +375,3 @@ class FolderDestination:
             else:
                 outcomes.append(Outcome(item.sop_instance_uid, "sent"))
         return outcomes
-
-
-DESTINATION_TYPES: Mapping[str, type] = MappingProxyType({"dicom": DicomDestination, "folder": FolderDestination})
-
-
-def destination_from_dict(cfg: object, where: str = "destination") -> Destination:
-    """A destination from its YAML mapping; ``ValueError`` names the key and the problem."""
-    if not isinstance(cfg, Mapping):
-        raise ValueError(f"{where} must be a mapping, got {type(cfg).__name__}")
-    kind = cfg.get("type")
-    if kind in PLANNED_TYPES:
-        raise ValueError(f"{where}.type: {kind!r} is planned but not implemented yet; "
-                         f"use one of {', '.join(DESTINATION_TYPES)}")
-    if kind not in DESTINATION_TYPES:
-        near = difflib.get_close_matches(str(kind), list(DESTINATION_TYPES), n=1)
-        hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise ValueError(f"{where}.type: {kind!r} is not a destination type "
-                         f"(one of {', '.join(DESTINATION_TYPES)}){hint}")
-    return DESTINATION_TYPES[kind].from_dict(cfg, where)
