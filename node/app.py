@@ -44,6 +44,7 @@ The same route → infer → encode → validate path on files, without a networ
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import ssl
 import threading
@@ -60,7 +61,7 @@ from pydicom.errors import InvalidDicomError
 from models import ModelRegistry, ModelResult, ModelSpec
 
 from .assemble import Assembler, CompleteSeries, CompleteStudy
-from .config import Config
+from .config import Config, TLSConfig
 from .deliver import Backoff, Deliverer, Outbox, destination_from_dict
 from .deliver.destinations import Destination
 from .encode import EncodeInfo, encode_result, find_dciodvfy, validate
@@ -70,6 +71,7 @@ from .receive import Peer, StorageSCP
 from .route import Route, RouteDecision, default_routes, load_routes, match_series
 from .slots import Candidate, fill_slots
 from .spool import InstanceRecord, Spool
+from .stow import StowReceiver
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +204,17 @@ def process_inputs(paths: Mapping[str, Sequence[Path]], model: str, runner: Mode
     return result, objects
 
 
+def server_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
+    """A server-side TLS context (DICOM-TLS or HTTPS) from ``tls``; ``ca`` set: peers must
+    present a certificate it signed."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert, tls.key)
+    if tls.ca is not None:
+        context.load_verify_locations(tls.ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
 def encode_info(config: Config) -> EncodeInfo:
     return EncodeInfo(device_name=f"neuroread node {config.node.ae_title}")
 
@@ -224,11 +237,14 @@ class Node:
     jobs; ``deliver_interval_s``: how often the outbox is tried without a wake-up (default:
     ``config.deliver.interval_s``; retries follow ``config.deliver``'s back-off); ``lease_s``:
     a running job's lease; ``port``: overrides ``config.node.port`` (0: a free port, see
-    :attr:`port`).
+    :attr:`port`); ``web_port``: overrides ``config.dicomweb.port`` of the STOW-RS receiver
+    (built when ``config.dicomweb`` is set; 0: a free port, see :attr:`stow_port`).
     """
 
     def __init__(self, config: Config, registry: ModelRegistry, *, tick_s: float = 1.0, poll_s: float = 0.5,
-                 deliver_interval_s: float | None = None, lease_s: float = 60.0, port: int | None = None) -> None:
+                 deliver_interval_s: float | None = None, lease_s: float = 60.0, port: int | None = None,
+                 listen: bool = True, extra_destinations: Sequence[Destination] = (),
+                 web_port: int | None = None) -> None:
         if not isinstance(config, Config):
             raise ValueError(f"Node.config must be a Config, got {type(config).__name__}")
         if not isinstance(registry, ModelRegistry):
@@ -241,7 +257,11 @@ class Node:
         self.config, self.registry = config, registry
         self.tick_s, self.lease_s = float(tick_s), float(lease_s)
         self.routes = build_routes(config, registry)
-        self.destinations = build_destinations(config)
+        self.destinations = build_destinations(config) + list(extra_destinations)
+        names = [d.name for d in self.destinations]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Node destinations: names must be unique, got {names}")
+        self.listen = bool(listen)
         self.info = encode_info(config)
         self.dciodvfy = find_dciodvfy()
         Path(config.storage.root).mkdir(parents=True, exist_ok=True)  # the default database lives there
@@ -253,34 +273,46 @@ class Node:
         self.deliverer = Deliverer(self.outbox, interval=d.interval_s if deliver_interval_s is None else deliver_interval_s)
         self.assembler = Assembler(self._on_complete, quiet_s=config.assemble.stable_age_s,
                                    early=config.assemble.early_completion, store=self.store)
-        self.spool = Spool(config.storage.spool, on_stored=self.assembler.add)
+        # Without listeners (inside Orthanc) completeness comes from outside: the intake calls
+        # route_series / route_study itself, so the assembler never sees the spool.
+        self.spool = Spool(config.storage.spool, on_stored=self.assembler.add if self.listen else None)
         n = config.node
         peers = [Peer(p.ae_title, p.address) for p in n.peers] or None
-        ssl_context = None
-        if n.tls is not None:
-            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ssl_context.load_cert_chain(n.tls.cert, n.tls.key)
-            if n.tls.ca is not None:
-                ssl_context.load_verify_locations(n.tls.ca)
-                ssl_context.verify_mode = ssl.CERT_REQUIRED
         self.scp = StorageSCP(self.spool, ae_title=n.ae_title, host=n.host, port=n.port if port is None else port,
                               peers=peers,
                               require_called_ae=n.require_called_ae, max_associations=n.max_associations,
-                              ssl_context=ssl_context)
+                              ssl_context=None if n.tls is None else server_ssl_context(n.tls))
+        web = config.dicomweb
+        self.stow: StowReceiver | None = None
+        if web is not None and self.listen:
+            web = web if web_port is None else dataclasses.replace(web, port=web_port)
+            self.stow = StowReceiver(self.spool, web,
+                                     ssl_context=None if web.tls is None else server_ssl_context(web.tls))
         self._runners = threading.local()
         self.pool = WorkerPool(self.store, self._run_job, n_workers=config.queue.workers, poll_s=poll_s,
                                lease_s=lease_s, name="neuroread-worker")
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
+        self._started = False
 
     # -- life cycle ---------------------------------------------------------------------------------
+    @property
+    def multi_series(self) -> bool:
+        """Whether a registered model takes several series of a study (then studies are routed too)."""
+        return bool(multi_series_specs(self.registry))
+
     @property
     def port(self) -> int:
         """The port the SCP listens on (the one picked when the configuration says 0)."""
         return self.scp.port
 
+    @property
+    def stow_port(self) -> int | None:
+        """The port the STOW-RS receiver listens on (None without ``config.dicomweb``)."""
+        return None if self.stow is None else self.stow.port
+
     def start(self) -> "Node":
-        if self._ticker is not None:
+        if self._started:
             raise RuntimeError("Node is already started")
         # embedded queue: one node process per database, so a job still running belongs to a dead one
         leases = [j.lease_expires for j in self.store.list("running") if j.lease_expires is not None]
@@ -288,23 +320,36 @@ class Node:
         if recovered:
             logger.info("recovered %d jobs left running by a previous run: %s", len(recovered), recovered)
         self.spool.remove_stale_temp_files()
-        self._rescan_spool()
+        if self.listen:
+            self._rescan_spool()
         self.deliverer.start()
         self.pool.start()
         self._stop.clear()
+        self._started = True
+        if not self.listen:
+            logger.info("node %s started without listeners (series come from its intake)", self.config.node.ae_title)
+            return self
         self._ticker = threading.Thread(target=self._tick_loop, name="neuroread-assemble", daemon=True)
         self._ticker.start()
         self.scp.start()
+        if self.stow is not None:
+            self.stow.start()
         logger.info("node %s listening on %s:%d", self.config.node.ae_title, self.config.node.host, self.port)
         return self
 
-    def stop(self) -> None:
-        self.scp.stop()
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop listening, let running jobs finish (up to ``timeout`` seconds: a job still
+        running then is left ``running`` and recovered at the next start), stop delivering."""
+        if self.stow is not None:
+            self.stow.stop()
+        if self.listen:
+            self.scp.stop()
+        self._started = False
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join(30)
             self._ticker = None
-        self.pool.stop(60)
+        self.pool.stop(timeout)
         self.deliverer.stop()
         self.store.close()
 

@@ -39,7 +39,18 @@ The file, with every section and its default::
       broker: null                 # celery only, e.g. redis://localhost:6379/0
       workers: 1
       torch_threads: null          # null: torch's default
-    dicomweb: null                 # {host: 127.0.0.1, port: 8080, base_path: /dicomweb}
+    dicomweb: null                 # the STOW-RS receiver (node.stow); null: off. When on:
+      # host: 127.0.0.1
+      # port: 8080
+      # base_path: /dicomweb       # POST <base_path>/studies[/<StudyInstanceUID>]
+      # users: {pacs: s3cret}      # HTTP basic credentials, name: password
+      # users_env: {}              # name: environment variable holding the password
+      # tokens: []                 # HTTP bearer tokens
+      # tokens_env: []             # environment variables holding bearer tokens
+      # allow_anonymous: false     # true: no credentials asked (then give no users/tokens)
+      # max_body_mb: 512           # a larger Content-Length is answered 413, body unread
+      # max_requests: 4            # uploads at once; one more is answered 503
+      # tls: null                  # {cert: web.pem, key: web.key, ca: clients-ca.pem} (HTTPS)
     plugins: []                    # extra models, 'package.module:NAME' where NAME is a
                                    # models.ModelEntry or a list of them (your own networks;
                                    # the module must be importable, e.g. via PYTHONPATH)
@@ -69,6 +80,10 @@ QUEUE_BACKENDS = ("embedded", "celery")
 _DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 _URL = re.compile(r"^https?://[^\s/]+")
 _PLUGIN = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+_BASIC_USER = re.compile(r"[^:\x00-\x1f\x7f]+")  # RFC 7617: a user-id holds no ':' or control characters
+_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 b64token
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_BASE_PATH = re.compile(r"/|(/[A-Za-z0-9\-._~!$&'()*+,;=:@%]+)+")
 
 
 class ConfigError(ValueError):
@@ -217,11 +232,27 @@ class QueueConfig:
 
 @dataclass(frozen=True)
 class DicomWebConfig:
-    """The STOW-RS receiver's listen address and base path."""
+    """The STOW-RS receiver (:mod:`node.stow`): listen address, base path and who may store.
+
+    ``users`` (name -> password, HTTP basic) and ``tokens`` (HTTP bearer) are the credentials
+    accepted; ``users_env`` (name -> environment variable) and ``tokens_env`` (environment
+    variables) name secrets kept out of the file, read when the receiver is built. At least one
+    credential is required unless ``allow_anonymous``. ``max_body_mb`` bounds one request's
+    body, ``max_requests`` the uploads served at once. ``tls``: HTTPS with this certificate and
+    key (``ca`` set: clients must present a certificate it signed). Secrets stay out of ``repr``.
+    """
 
     host: str = "127.0.0.1"
     port: int = 8080
     base_path: str = "/dicomweb"
+    users: dict[str, str] = field(default_factory=dict, repr=False)
+    tokens: tuple[str, ...] = field(default=(), repr=False)
+    users_env: dict[str, str] = field(default_factory=dict)
+    tokens_env: tuple[str, ...] = ()
+    allow_anonymous: bool = False
+    max_body_mb: int = 512
+    max_requests: int = 4
+    tls: TLSConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -311,18 +342,55 @@ def parse_config(data: object, base: Path) -> Config:
                                          "must be a mapping of destination names"), base)
     queue = _queue(_Section(top.get("queue", {}, lambda v: True, ""), "queue"), root)
     web = top.get("dicomweb", None, lambda v: True, "")
-    dicomweb = None
-    if web is not None:
-        section = _Section(web, "dicomweb")
-        dicomweb = DicomWebConfig(section.str("host", "127.0.0.1"), section.int("port", 8080, 1, 65535),
-                                  section.get("base_path", "/dicomweb", lambda v: isinstance(v, str) and v.startswith("/"),
-                                              "must be a path starting with '/'"))
-        section.finish()
+    dicomweb = None if web is None else _dicomweb(_Section(web, "dicomweb"), base)
     plugins = top.get("plugins", [], lambda v: isinstance(v, list) and all(isinstance(x, str) and _PLUGIN.fullmatch(x) for x in v),
                       "must be a list of 'package.module:NAME' strings")
     deliver = _deliver(_Section(top.get("deliver", {}, lambda v: True, ""), "deliver"))
     return Config(node, store, assemble, queue, tuple(dict(r) for r in routes), models, destinations, dicomweb,
                   tuple(plugins), deliver)
+
+
+def _tls(raw: object, where: str, base: Path) -> TLSConfig:
+    t = _Section(raw, where)
+    for key in ("cert", "key"):
+        if key not in t.data:
+            raise ConfigError(f"config: {where}: missing key {key!r}")
+    tls = TLSConfig(t.path_("cert", None, base), t.path_("key", None, base), t.path_("ca", None, base))
+    t.finish()
+    return tls
+
+
+def _dicomweb(s: _Section, base: Path) -> DicomWebConfig:
+    host, port = s.str("host", "127.0.0.1"), s.int("port", 8080, 1, 65535)
+    base_path = s.get("base_path", "/dicomweb", lambda v: isinstance(v, str) and bool(_BASE_PATH.fullmatch(v)),
+                      "must be a path starting with '/', without a trailing '/', query or spaces")
+    users = s.get("users", {}, lambda v: isinstance(v, Mapping) and all(
+        isinstance(k, str) and bool(_BASIC_USER.fullmatch(k)) and isinstance(p, str) and p != "" for k, p in v.items()),
+        "must be a mapping user name -> password (non-empty strings, names without ':')")
+    tokens = s.get("tokens", [], lambda v: isinstance(v, list) and all(isinstance(t, str) and bool(_TOKEN.fullmatch(t))
+                                                                      for t in v),
+                   "must be a list of bearer tokens (letters, digits and -._~+/ then optional '=')")
+    users_env = s.get("users_env", {}, lambda v: isinstance(v, Mapping) and all(
+        isinstance(k, str) and bool(_BASIC_USER.fullmatch(k)) and isinstance(e, str) and bool(_ENV_NAME.fullmatch(e))
+        for k, e in v.items()), "must be a mapping user name -> environment variable name")
+    tokens_env = s.get("tokens_env", [], lambda v: isinstance(v, list) and all(
+        isinstance(e, str) and bool(_ENV_NAME.fullmatch(e)) for e in v), "must be a list of environment variable names")
+    anonymous = s.bool("allow_anonymous", False)
+    limits = s.int("max_body_mb", 512, 1), s.int("max_requests", 4, 1)
+    raw_tls = s.get("tls", None, lambda v: True, "")
+    tls = None if raw_tls is None else _tls(raw_tls, "dicomweb.tls", base)
+    s.finish()
+    both = sorted(set(users) & set(users_env))
+    if both:
+        raise s.fail("users_env", f"user {both[0]!r} is in dicomweb.users too: give one password")
+    if anonymous and (users or tokens or users_env or tokens_env):
+        raise s.fail("allow_anonymous", "true while users or tokens are set: give credentials or allow "
+                                        "anonymous uploads, not both")
+    if not anonymous and not (users or tokens or users_env or tokens_env):
+        raise s.fail("users", "the STOW-RS receiver needs credentials: set dicomweb.users ({name: password}) "
+                              "and/or dicomweb.tokens ([token]) (or their *_env forms), or allow_anonymous: true")
+    return DicomWebConfig(host, port, base_path, dict(users), tuple(tokens), dict(users_env), tuple(tokens_env),
+                          anonymous, *limits, tls)
 
 
 def _deliver(s: _Section) -> DeliverConfig:
@@ -352,15 +420,8 @@ def _node(s: _Section, base: Path) -> NodeConfig:
             raise ConfigError(f"config: node.peers[{i}]: give ae_title, address or both")
         p.finish()
         peers.append(PeerConfig(ae, None if address is None else str(address)))
-    tls = None
     raw_tls = s.get("tls", None, lambda v: True, "")
-    if raw_tls is not None:
-        t = _Section(raw_tls, "node.tls")
-        for key in ("cert", "key"):
-            if key not in t.data:
-                raise ConfigError(f"config: node.tls: missing key {key!r}")
-        tls = TLSConfig(t.path_("cert", None, base), t.path_("key", None, base), t.path_("ca", None, base))
-        t.finish()
+    tls = None if raw_tls is None else _tls(raw_tls, "node.tls", base)
     node = NodeConfig(s.ae("ae_title", "NEUROREAD"), s.str("host", "127.0.0.1"), s.int("port", 11112, 1, 65535),
                       s.bool("require_called_ae", True), s.int("max_associations", 10, 1), tuple(peers), tls)
     s.finish()
@@ -410,6 +471,8 @@ def _destinations(data: Mapping, base: Path) -> dict[str, dict]:
             dest["path"] = str(d.path_("path", None, base))
         else:
             d.get("url", None, lambda v: isinstance(v, str) and bool(_URL.match(v)), "must be an http(s) URL")
+            if "ca_file" in d.data:  # relative to this file's folder, like every path here
+                dest["ca_file"] = str(d.path_("ca_file", None, base))
         out[str(name)] = dest  # other keys (timeouts, TLS, …) belong to the deliver stage
     return out
 

@@ -108,10 +108,10 @@ TRANSFER_SYNTAXES: tuple[str, ...] = (
 
 # What a malformed data set can raise from pydicom's (lazy) decoding.
 # (pydicom raises OSError "No tag to read" for an element that never ends.)
-_PARSE_ERRORS = (InvalidDicomError, ValueError, TypeError, KeyError, IndexError, EOFError, OSError,
+PARSE_ERRORS = (InvalidDicomError, ValueError, TypeError, KeyError, IndexError, EOFError, OSError,
                  OverflowError, NotImplementedError, struct.error, zlib.error, UnicodeDecodeError)
 _UNDEFINED_LENGTH = 0xFFFFFFFF
-_PREAMBLE = b"\x00" * 128 + b"DICM"
+PREAMBLE = b"\x00" * 128 + b"DICM"
 
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
 _RJ_CALLING_AE = (0x01, 0x01, 0x03)
@@ -174,7 +174,7 @@ def _check_ae_title(value: object, field: str) -> str:
     return value.strip()
 
 
-def _truncated_element(ds: Dataset) -> str | None:
+def truncated_element(ds: Dataset) -> str | None:
     """The first top-level element whose value is shorter than its declared length, if any.
 
     pydicom reads a truncated stream without complaint (the last value just comes up short),
@@ -339,10 +339,10 @@ class StorageSCP:
         syntax = UID(context.transfer_syntax[0])
         try:
             ds = decode(BytesIO(data), syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
-            truncated = _truncated_element(ds)
+            truncated = truncated_element(ds)
             uids = {kw: ds.get(kw) for kw in
                     ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")}
-        except _PARSE_ERRORS as exc:
+        except PARSE_ERRORS as exc:
             logger.warning("C-STORE from %r: data set cannot be parsed (%s: %s), request SOP "
                            "instance %s", calling, type(exc).__name__, exc, req.AffectedSOPInstanceUID)
             return _failure(StoreStatus.CANNOT_UNDERSTAND, f"data set cannot be parsed: {type(exc).__name__}")
@@ -370,7 +370,7 @@ class StorageSCP:
         meta = file_meta(uids["SOPClassUID"], uids["SOPInstanceUID"], syntax, calling)
         try:
             self.spool.store(
-                b"".join((_PREAMBLE, meta, data)),
+                b"".join((PREAMBLE, meta, data)),
                 study_uid=uids["StudyInstanceUID"],
                 series_uid=uids["SeriesInstanceUID"],
                 sop_instance_uid=uids["SOPInstanceUID"],

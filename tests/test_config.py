@@ -34,7 +34,12 @@ destinations:
   web: {type: stowrs, url: "https://pacs.local/dicomweb"}
   orth: {type: orthanc, url: "http://localhost:8042"}
 queue: {backend: celery, broker: "redis://localhost:6379/0", database: "postgresql://u@db/neuro", workers: 3, torch_threads: 2}
-dicomweb: {port: 8081}
+dicomweb:
+  port: 8081
+  users: {pacs: "s3cret", modality: "pw:with:colons"}
+  tokens: [tok-1234.abcd]
+  max_body_mb: 256
+  tls: {cert: certs/web.pem, key: certs/web.key}
 """
 
 
@@ -72,7 +77,12 @@ def test_full_example(tmp_path):
     assert cfg.destinations["pacs"]["dimse_timeout"] == 90  # passed through for the deliver stage
     assert cfg.destinations["out"]["path"] == str(tmp_path / "results")
     assert cfg.queue.broker.startswith("redis://") and cfg.queue.workers == 3 and cfg.queue.torch_threads == 2
-    assert cfg.dicomweb.port == 8081 and cfg.dicomweb.base_path == "/dicomweb"
+    web = cfg.dicomweb
+    assert web.port == 8081 and web.base_path == "/dicomweb" and web.host == "127.0.0.1"
+    assert web.users == {"pacs": "s3cret", "modality": "pw:with:colons"} and web.tokens == ("tok-1234.abcd",)
+    assert (web.max_body_mb, web.max_requests, web.allow_anonymous) == (256, 4, False)
+    assert web.tls.cert == tmp_path / "certs/web.pem" and web.tls.ca is None
+    assert "s3cret" not in repr(cfg) and "tok-1234" not in repr(cfg)  # secrets stay out of logs
     cfg.check_models({"tiny-test": SPEC})
     with pytest.raises(AttributeError):
         cfg.node.port = 1  # frozen
@@ -114,7 +124,36 @@ def test_to_dict_round_trips(tmp_path):
     ("queue: {workers: 0}", "config: queue.workers: must be an integer >= 1, got 0"),
     ("queue: {database: state.db}", "config: queue.database: must be an SQLAlchemy URL"),
     ("queue: {worker: 2}", "config: queue: unknown key 'worker' (did you mean 'workers'?)"),
-    ("dicomweb: {base_path: dicomweb}", "config: dicomweb.base_path: must be a path starting with '/'"),
+    ("dicomweb: {base_path: dicomweb, tokens: [t]}", "config: dicomweb.base_path: must be a path starting with '/'"),
+    ("dicomweb: {base_path: /dicomweb/, tokens: [t]}", "config: dicomweb.base_path: must be a path starting with '/', "
+                                                      "without a trailing '/'"),
+    ("dicomweb: {port: 8081}", "config: dicomweb.users: the STOW-RS receiver needs credentials: set dicomweb.users "
+                               "({name: password}) and/or dicomweb.tokens ([token]) (or their *_env forms), "
+                               "or allow_anonymous: true"),
+    ("dicomweb: {}", "config: dicomweb.users: the STOW-RS receiver needs credentials"),
+    ("dicomweb: {users: {}}", "config: dicomweb.users: the STOW-RS receiver needs credentials"),
+    ("dicomweb: {users: {'a:b': pw}}", "config: dicomweb.users: must be a mapping user name -> password "
+                                       "(non-empty strings, names without ':'), got dict"),
+    ("dicomweb: {users: {pacs: 1234}}", "config: dicomweb.users: must be a mapping user name -> password"),
+    ("dicomweb: {users: [pacs]}", "config: dicomweb.users: must be a mapping user name -> password"),
+    ("dicomweb: {tokens: 'abc'}", "config: dicomweb.tokens: must be a list of bearer tokens"),
+    ("dicomweb: {tokens: ['has space']}", "config: dicomweb.tokens: must be a list of bearer tokens"),
+    ("dicomweb: {tokens: [t], allow_anonymous: true}", "config: dicomweb.allow_anonymous: true while users or tokens "
+                                                       "are set"),
+    ("dicomweb: {allow_anonymous: yes please}", "config: dicomweb.allow_anonymous: must be true or false"),
+    ("dicomweb: {tokens: [t], max_body_mb: 0}", "config: dicomweb.max_body_mb: must be an integer >= 1, got 0"),
+    ("dicomweb: {tokens: [t], max_requests: many}", "config: dicomweb.max_requests: must be an integer >= 1, "
+                                                    "got 'many'"),
+    ("dicomweb: {tokens: [t], tls: {cert: a.pem}}", "config: dicomweb.tls: missing key 'key'"),
+    ("dicomweb: {tokens: [t], tls: {cert: a.pem, key: a.key, cert_file: c}}",
+     "config: dicomweb.tls: unknown key 'cert_file' (did you mean 'cert'?)"),
+    ("dicomweb: {user: {pacs: pw}}", "config: dicomweb: unknown key 'user' (did you mean 'users'?)"),
+    ("dicomweb: {users_env: {pacs: 'not a name'}}", "config: dicomweb.users_env: must be a mapping user name -> "
+                                                    "environment variable name"),
+    ("dicomweb: {tokens_env: TOKEN}", "config: dicomweb.tokens_env: must be a list of environment variable names"),
+    ("dicomweb: {users: {pacs: pw}, users_env: {pacs: PW}}", "config: dicomweb.users_env: user 'pacs' is in "
+                                                             "dicomweb.users too"),
+    ("dicomweb: {tokens_env: [T], allow_anonymous: true}", "config: dicomweb.allow_anonymous: true while users"),
     ("deliver: {interval_s: 0}", "config: deliver.interval_s: must be a number of seconds > 0, got 0"),
     ("deliver: {retry_factor: 0.5}", "config: deliver.retry_factor: must be a number >= 1, got 0.5"),
     ("deliver: {retry_base_s: 60, retry_cap_s: 10}", "config: deliver.retry_cap_s: must be >= retry_base_s (60"),
@@ -129,6 +168,18 @@ def test_each_error_names_key_and_problem(tmp_path, text, message):
         load_config(_write(tmp_path, text))
     assert message in str(err.value)
     assert isinstance(err.value, ValueError)
+
+
+def test_dicomweb_anonymous_and_defaults(tmp_path):
+    web = load_config(_write(tmp_path, "dicomweb: {allow_anonymous: true, base_path: /}")).dicomweb
+    assert (web.allow_anonymous, web.users, web.tokens, web.base_path) == (True, {}, (), "/")
+    assert (web.max_body_mb, web.max_requests, web.tls) == (512, 4, None)
+
+
+def test_dicomweb_secrets_from_environment_names(tmp_path, monkeypatch):
+    monkeypatch.delenv("STOW_PW", raising=False)  # read when the receiver is built, not here
+    web = load_config(_write(tmp_path, "dicomweb: {users_env: {pacs: STOW_PW}, tokens_env: [STOW_TOKEN]}")).dicomweb
+    assert (web.users_env, web.tokens_env, web.users, web.tokens) == ({"pacs": "STOW_PW"}, ("STOW_TOKEN",), {}, ())
 
 
 def test_missing_file(tmp_path):
