@@ -234,7 +234,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with Node(config, registry) as node:
-        print(f"neuroread node {config.node.ae_title} listening on {config.node.host}:{node.port}; "
+        web = f"; STOW-RS at {node.stow.url}/studies" if node.stow is not None else ""
+        print(f"neuroread node {config.node.ae_title} listening on {config.node.host}:{node.port}{web}; "
               f"models: {', '.join(registry.names()) or 'none registered'}; data under {config.storage.root}",
               flush=True)
         stop.wait()
@@ -380,6 +381,36 @@ def _cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_orthanc_config(args: argparse.Namespace) -> int:
+    import json
+
+    from node.config import load_config
+    from node.orthanc_setup import orthanc_configuration
+
+    folder = Path(args.folder).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    node_yaml = Path(args.node_config).resolve() if args.node_config else folder / "neuroread.yaml"
+    if not args.node_config and not node_yaml.exists():
+        node_yaml.write_text("# The node inside Orthanc: models, weights, routes, more destinations (see README).\n"
+                             f"storage:\n  root: {folder / 'neuroread'}\n")
+    load_config(node_yaml)  # fail now, with the key named, rather than inside Orthanc's log
+    users = {}
+    if args.user:
+        name, sep, password = args.user.partition(":")
+        if not sep or not name or not password:
+            raise ValueError(f"--user must be NAME:PASSWORD, got {args.user!r}")
+        users[name] = password
+    config = orthanc_configuration(folder, node_config=node_yaml, http_port=args.http_port,
+                                   dicom_port=args.dicom_port, users=users, stable_age=args.stable_age)
+    target = folder / "orthanc.json"
+    target.write_text(json.dumps(config, indent=2) + "\n")
+    print(f"wrote {target} (node configuration: {node_yaml})\n"
+          f"start it:    Orthanc {target}\n"
+          f"send to it:  storescu -aec ORTHANC 127.0.0.1 {args.dicom_port} +sd +r SERIES_FOLDER\n"
+          f"jobs:        curl http://127.0.0.1:{args.http_port}/neuroread/jobs")
+    return 0
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     from node.replay import replay
 
@@ -493,7 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(sub.add_parser(
         "serve", help="run the node: receive, route, infer, deliver",
         description="Run the DICOM node until interrupted (Ctrl-C or SIGTERM): it receives series over "
-        "C-STORE, routes complete series to models, and delivers the results to the configured destinations.",
+        "C-STORE (and over STOW-RS when the configuration has a 'dicomweb' section), routes complete series "
+        "to models, and delivers the results to the configured destinations.",
         epilog="example:\n  neuroread serve -c neuroread.yaml\n  neuroread replay out/phantoms/ct-hemorrhage "
         "--to 127.0.0.1:11112   # from another terminal", formatter_class=argparse.RawDescriptionHelpFormatter))
     p.set_defaults(func=_cmd_serve)
@@ -553,6 +585,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", choices=("received", "queued", "running", "retrying", "done", "failed"),
                    help="only jobs in this state (list)")
     p.set_defaults(func=_cmd_jobs)
+
+    p = sub.add_parser(
+        "orthanc-config", help="write an Orthanc configuration that runs neuroread inside Orthanc",
+        description="Write FOLDER/orthanc.json: Orthanc with its DICOMweb and Python plugins and neuroread's "
+        "plugin (orthanc/neuroread_plugin.py), with this checkout's paths filled in; and, unless --node-config "
+        "names one, FOLDER/neuroread.yaml for the node inside it. Orthanc's database and the node's data go "
+        "under FOLDER. Series that become stable in Orthanc run through the models; the results are stored "
+        "back into Orthanc. Needs Debian's orthanc, orthanc-python and orthanc-dicomweb (bash .ci/setup).",
+        epilog="example:\n  neuroread orthanc-config /tmp/nr-orthanc\n  Orthanc /tmp/nr-orthanc/orthanc.json\n"
+        "  storescu -aec ORTHANC 127.0.0.1 4242 +sd +r out/demo/phantoms\n"
+        "  curl http://127.0.0.1:8042/neuroread/jobs",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder", metavar="FOLDER")
+    p.add_argument("--node-config", metavar="YAML", help="the node's configuration (default: FOLDER/neuroread.yaml, "
+                   "made if missing)")
+    p.add_argument("--http-port", type=_count(1), default=8042, help="Orthanc's HTTP port (default 8042)")
+    p.add_argument("--dicom-port", type=_count(1), default=4242, help="Orthanc's DICOM port (default 4242)")
+    p.add_argument("--stable-age", type=_count(1), default=30, metavar="S",
+                   help="seconds without a new instance before a series is processed (default 30)")
+    p.add_argument("--user", metavar="NAME:PASSWORD",
+                   help="turn on Orthanc's HTTP authentication with this user (and allow remote access); "
+                   "default: no authentication, loopback only")
+    p.set_defaults(func=_cmd_orthanc_config)
 
     p = sub.add_parser(
         "replay", help="send DICOM files to a node, as a PACS would",
