@@ -7,7 +7,8 @@ Not a product model and never trained.
 Fault tests can hold a running node inside ``predict``: when the environment variable
 ``TINY_MODEL_HOLD`` names a file that exists, ``predict`` writes ``<that file>.running``
 (holding the series UID) and waits, polling, until the file is removed. Unset (the default),
-``predict`` never waits.
+``predict`` never waits. When ``TINY_MODEL_FAIL`` names a file that exists, ``predict`` raises
+``RuntimeError`` (a model failure, e.g. out of memory) instead.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ SPEC = ModelSpec(
     explanations=("attention",),
 )
 HOLD_ENV = "TINY_MODEL_HOLD"
+FAIL_ENV = "TINY_MODEL_FAIL"
 
 
 def _hold(series_uid: str) -> None:
@@ -77,6 +79,9 @@ class TinyModel:
         if self.net is None or self.card is None:
             raise RuntimeError("TinyModel.predict before load")
         vol = inputs["ct"]
+        fail = os.environ.get(FAIL_ENV)
+        if fail and Path(fail).exists():
+            raise RuntimeError(f"injected model failure ({FAIL_ENV})")
         _hold(vol.series_instance_uid)
         x = torch.from_numpy(np.clip((vol.array.astype(np.float32) + 0.0) / 80.0, 0, 1))[:, None]
         with torch.no_grad():

@@ -1,0 +1,186 @@
+"""neuroread inside Orthanc: an orthanc-python plugin script (``"PythonScript"`` in Orthanc's
+configuration; see ``orthanc/orthanc.json`` and the README's "Run inside Orthanc").
+
+Series that become stable in Orthanc go through neuroread's own pipeline (spool → route →
+queue → infer → encode → validate → outbox → deliver: :class:`node.app.Node` without its
+DIMSE listener, fed by :class:`node.orthanc_intake.OrthancIntake`); the results are stored back
+into this Orthanc through its REST API (in-process, no credentials needed) and, when
+configured, forwarded by Orthanc to its DICOM modalities or DICOMweb servers, and to the
+destinations of the node's YAML (C-STORE, STOW-RS, folder).
+
+Nothing heavy runs on Orthanc's threads: the change callback only wakes the intake's thread;
+models run on the node's worker threads; REST calls read the job database. A model that fails
+marks its job failed (``GET /neuroread/jobs/{id}`` says why) and Orthanc keeps serving.
+
+REST routes (Orthanc's authentication applies):
+
+    GET  /neuroread/jobs[?state=failed]   the jobs
+    GET  /neuroread/jobs/{id}             one job with its audit trail and deliveries
+    POST /neuroread/jobs/{id}/retry       queue a failed job again
+    GET  /neuroread/unrouted              series no model took, with the reasons
+
+The plugin runs in Orthanc's embedded Python (Debian: the system Python 3.11), so the
+``NeuroRead.PythonPath`` setting names neuroread's environment (its site-packages) and
+checkout, added to ``sys.path`` before anything of neuroread is imported.
+"""
+import json
+import logging
+import sys
+
+import orthanc
+
+SECTION = "NeuroRead"
+KNOWN = ("Config", "PythonPath", "StoreResults", "ForwardToModalities", "ForwardToDicomWebServers", "StartAt",
+         "PollSeconds")
+
+
+class _OrthancLog(logging.Handler):
+    """Python logging into Orthanc's log (its own levels and files)."""
+
+    def emit(self, record):
+        text = "neuroread: " + self.format(record)
+        if record.levelno >= logging.ERROR:
+            orthanc.LogError(text)
+        elif record.levelno >= logging.WARNING:
+            orthanc.LogWarning(text)
+        else:
+            orthanc.LogInfo(text)
+
+
+def _settings():
+    section = json.loads(orthanc.GetConfiguration()).get(SECTION)
+    if not isinstance(section, dict):
+        raise RuntimeError(f"neuroread plugin: Orthanc's configuration has no {SECTION!r} section "
+                           "(see orthanc/orthanc.json in neuroread's checkout)")
+    for key in section:
+        if key not in KNOWN:
+            raise RuntimeError(f"neuroread plugin: {SECTION}.{key}: unknown key (known: {', '.join(KNOWN)})")
+    paths = section.get("PythonPath", [])
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise RuntimeError(f"neuroread plugin: {SECTION}.PythonPath must be a list of folders")
+    return section
+
+
+def _error_status(exc):
+    """The HTTP status Orthanc would answer for an OrthancException (args: code, message)."""
+    code = exc.args[0] if exc.args else None
+    if code == orthanc.ErrorCode.UNKNOWN_RESOURCE:
+        return 404
+    if code in (orthanc.ErrorCode.BAD_FILE_FORMAT, orthanc.ErrorCode.BAD_REQUEST,
+                orthanc.ErrorCode.INEXISTENT_TAG, orthanc.ErrorCode.BAD_PARAMETER_TYPE):
+        return 400
+    return 500
+
+
+SETTINGS = _settings()
+sys.path[:0] = [p for p in SETTINGS.get("PythonPath", []) if p not in sys.path]
+
+from node.app import Node  # noqa: E402  (only importable once PythonPath is on sys.path)
+from node.config import load_config  # noqa: E402
+from node.deliver import OrthancDestination  # noqa: E402
+from node.jobs_api import list_jobs, retry_job, show_job, unrouted  # noqa: E402
+from node.orthanc_intake import OrthancGone, OrthancIntake, OrthancUnavailable  # noqa: E402
+from models import default_registry  # noqa: E402
+
+logger = logging.getLogger("neuroread.orthanc")
+_handler = _OrthancLog()
+_handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+for _name in ("node", "models", "neuroread"):
+    logging.getLogger(_name).addHandler(_handler)
+    logging.getLogger(_name).setLevel(logging.INFO)
+
+
+def _get(path):
+    try:
+        return orthanc.RestApiGet(path)
+    except orthanc.OrthancException as exc:
+        if _error_status(exc) == 404:
+            raise OrthancGone(f"GET {path}: {exc}") from exc
+        raise OrthancUnavailable(f"GET {path}: {exc}") from exc
+
+
+def _post(method, path, body):
+    """The orthanc destination's transport: Orthanc's REST API in-process."""
+    if method != "POST":
+        return 405, f"{method} not supported in-process".encode()
+    try:
+        return 200, orthanc.RestApiPost(path, body)
+    except orthanc.OrthancException as exc:
+        return _error_status(exc), str(exc).encode()
+
+
+def _build():
+    config_path = SETTINGS.get("Config")
+    config = load_config(config_path)
+    registry = default_registry(config.plugins)
+    extra = []
+    if SETTINGS.get("StoreResults", True):
+        extra.append(OrthancDestination(name="orthanc", url="orthanc://local", rest=_post,
+                                        modalities=tuple(SETTINGS.get("ForwardToModalities", [])),
+                                        dicomweb_servers=tuple(SETTINGS.get("ForwardToDicomWebServers", []))))
+    node = Node(config, registry, listen=False, extra_destinations=extra)
+    intake = OrthancIntake(node, _get, start_at=SETTINGS.get("StartAt", "last"),
+                           poll_s=float(SETTINGS.get("PollSeconds", 5)))
+    logger.info("configured from %s: models %s, destinations %s", config_path or "defaults",
+                ", ".join(registry.names()) or "none", ", ".join(d.name for d in node.destinations) or "none")
+    return node, intake
+
+
+NODE, INTAKE = _build()
+
+
+def _on_change(change_type, level, resource):
+    if change_type == orthanc.ChangeType.ORTHANC_STARTED:
+        NODE.start()
+        INTAKE.start()
+    elif change_type in (orthanc.ChangeType.STABLE_SERIES, orthanc.ChangeType.STABLE_STUDY):
+        INTAKE.wake()
+    elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
+        # Orthanc waits for this callback: a job still running after a few seconds is left
+        # "running" and recovered (run again) at the next start; its results are idempotent.
+        INTAKE.stop(timeout=10)
+        NODE.stop(timeout=5)
+
+
+def _answer(output, status, body):
+    if status == 200:
+        output.AnswerBuffer(json.dumps(body, indent=2), "application/json")
+    else:
+        text = json.dumps(body)  # orthanc-python 4.0 takes (status, str, its length)
+        output.SendHttpStatus(status, text, len(text.encode()))
+
+
+def _jobs(output, uri, **request):
+    if request["method"] != "GET":
+        output.SendMethodNotAllowed("GET")
+        return
+    state = request.get("get", {}).get("state")
+    _answer(output, *list_jobs(NODE.store, state))
+
+
+def _job(output, uri, **request):
+    if request["method"] != "GET":
+        output.SendMethodNotAllowed("GET")
+        return
+    _answer(output, *show_job(NODE.store, NODE.outbox, int(request["groups"][0])))
+
+
+def _retry(output, uri, **request):
+    if request["method"] != "POST":
+        output.SendMethodNotAllowed("POST")
+        return
+    _answer(output, *retry_job(NODE.store, int(request["groups"][0])))
+
+
+def _unrouted(output, uri, **request):
+    if request["method"] != "GET":
+        output.SendMethodNotAllowed("GET")
+        return
+    _answer(output, *unrouted(NODE.store))
+
+
+orthanc.RegisterOnChangeCallback(_on_change)
+orthanc.RegisterRestCallback("/neuroread/jobs", _jobs)
+orthanc.RegisterRestCallback("/neuroread/jobs/([0-9]+)", _job)
+orthanc.RegisterRestCallback("/neuroread/jobs/([0-9]+)/retry", _retry)
+orthanc.RegisterRestCallback("/neuroread/unrouted", _unrouted)
