@@ -1,4 +1,4 @@
-"""Shared fixtures: small phantom sets made once per test session."""
+"""Shared fixtures: small phantom sets and tiny ct-hemorrhage weights, made once per test session."""
 from __future__ import annotations
 
 import os
@@ -81,3 +81,21 @@ def ct_case(phantom_sets):
     extra = Lesion(vol.series_instance_uid, "finding", Code("404684003", "SCT", "Clinical finding"), cube,
                    float(cube.sum() * np.prod(vol.spacing)), (0.0, 0.0, 0.0), score=0.25)
     return vol, sources, dataclasses.replace(result, lesions=result.lesions + (extra,))
+
+
+TINY_DRCT2 = {"slices": 8, "key_slices": 6, "input_size": 32, "zoom_size": 64, "backbone": [4, "M", 8, "M"],
+              "gru_hidden": 4, "aps_fc": 8, "head": [8, 4], "freeze_backbone": False, "name": "tiny"}
+
+
+@pytest.fixture(scope="session")
+def weights(phantom_sets, tmp_path_factory) -> Path:
+    """A tiny ct-hemorrhage checkpoint (DrCT2 at toy size) trained one epoch on the four session
+    phantoms by training.train, marked demo: real weights for the product model in seconds."""
+    from training.datasets import RSNA_LABELS, read_phantoms
+    from training.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("weights") / "ct-hemorrhage-tiny.pt"
+    records = read_phantoms(phantom_sets["ct-hemorrhage"], labels=RSNA_LABELS)
+    config = TrainConfig(model="ct-hemorrhage", epochs=1, batch_size=2, threads=1, augment=False, network=TINY_DRCT2)
+    train(records, config, out, source="four test phantoms", folds=2, demo=True, progress=False)
+    return out

@@ -53,7 +53,7 @@ class OrthancServer:
             "HttpPort": self.http_port, "DicomPort": self.dicom_port, "RemoteAccessAllowed": False,
             "AuthenticationEnabled": bool(self.users), "RegisteredUsers": self.users,
             "StableAge": stable_age, "DicomModalities": modalities or {},
-            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "Host": "127.0.0.1"},
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True},
             "HttpTimeout": 60, "ConcurrentJobs": 2,
         }
         if python_script is not None:

@@ -23,26 +23,10 @@ from node.app import Node
 from node.config import parse_config
 from node.encode import DEMO_TEXT, validate
 from node.results import summarize
-from training.datasets import RSNA_LABELS, read_phantoms
 from training.phantoms.baseline import load_truth
-from training.train import TrainConfig, train
 
 from peers import StoreSCP
 from test_app import KO, PM, SC, SR, delivered_outputs, referenced_uids, storescu, wait_for
-
-TINY = {"slices": 8, "key_slices": 6, "input_size": 32, "zoom_size": 64, "backbone": [4, "M", 8, "M"],
-        "gru_hidden": 4, "aps_fc": 8, "head": [8, 4], "freeze_backbone": False, "name": "tiny"}
-
-
-@pytest.fixture(scope="module")
-def weights(phantom_sets, tmp_path_factory):
-    """A tiny ct-hemorrhage checkpoint trained one epoch on the four session phantoms, marked demo."""
-    out = tmp_path_factory.mktemp("weights") / "ct-hemorrhage-tiny.pt"
-    records = read_phantoms(phantom_sets["ct-hemorrhage"], labels=RSNA_LABELS)
-    config = TrainConfig(model="ct-hemorrhage", epochs=1, batch_size=2, threads=1, augment=False, network=TINY)
-    train(records, config, out, source="four test phantoms", folds=2, demo=True, progress=False)
-    return out
-
 
 @pytest.fixture
 def storescp(tmp_path):
