@@ -172,6 +172,7 @@ def test_encoding_twice_gives_identical_objects(case, objects):
     src = sources[0]
     written = [pydicom.dcmread(io.BytesIO(_bytes(ds))) for ds in objects]
     assert {(ds.InstanceCreationDate, ds.InstanceCreationTime) for ds in written} == {(src.ContentDate, src.ContentTime)}
+    assert {(ds.SeriesDate, ds.SeriesTime) for ds in written} == {(src.ContentDate, src.ContentTime)}  # viewers sort by it
 
 
 def test_uids_depend_on_every_input_and_fit_dicom():

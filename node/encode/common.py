@@ -149,10 +149,12 @@ def source_stamp(datasets: list[pydicom.Dataset]) -> datetime.datetime:
 
 
 def freeze_dates(ds: pydicom.Dataset, stamp: datetime.datetime) -> None:
-    """Replace the wall-clock dates highdicom writes by ``stamp`` (results stay reproducible)."""
+    """Replace the wall-clock dates highdicom writes by ``stamp`` (results stay reproducible), and
+    give every result a Series Date/Time (viewers list and sort series by it; OHIF shows
+    "Invalid date" without one)."""
     day, tm = DA(stamp.date()), TM(stamp.time())
+    ds.SeriesDate, ds.SeriesTime = day, tm
     for date_kw, time_kw in (("InstanceCreationDate", "InstanceCreationTime"), ("ContentDate", "ContentTime"),
-                             ("SeriesDate", "SeriesTime"),
                              ("DateOfSecondaryCapture", "TimeOfSecondaryCapture")):
         if date_kw in ds:
             setattr(ds, date_kw, day)
