@@ -406,7 +406,7 @@ def _cmd_orthanc_config(args: argparse.Namespace) -> int:
     target.write_text(json.dumps(config, indent=2) + "\n")
     print(f"wrote {target} (node configuration: {node_yaml})\n"
           f"start it:    Orthanc {target}\n"
-          f"send to it:  storescu -aec ORTHANC 127.0.0.1 {args.dicom_port} +sd +r SERIES_FOLDER\n"
+          f"send to it:  storescu -aec ORTHANC 127.0.0.1 {args.dicom_port} +sd +r +sp '*.dcm' FOLDER\n"
           f"jobs:        curl http://127.0.0.1:{args.http_port}/neuroread/jobs")
     return 0
 
@@ -594,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
         "under FOLDER. Series that become stable in Orthanc run through the models; the results are stored "
         "back into Orthanc. Needs Debian's orthanc, orthanc-python and orthanc-dicomweb (bash .ci/setup).",
         epilog="example:\n  neuroread orthanc-config /tmp/nr-orthanc\n  Orthanc /tmp/nr-orthanc/orthanc.json\n"
-        "  storescu -aec ORTHANC 127.0.0.1 4242 +sd +r out/demo/phantoms\n"
+        "  storescu -aec ORTHANC 127.0.0.1 4242 +sd +r +sp '*.dcm' out/demo/phantoms\n"
         "  curl http://127.0.0.1:8042/neuroread/jobs",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", metavar="FOLDER")
