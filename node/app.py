@@ -21,7 +21,15 @@ encode → validate → outbox → deliver), and the same pipeline on files with
       (the union over its slots, in slot order; every configured destination when none names
       any) and an ``outbox`` audit event (every slot's series → model, version, weights →
       outputs → destinations);
-    * a :class:`~node.deliver.Deliverer` thread sends the outbox.
+    * a :class:`~node.deliver.Deliverer` thread sends the outbox;
+    * with ``config.dicomweb`` set, a :class:`~node.stow.StowReceiver` takes STOW-RS pushes into
+      the same spool (:attr:`Node.stow_port`; ``web_port`` overrides the configured port).
+
+    ``listen=False`` (the Orthanc plugin): no DIMSE or STOW-RS listener and no assembler; the
+    caller decides when a series or study is complete and calls :meth:`Node.route_series` /
+    :meth:`Node.route_study` itself (:class:`node.orthanc_intake.OrthancIntake` does, from
+    Orthanc's change log). ``extra_destinations`` join the configured ones (the plugin's
+    in-process Orthanc destination).
 
     Restart: the embedded queue has one node process per database, so at start-up every job
     left ``running`` belonged to a dead process and is put back to ``queued`` at once

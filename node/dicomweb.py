@@ -61,10 +61,13 @@ def check_url(value: object, field: str) -> str:
     return value.rstrip("/")
 
 
-def _env_secret(name: object, field: str) -> str:
+def env_secret(name: object, field: str) -> str:
+    """The secret in environment variable ``name`` (surrounding white space dropped); ``field``
+    names the setting in the error (both sides use it: the HTTP destinations and the STOW-RS
+    receiver)."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"{field} must name an environment variable, got {name!r}")
-    value = os.environ.get(name)
+    value = os.environ.get(name, "").strip()
     if not value:
         raise ValueError(f"{field}: environment variable {name} is not set (or empty)")
     return value
@@ -114,9 +117,9 @@ class HttpAuth:
         if token is not None and token_env is not None:
             raise ValueError("token_env: give token or token_env, not both")
         if password_env is not None:
-            password = _env_secret(password_env, "password_env")
+            password = env_secret(password_env, "password_env")
         if token_env is not None:
-            token = _env_secret(token_env, "token_env")
+            token = env_secret(token_env, "token_env")
         return cls(username, password, token)
 
     @property

@@ -81,7 +81,6 @@ import email.policy
 import hmac
 import json
 import logging
-import os
 import re
 import socket
 import socketserver
@@ -104,6 +103,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AllStoragePresentationContexts
 
+from node.dicomweb import env_secret
 from node.config import DicomWebConfig
 from node.receive import PARSE_ERRORS, PREAMBLE, TRANSFER_SYNTAXES, truncated_element
 from node.spool import InvalidUIDError, Spool, SpoolFullError, validate_uid
@@ -587,14 +587,6 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
 
-def _env_secret(variable: str, key: str) -> str:
-    """The secret in environment variable ``variable`` (surrounding white space dropped)."""
-    value = os.environ.get(variable, "").strip()
-    if not value:
-        raise ValueError(f"{key}: environment variable {variable} is not set (or empty)")
-    return value
-
-
 class StowReceiver:
     """A STOW-RS endpoint storing into ``spool`` (see the module docstring).
 
@@ -624,9 +616,9 @@ class StowReceiver:
                              "config.tls.cert/key/ca)")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
             raise ValueError(f"StowReceiver.timeout must be a positive number of seconds, got {timeout!r}")
-        users = {**config.users, **{name: _env_secret(var, f"dicomweb.users_env.{name}")
+        users = {**config.users, **{name: env_secret(var, f"dicomweb.users_env.{name}")
                                     for name, var in config.users_env.items()}}
-        tokens = config.tokens + tuple(_env_secret(var, "dicomweb.tokens_env") for var in config.tokens_env)
+        tokens = config.tokens + tuple(env_secret(var, "dicomweb.tokens_env") for var in config.tokens_env)
         if not config.allow_anonymous and not users and not tokens:
             raise ValueError("StowReceiver: no users or tokens and allow_anonymous is false: nobody could store")
         self._credentials: tuple[dict[str, str], tuple[str, ...]] = (users, tokens)
