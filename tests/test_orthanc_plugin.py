@@ -23,6 +23,7 @@ from node.orthanc_setup import orthanc_configuration
 from training.phantoms.baseline import load_truth
 
 from orthanc_peer import OrthancServer
+from peers import StoreSCP
 from test_app import wait_for
 from tiny_model import FAIL_ENV, HOLD_ENV, SPEC
 
@@ -51,7 +52,15 @@ def faults(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def orthanc(tmp_path_factory, faults):
+def forwarded(tmp_path_factory):
+    """A dcmtk storescp that Orthanc knows as modality SCP: the plugin forwards results to it."""
+    scp = StoreSCP(tmp_path_factory.mktemp("forwarded"))
+    yield scp
+    scp.stop()
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory, faults, forwarded):
     folder = tmp_path_factory.mktemp("orthanc-plugin")
     (folder / "node.yaml").write_text(
         f"storage: {{root: {folder / 'node'}}}\n"
@@ -63,8 +72,10 @@ def orthanc(tmp_path_factory, faults):
     section = orthanc_configuration(folder, node_config=folder / "node.yaml")["NeuroRead"]
     section["PythonPath"].append(str(REPO / "tests"))
     section["PollSeconds"] = 1
+    section["ForwardToModalities"] = ["SCP"]
     server = OrthancServer(folder, python_script=PLUGIN, ready_path="/neuroread/jobs", start_timeout=180,
-                           stable_age=1, users={"neuro": "secret"}, extra={"NeuroRead": section})
+                           stable_age=1, users={"neuro": "secret"}, extra={"NeuroRead": section},
+                           modalities={"SCP": ["STORESCP", "127.0.0.1", forwarded.port]})
     yield server
     server.stop()
     for k, v in saved.items():
@@ -116,7 +127,7 @@ def _session(orthanc: OrthancServer) -> requests.Session:
     return session
 
 
-def test_storescu_to_orthanc_to_plugin_results_found_by_qido(orthanc, cts):
+def test_storescu_to_orthanc_to_plugin_results_found_by_qido(orthanc, cts, forwarded):
     files = cts[0]
     header = pydicom.dcmread(files[0], stop_before_pixels=True)
     storescu(orthanc, files)
@@ -139,6 +150,8 @@ def test_storescu_to_orthanc_to_plugin_results_found_by_qido(orthanc, cts):
                           and all(i["state"] == "sent" for i in d) and d, 30, "the outbox to say sent")
     assert sorted(d["sop_instance_uid"] for d in deliveries) == sorted(outputs)
     assert {d["destination"] for d in deliveries} == {"orthanc"}
+    # ... and forwarded by Orthanc to its modality SCP (sent means forwarded too)
+    assert set(forwarded.received()) == outputs
     # the SR as Orthanc serves it over WADO-RS: our findings, the demo warning
     sr_series = next(s for s in found if client.search_for_series(
         header.StudyInstanceUID, search_filters={"SeriesInstanceUID": s})[0]["00080060"]["Value"][0] == "SR")
