@@ -26,7 +26,8 @@ from pydicom.uid import generate_uid
 
 from node.config import ConfigError, DicomWebConfig, parse_config
 from node.spool import Spool
-from node.stow import DICOM_JSON, FailureReason, MultipartError, StowReceiver, split_multipart
+from node.multipart import MultipartError, split_multipart
+from node.stow import DICOM_JSON, FailureReason, StowReceiver
 
 USER, PASSWORD, TOKEN = "pacs", "s3cret-pw", "tok-9f8e7d"
 BOUNDARY = "b0undary-42"
