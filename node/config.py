@@ -51,6 +51,7 @@ The file, with every section and its default::
       # max_body_mb: 512           # a larger Content-Length is answered 413, body unread
       # max_requests: 4            # uploads at once; one more is answered 503
       # tls: null                  # {cert: web.pem, key: web.key, ca: clients-ca.pem} (HTTPS)
+      # peers: []                  # addresses/networks allowed to connect, e.g. [10.0.0.0/8]; empty: any
     plugins: []                    # extra models, 'package.module:NAME' where NAME is a
                                    # models.ModelEntry or a list of them (your own networks;
                                    # the module must be importable, e.g. via PYTHONPATH)
@@ -239,7 +240,9 @@ class DicomWebConfig:
     variables) name secrets kept out of the file, read when the receiver is built. At least one
     credential is required unless ``allow_anonymous``. ``max_body_mb`` bounds one request's
     body, ``max_requests`` the uploads served at once. ``tls``: HTTPS with this certificate and
-    key (``ca`` set: clients must present a certificate it signed). Secrets stay out of ``repr``.
+    key (``ca`` set: clients must present a certificate it signed). ``peers``: the addresses or
+    networks allowed to connect (empty: any), checked before the credentials. Secrets stay out
+    of ``repr``.
     """
 
     host: str = "127.0.0.1"
@@ -253,6 +256,7 @@ class DicomWebConfig:
     max_body_mb: int = 512
     max_requests: int = 4
     tls: TLSConfig | None = None
+    peers: tuple[str, ...] = ()  # IP addresses or networks allowed to connect; empty: any
 
 
 @dataclass(frozen=True)
@@ -379,6 +383,8 @@ def _dicomweb(s: _Section, base: Path) -> DicomWebConfig:
     limits = s.int("max_body_mb", 512, 1), s.int("max_requests", 4, 1)
     raw_tls = s.get("tls", None, lambda v: True, "")
     tls = None if raw_tls is None else _tls(raw_tls, "dicomweb.tls", base)
+    peers = s.get("peers", [], lambda v: isinstance(v, list) and all(_is_network(x) for x in v),
+                  "must be a list of IP addresses or networks like 10.0.0.0/8")
     s.finish()
     both = sorted(set(users) & set(users_env))
     if both:
@@ -390,7 +396,7 @@ def _dicomweb(s: _Section, base: Path) -> DicomWebConfig:
         raise s.fail("users", "the STOW-RS receiver needs credentials: set dicomweb.users ({name: password}) "
                               "and/or dicomweb.tokens ([token]) (or their *_env forms), or allow_anonymous: true")
     return DicomWebConfig(host, port, base_path, dict(users), tuple(tokens), dict(users_env), tuple(tokens_env),
-                          anonymous, *limits, tls)
+                          anonymous, *limits, tls, tuple(peers))
 
 
 def _deliver(s: _Section) -> DeliverConfig:

@@ -12,6 +12,7 @@ the body: the answer is sent, then what the client still sends is discarded, unr
 most 1 s and 4 MiB, so that a client busy sending sees the answer rather than a reset.
 
 =====  ========================================================================================
+403    a client address outside ``dicomweb.peers`` (when it lists any), before anything else.
 401    no or wrong credentials (``dicomweb.users``/``users_env``: HTTP basic;
        ``dicomweb.tokens``/``tokens_env``: bearer; compared with :func:`hmac.compare_digest`),
        with ``WWW-Authenticate``.
@@ -74,6 +75,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import ipaddress
 import json
 import logging
 import re
@@ -303,6 +305,7 @@ class _Handler(BaseHTTPRequestHandler):
         started = time.monotonic()
         receiver = self.server.receiver
         try:
+            self._check_peer()
             principal = self._authenticate()
             study_uid = self._route()
             with receiver._slot():
@@ -322,6 +325,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _other_method(self) -> None:
         try:
+            self._check_peer()
             self._authenticate()
             self._route()
             raise _Refusal(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} is not supported here: STOW-RS takes POST",
@@ -333,6 +337,13 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_PUT = do_DELETE = do_PATCH = _other_method
 
     # -- the checks -----------------------------------------------------------------------------
+    def _check_peer(self) -> None:
+        """403 for an address outside ``dicomweb.peers`` (the allow-list of ``node.peers``, for HTTP)."""
+        allowed = self.server.receiver.peers
+        if allowed and not any(ipaddress.ip_address(self.client_address[0]) in net for net in allowed):
+            raise _Refusal(HTTPStatus.FORBIDDEN, f"address {self.client_address[0]} is not among the allowed peers "
+                           "(dicomweb.peers)")
+
     def _authenticate(self) -> str:
         """The authenticated principal (user name, ``token #n`` or ``anonymous``), else 401."""
         receiver = self.server.receiver
@@ -559,6 +570,7 @@ class StowReceiver:
         self.spool, self.config, self.ssl_context, self.timeout = spool, config, ssl_context, float(timeout)
         self.studies_path = config.base_path.rstrip("/") + "/studies"
         self.max_body_bytes = config.max_body_mb * 1024 * 1024
+        self.peers = tuple(ipaddress.ip_network(p, strict=False) for p in config.peers)
         self._active = 0
         self._idle = threading.Condition()
         self._server: _Server | None = None

@@ -219,6 +219,22 @@ def test_no_credentials(receiver, files):
     assert receiver.files() == [] and receiver.records == []
 
 
+def test_an_address_outside_the_allowed_peers_is_refused_before_anything(make_receiver, files):
+    r = make_receiver(peers=("10.0.0.0/8",))
+    rsp = r.post(body(files[0].read_bytes()))  # good credentials, from 127.0.0.1
+    assert rsp.status_code == 403
+    assert rsp.text == "403 Forbidden: address 127.0.0.1 is not among the allowed peers (dicomweb.peers)\n"
+    assert r.files() == [] and r.records == []
+    allowed = make_receiver(peers=("10.0.0.0/8", "127.0.0.0/8"))
+    assert allowed.post(body(files[0].read_bytes())).status_code == 200
+    assert len(allowed.files()) == 1
+
+
+def test_peers_must_be_addresses_or_networks(tmp_path):
+    with pytest.raises(ConfigError, match=r"config: dicomweb.peers: must be a list of IP addresses or networks"):
+        parse_config({"dicomweb": {"users": {"a": "b"}, "peers": ["pacs.example.org"]}}, tmp_path)
+
+
 def test_wrong_password(receiver, files):
     rsp = receiver.post(body(files[0].read_bytes()), auth=(USER, "s3cret-pw!"))
     assert rsp.status_code == 401 and "wrong credentials (Basic authorization refused)" in rsp.text
