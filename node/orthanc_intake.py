@@ -19,9 +19,18 @@ change                          what the intake does
                                 :meth:`Node.route_study`
 a series the node wrote         skipped (its Manufacturer is ours): results stored back into
                                 Orthanc are never routed again
+``NewSeries``                   noted as unstable (in the node's database) until its
+                                ``StableSeries`` is handled
 a resource deleted since        skipped
 Orthanc unreachable, disk full  the cursor stays; tried again after ``poll_s``
 ==============================  ==========================================================
+
+Orthanc keeps its list of series that are not stable yet in memory only: a series that was
+still arriving when Orthanc stopped never gets a ``StableSeries``. So the first
+:meth:`OrthancIntake.run_once` of a process (the plugin starts with Orthanc), once it has
+caught up with the change log, takes every series noted unstable before that start which
+Orthanc now reports ``IsStable`` as if it had just become stable; one that receives instances
+again is unstable for Orthanc too and gets its ``StableSeries`` as usual.
 
 A fresh node starts at Orthanc's current last change (``start_at="last"``): installing the
 plugin on an Orthanc that already holds a thousand studies does not run the models on all of
@@ -62,6 +71,14 @@ cursor_table = sa.Table(
 )
 
 
+unstable_table = sa.Table(
+    "orthanc_intake_unstable", _metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("series_id", sa.String(64), primary_key=True),  # Orthanc's series id
+    sa.Column("seq", sa.Integer, nullable=False),  # of its NewSeries change
+)
+
+
 class OrthancGone(LookupError):
     """The resource does not exist (any more) in Orthanc."""
 
@@ -80,6 +97,7 @@ class IntakeReport:
     skipped: int = 0
     jobs: int = 0
     last_seq: int = 0
+    orphans: int = 0  # series left unstable by a restart, taken as stable
 
 
 class OrthancIntake:
@@ -107,6 +125,7 @@ class OrthancIntake:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()  # one run_once at a time (the thread, or a caller)
+        self._orphans_checked = False  # the first run_once of this process looks for them
         self._thread: threading.Thread | None = None
 
     # -- life cycle -----------------------------------------------------------------------------------
@@ -170,7 +189,8 @@ class OrthancIntake:
                 seq = int(self._json("/changes?last").get("Last", 0)) if self.start_at == "last" else 0
                 self._save_cursor(seq)
                 logger.info("orthanc intake %s: starting after change %d", self.name, seq)
-            counts = dict(changes=0, series=0, studies=0, skipped=0, jobs=0)
+            counts = dict(changes=0, series=0, studies=0, skipped=0, jobs=0, orphans=0)
+            before_start = None if self._orphans_checked else int(self._json("/changes?last").get("Last", 0))
             while not self._stop.is_set():
                 page = self._json(f"/changes?since={seq}&limit={self.batch}")
                 for change in page.get("Changes", []):
@@ -180,21 +200,59 @@ class OrthancIntake:
                     counts["changes"] += 1
                 if page.get("Done", True) or not page.get("Changes"):
                     break
+            if before_start is not None and not self._stop.is_set():
+                self._take_orphans(before_start, counts)
+                self._orphans_checked = True
             return IntakeReport(**counts, last_seq=seq)
+
+    def _take_orphans(self, before_start: int, counts: dict[str, int]) -> None:
+        """Series noted unstable before this process started that Orthanc now calls stable
+        (see the module docstring): handled as a ``StableSeries``."""
+        key = unstable_table.c.name == self.name
+        with self.node.store.engine.connect() as conn:
+            rows = conn.execute(sa.select(unstable_table.c.series_id)
+                                .where(key & (unstable_table.c.seq <= before_start))).scalars().all()
+        for series_id in rows:
+            try:
+                stable = bool(self._json(f"/series/{series_id}").get("IsStable", False))
+            except OrthancGone:
+                self._forget(series_id)
+                continue
+            if stable:
+                logger.warning("orthanc intake: series %s was still arriving when Orthanc stopped; taken as stable now",
+                               series_id)
+                self._handle({"ChangeType": "StableSeries", "ID": series_id}, counts)
+                counts["orphans"] += 1
+
+    def _note_unstable(self, series_id: str, seq: int) -> None:
+        with self.node.store.engine.begin() as conn:
+            key = (unstable_table.c.name == self.name) & (unstable_table.c.series_id == series_id)
+            if conn.execute(unstable_table.update().where(key).values(seq=seq)).rowcount == 0:
+                conn.execute(unstable_table.insert().values(name=self.name, series_id=series_id, seq=seq))
+
+    def _forget(self, series_id: str) -> None:
+        with self.node.store.engine.begin() as conn:
+            conn.execute(unstable_table.delete().where((unstable_table.c.name == self.name)
+                                                       & (unstable_table.c.series_id == series_id)))
 
     def _handle(self, change: dict[str, Any], counts: dict[str, int]) -> None:
         kind, resource = change.get("ChangeType"), str(change.get("ID", ""))
         try:
-            if kind == "StableSeries":
+            if kind == "NewSeries":
+                self._note_unstable(resource, int(change.get("Seq", 0)))
+            elif kind == "StableSeries":
                 jobs = self._stable_series(resource)
                 counts["series" if jobs is not None else "skipped"] += 1
                 counts["jobs"] += len(jobs or [])
+                self._forget(resource)
             elif kind == "StableStudy" and self.node.multi_series:
                 counts["jobs"] += len(self._stable_study(resource))
                 counts["studies"] += 1
         except OrthancGone:
             logger.info("orthanc intake: %s %s was deleted before it was handled; skipped", kind, resource)
             counts["skipped"] += 1
+            if kind == "StableSeries":
+                self._forget(resource)
 
     # -- series and studies ---------------------------------------------------------------------------
     def _stable_series(self, series_id: str) -> list | None:

@@ -31,6 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 PLUGIN = REPO / "orthanc" / "neuroread_plugin.py"
 OUR_KINDS = {"SR", "KO", "SEG", "OT"}  # plus the parametric map's modality (that of its source)
 
+STABLE_AGE = 3  # s; long enough to kill Orthanc between a series' last instance and its stability
+
 pytestmark = pytest.mark.slow
 
 
@@ -74,7 +76,7 @@ def orthanc(tmp_path_factory, faults, forwarded):
     section["PollSeconds"] = 1
     section["ForwardToModalities"] = ["SCP"]
     server = OrthancServer(folder, python_script=PLUGIN, ready_path="/neuroread/jobs", start_timeout=180,
-                           stable_age=1, users={"neuro": "secret"}, extra={"NeuroRead": section},
+                           stable_age=STABLE_AGE, users={"neuro": "secret"}, extra={"NeuroRead": section},
                            modalities={"SCP": ["STORESCP", "127.0.0.1", forwarded.port]})
     yield server
     server.stop()
@@ -226,3 +228,21 @@ def test_orthanc_restarted_mid_job_completes_it_once(orthanc, cts, faults):
     assert sorted(u for v in found.values() for u in v) == sorted(outputs)  # stored once each
     deliveries = orthanc.get(f"/neuroread/jobs/{done['id']}")["deliveries"]
     assert sorted(d["sop_instance_uid"] for d in deliveries) == sorted(outputs)  # one outbox row each
+
+
+def test_a_series_still_arriving_when_orthanc_crashed_is_processed_after_the_restart(orthanc, cts):
+    """Orthanc keeps its unstable series in memory: killed before a series became stable, it
+    never reports it stable. The intake noted the series (NewSeries) and takes it after the restart."""
+    files = cts[3]
+    header = pydicom.dcmread(files[0], stop_before_pixels=True)
+    started = time.monotonic()
+    storescu(orthanc, files)
+    orthanc.kill()  # SIGKILL well within StableAge of the last instance
+    assert time.monotonic() - started < STABLE_AGE, "too slow to crash Orthanc before the series was stable"
+    orthanc.start()
+    done = one_job(orthanc, header.SeriesInstanceUID, "done", timeout=120)
+    assert done["instances"] == {"ct": len(files)}
+    log = orthanc.log()
+    assert "was still arriving when Orthanc stopped; taken as stable now" in log, log[-3000:]
+    wait_for(lambda: {u for v in result_series(orthanc, header.StudyInstanceUID).values() for u in v}
+             >= set(done["outputs"]["sop_instance_uids"]), 60, "the results in Orthanc after the restart")
