@@ -208,7 +208,7 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
     for name, dest in config.destinations.items():
         destination_from_dict({"name": name, **dest}, where=f"config: destinations.{name}")
     load_routes(list(config.routes), specs=specs or None, destinations=list(config.destinations) or None)
-    print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+    print(yaml.safe_dump(config.to_dict(hide_secrets=True), sort_keys=False), end="")
     print("# configuration is valid", file=sys.stderr)
     return 0
 

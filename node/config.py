@@ -87,6 +87,9 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BASE_PATH = re.compile(r"/|(/[A-Za-z0-9\-._~!$&'()*+,;=:@%]+)+")
 
 
+HIDDEN = "<hidden>"
+
+
 class ConfigError(ValueError):
     """An invalid configuration; the message names the key path and the problem."""
 
@@ -276,9 +279,23 @@ class Config:
     plugins: tuple[str, ...] = ()
     deliver: DeliverConfig = DeliverConfig()
 
-    def to_dict(self) -> dict[str, Any]:
-        """The effective configuration as plain YAML-ready data (paths as strings)."""
-        return _plain(dataclasses.asdict(self))
+    def to_dict(self, *, hide_secrets: bool = False) -> dict[str, Any]:
+        """The effective configuration as plain YAML-ready data (paths as strings).
+
+        ``hide_secrets``: passwords and tokens written in the file (the STOW-RS receiver's
+        ``users``/``tokens``, destinations' ``password``/``token``) shown as ``<hidden>``, for
+        printing (``neuroread config check``); the ``*_env`` names are shown as they are."""
+        data = _plain(dataclasses.asdict(self))
+        if hide_secrets:
+            web = data.get("dicomweb")
+            if web:
+                web["users"] = {name: HIDDEN for name in web["users"]}
+                web["tokens"] = [HIDDEN for _ in web["tokens"]]
+            for dest in data["destinations"].values():
+                for key in ("password", "token"):
+                    if dest.get(key) is not None:
+                        dest[key] = HIDDEN
+        return data
 
     def check_models(self, specs: Mapping[str, Any]) -> None:
         """Check model names and threshold labels against ``specs`` (name -> ModelSpec)."""

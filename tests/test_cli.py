@@ -41,6 +41,19 @@ def test_config_check_prints_effective_settings_and_names_bad_keys(tmp_path):
     assert "node" in res.stderr and "'prot'" in res.stderr and "port" in res.stderr
 
 
+def test_config_check_hides_passwords_and_tokens(tmp_path):
+    conf = tmp_path / "node.yaml"
+    conf.write_text("dicomweb: {users: {pacs: hunter2-pw}, tokens: [tok-abc123], users_env: {ris: RIS_PW}}\n"
+                    "destinations:\n  web: {type: stowrs, url: 'http://127.0.0.1:9/dicom-web', username: neuro,"
+                    " password: dest-pw-77}\n  cloud: {type: stowrs, url: 'https://x/dicom-web', token: tok-dest-9}\n")
+    res = _cli("config", "check", "-c", str(conf))
+    assert res.returncode == 0, res.stderr
+    for secret in ("hunter2-pw", "tok-abc123", "dest-pw-77", "tok-dest-9"):
+        assert secret not in res.stdout
+    assert "pacs: <hidden>" in res.stdout and "password: <hidden>" in res.stdout and "RIS_PW" in res.stdout
+    assert "username: neuro" in res.stdout
+
+
 def test_route_explain_names_the_sequence_class_from_parameters(phantom_sets):
     study = sorted(p.parent for p in phantom_sets["ms-csvd"].glob("*/truth.json"))[0]
     res = _cli("route", "explain", str(study))
