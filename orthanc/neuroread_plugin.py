@@ -75,12 +75,17 @@ def _error_status(exc):
 SETTINGS = _settings()
 sys.path[:0] = [p for p in SETTINGS.get("PythonPath", []) if p not in sys.path]
 
-from node.app import Node  # noqa: E402  (only importable once PythonPath is on sys.path)
-from node.config import load_config  # noqa: E402
-from node.deliver import OrthancDestination  # noqa: E402
-from node.jobs_api import list_jobs, retry_job, show_job, unrouted  # noqa: E402
-from node.orthanc_intake import OrthancGone, OrthancIntake, OrthancUnavailable  # noqa: E402
-from models import default_registry  # noqa: E402
+try:  # only importable once PythonPath is on sys.path
+    from node.app import Node
+    from node.config import load_config
+    from node.deliver import OrthancDestination
+    from node.jobs_api import list_jobs, retry_job, show_job, unrouted
+    from node.orthanc_intake import OrthancGone, OrthancIntake, OrthancUnavailable
+    from models import default_registry
+except ImportError as exc:
+    raise RuntimeError(f"neuroread plugin: cannot import {exc.name or exc}: {SECTION}.PythonPath must list "
+                       "neuroread's environment (its .venv/lib/python3.11/site-packages) and its checkout; "
+                       "`neuroread orthanc-config` writes both") from exc
 
 logger = logging.getLogger("neuroread.orthanc")
 _handler = _OrthancLog()

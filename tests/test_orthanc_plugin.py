@@ -246,3 +246,15 @@ def test_a_series_still_arriving_when_orthanc_crashed_is_processed_after_the_res
     assert "was still arriving when Orthanc stopped; taken as stable now" in log, log[-3000:]
     wait_for(lambda: {u for v in result_series(orthanc, header.StudyInstanceUID).values() for u in v}
              >= set(done["outputs"]["sop_instance_uids"]), 60, "the results in Orthanc after the restart")
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"PythonPath": []}, "cannot import node: NeuroRead.PythonPath must list neuroread's environment"),
+    ({"PythonPath": [], "Confg": "x.yaml"}, "NeuroRead.Confg: unknown key"),
+    (None, "Orthanc's configuration has no 'NeuroRead' section"),
+])
+def test_a_misconfigured_plugin_stops_orthanc_with_a_clear_message(tmp_path, section, message):
+    with pytest.raises(RuntimeError) as failed:
+        OrthancServer(tmp_path / "orthanc", python_script=PLUGIN, start_timeout=60,
+                      extra={"NeuroRead": section} if section is not None else {})
+    assert message in str(failed.value), str(failed.value)[-2000:]
