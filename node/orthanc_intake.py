@@ -258,11 +258,12 @@ class OrthancIntake:
     def _stable_series(self, series_id: str) -> list | None:
         """Spool and route one Orthanc series; None when it is one of ours (skipped)."""
         info = self._json(f"/series/{series_id}")
-        tags = info.get("MainDicomTags", {})
-        if tags.get("Manufacturer", "").strip() == self.own_manufacturer:
-            logger.debug("orthanc intake: series %s holds our own results; not routed", tags.get("SeriesInstanceUID"))
+        if self._ours(info):
+            logger.debug("orthanc intake: series %s holds our own results; not routed",
+                         info.get("MainDicomTags", {}).get("SeriesInstanceUID"))
             return None
-        series = self._spool_series(series_id, info)
+        study_uid = self._json(f"/series/{series_id}/study").get("MainDicomTags", {}).get("StudyInstanceUID", "")
+        series = self._spool_series(series_id, info, str(study_uid))
         if series is None:
             return []
         jobs = self.node.route_series(series)
@@ -272,12 +273,13 @@ class OrthancIntake:
 
     def _stable_study(self, study_id: str) -> list:
         info = self._json(f"/studies/{study_id}")
+        study_uid = str(info.get("MainDicomTags", {}).get("StudyInstanceUID", ""))
         members = []
         for series_id in info.get("Series", []):
             series_info = self._json(f"/series/{series_id}")
-            if series_info.get("MainDicomTags", {}).get("Manufacturer", "").strip() == self.own_manufacturer:
+            if self._ours(series_info):
                 continue
-            series = self._spool_series(series_id, series_info)
+            series = self._spool_series(series_id, series_info, study_uid)
             if series is not None:
                 members.append(series)
         if not members:
@@ -285,10 +287,13 @@ class OrthancIntake:
         study = CompleteStudy(members[0].study_uid, tuple(members), generation=1)
         return self.node.route_study(study)
 
-    def _spool_series(self, series_id: str, info: dict[str, Any]) -> CompleteSeries | None:
-        """Every instance of an Orthanc series in the spool (only those missing are fetched);
-        None when none of them can become a spool file (each reason logged)."""
-        study_uid = str(self._json(f"/series/{series_id}/study").get("MainDicomTags", {}).get("StudyInstanceUID", ""))
+    def _ours(self, series_info: dict[str, Any]) -> bool:
+        """Whether an Orthanc series holds results this node wrote (its Manufacturer is ours)."""
+        return series_info.get("MainDicomTags", {}).get("Manufacturer", "").strip() == self.own_manufacturer
+
+    def _spool_series(self, series_id: str, info: dict[str, Any], study_uid: str) -> CompleteSeries | None:
+        """Every instance of an Orthanc series of study ``study_uid`` in the spool (only those
+        missing are fetched); None when none can become a spool file (each reason logged)."""
         series_uid = str(info.get("MainDicomTags", {}).get("SeriesInstanceUID", ""))
         paths = {}
         for instance in self._json(f"/series/{series_id}/instances"):

@@ -155,37 +155,21 @@ def _answer(output, status, body):
         output.SendHttpStatus(status, text, len(text.encode()))
 
 
-def _jobs(output, uri, **request):
-    if request["method"] != "GET":
-        output.SendMethodNotAllowed("GET")
-        return
-    state = request.get("get", {}).get("state")
-    _answer(output, *list_jobs(NODE.store, state))
-
-
-def _job(output, uri, **request):
-    if request["method"] != "GET":
-        output.SendMethodNotAllowed("GET")
-        return
-    _answer(output, *show_job(NODE.store, NODE.outbox, int(request["groups"][0])))
-
-
-def _retry(output, uri, **request):
-    if request["method"] != "POST":
-        output.SendMethodNotAllowed("POST")
-        return
-    _answer(output, *retry_job(NODE.store, int(request["groups"][0])))
-
-
-def _unrouted(output, uri, **request):
-    if request["method"] != "GET":
-        output.SendMethodNotAllowed("GET")
-        return
-    _answer(output, *unrouted(NODE.store))
+def _route(method, answer):
+    """A REST callback that takes only ``method`` and answers ``answer(request)``: (status, body)."""
+    def callback(output, uri, **request):
+        if request["method"] != method:
+            output.SendMethodNotAllowed(method)
+            return
+        _answer(output, *answer(request))
+    return callback
 
 
 orthanc.RegisterOnChangeCallback(_on_change)
-orthanc.RegisterRestCallback("/neuroread/jobs", _jobs)
-orthanc.RegisterRestCallback("/neuroread/jobs/([0-9]+)", _job)
-orthanc.RegisterRestCallback("/neuroread/jobs/([0-9]+)/retry", _retry)
-orthanc.RegisterRestCallback("/neuroread/unrouted", _unrouted)
+orthanc.RegisterRestCallback("/neuroread/jobs", _route(
+    "GET", lambda request: list_jobs(NODE.store, request.get("get", {}).get("state"))))
+orthanc.RegisterRestCallback("/neuroread/jobs/([0-9]+)", _route(
+    "GET", lambda request: show_job(NODE.store, NODE.outbox, int(request["groups"][0]))))
+orthanc.RegisterRestCallback("/neuroread/jobs/([0-9]+)/retry", _route(
+    "POST", lambda request: retry_job(NODE.store, int(request["groups"][0]))))
+orthanc.RegisterRestCallback("/neuroread/unrouted", _route("GET", lambda request: unrouted(NODE.store)))
