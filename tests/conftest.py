@@ -99,3 +99,13 @@ def weights(phantom_sets, tmp_path_factory) -> Path:
     config = TrainConfig(model="ct-hemorrhage", epochs=1, batch_size=2, threads=1, augment=False, network=TINY_DRCT2)
     train(records, config, out, source="four test phantoms", folds=2, demo=True, progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def module_storescp(tmp_path_factory):
+    """A dcmtk storescp shared by a module's tests (e.g. a modality Orthanc forwards to)."""
+    from peers import StoreSCP
+
+    scp = StoreSCP(tmp_path_factory.mktemp("storescp"))
+    yield scp
+    scp.stop()

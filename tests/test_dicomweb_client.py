@@ -4,7 +4,7 @@ mapping, a bearer token on the wire, forwarding to a dcmtk storescp through Orth
 mode (``neuroread run --dicomweb``) with its errors.
 
 One Orthanc per module (HTTP basic auth, user ``neuro``; a DicomModality ``SCP`` that is a dcmtk
-storescp), emptied before each test that stores into it.
+storescp: the module_storescp fixture), emptied before each test that stores into it.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from node.oneshot import run_files
 from training.phantoms.baseline import load_truth
 
 from orthanc_peer import OrthancServer
-from peers import StoreSCP, free_port
+from peers import free_port
 from tiny_model import ENTRY
 
 USER, PASSWORD = "neuro", "secret"
@@ -40,16 +40,9 @@ BACKOFF = Backoff(base=10, cap=60)
 
 # -- fixtures --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def storescp(tmp_path_factory):
-    scp = StoreSCP(tmp_path_factory.mktemp("storescp"))
-    yield scp
-    scp.stop()
-
-
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory, storescp):
+def orthanc(tmp_path_factory, module_storescp):
     server = OrthancServer(tmp_path_factory.mktemp("orthanc"), users={USER: PASSWORD},
-                           modalities={"SCP": ["STORESCP", "127.0.0.1", storescp.port]})
+                           modalities={"SCP": ["STORESCP", "127.0.0.1", module_storescp.port]})
     yield server
     server.kill()  # its storage is thrown away: no clean shutdown needed
 
@@ -319,7 +312,7 @@ def test_bearer_token_goes_in_the_authorization_header(recorder, results, tmp_pa
 
 
 # -- Orthanc REST ----------------------------------------------------------------------------------
-def test_orthanc_destination_stores_and_forwards_to_a_modality(empty_orthanc, storescp, results, tmp_path, password):
+def test_orthanc_destination_stores_and_forwards_to_a_modality(empty_orthanc, module_storescp, results, tmp_path, password):
     now = [1000.0]
     dest = destination_from_dict({"type": "orthanc", "name": "orthanc", "url": empty_orthanc.url, "username": USER,
                                   "password_env": PW_ENV, "modalities": ["SCP"]})
@@ -328,7 +321,7 @@ def test_orthanc_destination_stores_and_forwards_to_a_modality(empty_orthanc, st
     report = box.deliver_due()
     assert (report.sent, report.rejected, report.retrying) == (len(results), 0, 0)
     assert qido_instances(empty_orthanc, str(results[0].StudyInstanceUID)) == uids(results)
-    assert uids(results) <= set(storescp.received())  # forwarded by Orthanc over C-STORE
+    assert uids(results) <= set(module_storescp.received())  # forwarded by Orthanc over C-STORE
 
     # a forward that fails leaves the (stored) objects to retry; storing again is idempotent
     broken = OrthancDestination(name="orthanc", url=empty_orthanc.url, username=USER, password=PASSWORD,
@@ -354,7 +347,7 @@ def test_orthanc_destination_rejects_non_dicom_and_retries_when_unreachable(empt
     assert out.result == "retry" and "cannot reach it: connection refused" in out.comment
 
 
-def test_orthanc_destination_through_an_injected_rest_call(empty_orthanc, storescp, results, tmp_path):
+def test_orthanc_destination_through_an_injected_rest_call(empty_orthanc, module_storescp, results, tmp_path):
     """The plugin's way: no HTTP client of ours, a callable (here one that calls the real Orthanc)."""
     calls = []
 

@@ -23,7 +23,6 @@ from node.orthanc_setup import orthanc_configuration
 from training.phantoms.baseline import load_truth
 
 from orthanc_peer import OrthancServer
-from peers import StoreSCP
 from test_app import wait_for
 from tiny_model import FAIL_ENV, HOLD_ENV, SPEC
 
@@ -54,15 +53,7 @@ def faults(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def forwarded(tmp_path_factory):
-    """A dcmtk storescp that Orthanc knows as modality SCP: the plugin forwards results to it."""
-    scp = StoreSCP(tmp_path_factory.mktemp("forwarded"))
-    yield scp
-    scp.stop()
-
-
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory, faults, forwarded):
+def orthanc(tmp_path_factory, faults, module_storescp):
     folder = tmp_path_factory.mktemp("orthanc-plugin")
     (folder / "node.yaml").write_text(
         f"storage: {{root: {folder / 'node'}}}\n"
@@ -77,7 +68,7 @@ def orthanc(tmp_path_factory, faults, forwarded):
     section["ForwardToModalities"] = ["SCP"]
     server = OrthancServer(folder, python_script=PLUGIN, ready_path="/neuroread/jobs", start_timeout=180,
                            stable_age=STABLE_AGE, users={"neuro": "secret"}, extra={"NeuroRead": section},
-                           modalities={"SCP": ["STORESCP", "127.0.0.1", forwarded.port]})
+                           modalities={"SCP": ["STORESCP", "127.0.0.1", module_storescp.port]})  # results forwarded there
     yield server
     server.stop()
     for k, v in saved.items():
@@ -129,7 +120,7 @@ def _session(orthanc: OrthancServer) -> requests.Session:
     return session
 
 
-def test_storescu_to_orthanc_to_plugin_results_found_by_qido(orthanc, cts, forwarded):
+def test_storescu_to_orthanc_to_plugin_results_found_by_qido(orthanc, cts, module_storescp):
     files = cts[0]
     header = pydicom.dcmread(files[0], stop_before_pixels=True)
     storescu(orthanc, files)
@@ -153,7 +144,7 @@ def test_storescu_to_orthanc_to_plugin_results_found_by_qido(orthanc, cts, forwa
     assert sorted(d["sop_instance_uid"] for d in deliveries) == sorted(outputs)
     assert {d["destination"] for d in deliveries} == {"orthanc"}
     # ... and forwarded by Orthanc to its modality SCP (sent means forwarded too)
-    assert set(forwarded.received()) == outputs
+    assert set(module_storescp.received()) == outputs
     # the SR as Orthanc serves it over WADO-RS: our findings, the demo warning
     sr_series = next(s for s in found if client.search_for_series(
         header.StudyInstanceUID, search_filters={"SeriesInstanceUID": s})[0]["00080060"]["Value"][0] == "SR")
