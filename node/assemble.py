@@ -55,7 +55,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from node.spool import InstanceRecord
+from node.spool import InstanceRecord, SeriesStudyConflictError
 
 logger = logging.getLogger(__name__)
 
@@ -206,8 +206,17 @@ class Assembler:
         self._studies: dict[str, _Study] = {}
 
     def add(self, record: InstanceRecord) -> None:
-        """Record one stored instance (the spool's ``on_stored``)."""
+        """Record one stored instance (the spool's ``on_stored``).
+
+        Raises :class:`~node.spool.SeriesStudyConflictError` (and records nothing) when the
+        series is already tracked under another study: the spool refuses such an instance
+        before it is stored, so this only happens with files spooled before that check (the
+        node's start-up quarantines them).
+        """
         with self._lock:
+            held = self._series.get(record.series_uid)
+            if held is not None and held.study_uid != record.study_uid:
+                raise SeriesStudyConflictError(record.series_uid, record.study_uid, held.study_uid)
             known = record.series_uid in self._series and record.sop_instance_uid in self._series[record.series_uid].instances
         if known:
             # a re-send (duplicate or replaced): same instance set, no reopening, no delay

@@ -31,7 +31,11 @@ C-STORE statuses (:class:`StoreStatus`)
     UID differs from the request's, ``0xC000`` data set cannot be parsed, ``0xC001`` a required
     UID (SOP class/instance, study, series) is missing, ``0xC002`` a UID is not a valid DICOM UID
     (e.g. path characters; nothing is written), ``0xC003`` the data set's SOP Instance UID
-    differs from the request's. Failures carry an Error Comment saying why.
+    differs from the request's, ``0xC004`` the series is already held under another study
+    (nothing is written; see :mod:`node.spool`). Sequences nested deeper than
+    :data:`MAX_SEQUENCE_DEPTH` and every other failure to parse answer ``0xC000``. Failures
+    carry an Error Comment saying why and give one log line, which names attributes and UIDs,
+    never other element values.
 
 Nagle
     The accepted socket gets ``TCP_NODELAY`` so that a small C-STORE-RSP is never held back
@@ -50,6 +54,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from io import BytesIO
 
+from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -79,7 +84,8 @@ from pynetdicom.dsutils import decode
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification
 
-from node.spool import InvalidUIDError, Spool, SpoolFullError
+from node.redact import describe_error
+from node.spool import InvalidUIDError, SeriesStudyConflictError, Spool, SpoolFullError, describe_uid
 from node.upper_layer import Association, AssociationServer, Rejection
 from node.wire import file_meta
 
@@ -107,9 +113,14 @@ TRANSFER_SYNTAXES: tuple[str, ...] = (
 )
 
 # What a malformed data set can raise from pydicom's (lazy) decoding.
-# (pydicom raises OSError "No tag to read" for an element that never ends.)
+# (pydicom raises OSError "No tag to read" for an element that never ends, and RecursionError for
+# sequences of undefined length nested a few hundred levels deep: it reads them recursively.)
 PARSE_ERRORS = (InvalidDicomError, ValueError, TypeError, KeyError, IndexError, EOFError, OSError,
-                 OverflowError, NotImplementedError, struct.error, zlib.error, UnicodeDecodeError)
+                 OverflowError, NotImplementedError, struct.error, zlib.error, UnicodeDecodeError,
+                 RecursionError)
+# Deeper sequence nesting than any IOD needs (the deepest standard ones, SR content trees and
+# functional groups, stay well below 20) is refused before anything recurses over it.
+MAX_SEQUENCE_DEPTH = 32
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 PREAMBLE = b"\x00" * 128 + b"DICM"
 
@@ -129,6 +140,7 @@ class StoreStatus(IntEnum):
     CANNOT_UNDERSTAND_MISSING_UID = 0xC001
     CANNOT_UNDERSTAND_INVALID_UID = 0xC002
     CANNOT_UNDERSTAND_INSTANCE_MISMATCH = 0xC003
+    CANNOT_UNDERSTAND_SERIES_IN_OTHER_STUDY = 0xC004
 
 
 @dataclass(frozen=True)
@@ -186,6 +198,28 @@ def truncated_element(ds: Dataset) -> str | None:
                 and raw.value is not None and len(raw.value) < raw.length:
             return f"{raw.tag} holds {len(raw.value)} of {raw.length} bytes"
     return None
+
+
+def sequence_too_deep(ds: Dataset, limit: int = MAX_SEQUENCE_DEPTH) -> bool:
+    """Whether ``ds`` nests sequences deeper than ``limit`` levels.
+
+    Walks the sequences iteratively (no recursion over the input's depth) and parses only
+    sequence elements; raises what pydicom raises for a sequence it cannot parse (one of
+    :data:`PARSE_ERRORS`).
+    """
+    stack: list[tuple[Dataset, int]] = [(ds, 0)]
+    while stack:
+        current, depth = stack.pop()
+        for tag in list(current.keys()):
+            raw = current.get_item(tag)
+            vr = raw.VR if raw.VR is not None else (dictionary_VR(tag) if dictionary_has_tag(tag) else None)
+            if vr != "SQ":
+                continue
+            items = current[tag].value
+            if items and depth + 1 > limit:
+                return True
+            stack.extend((item, depth + 1) for item in items)
+    return False
 
 
 def _failure(status: StoreStatus, comment: str) -> Dataset:
@@ -340,30 +374,36 @@ class StorageSCP:
         try:
             ds = decode(BytesIO(data), syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
             truncated = truncated_element(ds)
+            too_deep = sequence_too_deep(ds)
             uids = {kw: ds.get(kw) for kw in
                     ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")}
         except PARSE_ERRORS as exc:
-            logger.warning("C-STORE from %r: data set cannot be parsed (%s: %s), request SOP "
-                           "instance %s", calling, type(exc).__name__, exc, req.AffectedSOPInstanceUID)
+            logger.warning("C-STORE from %r: data set cannot be parsed (%s), request SOP instance %s",
+                           calling, describe_error(exc) if not isinstance(exc, RecursionError)
+                           else "sequences nested too deep to read", describe_uid(str(req.AffectedSOPInstanceUID)))
             return _failure(StoreStatus.CANNOT_UNDERSTAND, f"data set cannot be parsed: {type(exc).__name__}")
+        if too_deep:
+            logger.warning("C-STORE from %r: sequences nested deeper than %d levels (request SOP instance %s)",
+                           calling, MAX_SEQUENCE_DEPTH, describe_uid(str(req.AffectedSOPInstanceUID)))
+            return _failure(StoreStatus.CANNOT_UNDERSTAND, f"sequences nested deeper than {MAX_SEQUENCE_DEPTH}")
         if truncated:
             logger.warning("C-STORE from %r: data set truncated, %s (request SOP instance %s)",
-                           calling, truncated, req.AffectedSOPInstanceUID)
+                           calling, truncated, describe_uid(str(req.AffectedSOPInstanceUID)))
             return _failure(StoreStatus.CANNOT_UNDERSTAND, "data set truncated")
         missing = [kw for kw, v in uids.items() if not v]
         if missing:
             logger.warning("C-STORE from %r: data set lacks %s (request SOP instance %s)",
-                           calling, ", ".join(missing), req.AffectedSOPInstanceUID)
+                           calling, ", ".join(missing), describe_uid(str(req.AffectedSOPInstanceUID)))
             return _failure(StoreStatus.CANNOT_UNDERSTAND_MISSING_UID, f"missing {', '.join(missing)}")
         uids = {kw: str(v) for kw, v in uids.items()}
         if uids["SOPClassUID"] != str(req.AffectedSOPClassUID):
             logger.warning("C-STORE from %r: data set SOP class %s, request says %s",
-                           calling, uids["SOPClassUID"], req.AffectedSOPClassUID)
+                           calling, describe_uid(uids["SOPClassUID"]), describe_uid(str(req.AffectedSOPClassUID)))
             return _failure(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
                             "SOP Class UID differs from the request's")
         if uids["SOPInstanceUID"] != str(req.AffectedSOPInstanceUID):
-            logger.warning("C-STORE from %r: data set SOP instance %r, request says %r",
-                           calling, uids["SOPInstanceUID"], req.AffectedSOPInstanceUID)
+            logger.warning("C-STORE from %r: data set SOP instance %s, request says %s",
+                           calling, describe_uid(uids["SOPInstanceUID"]), describe_uid(str(req.AffectedSOPInstanceUID)))
             return _failure(StoreStatus.CANNOT_UNDERSTAND_INSTANCE_MISMATCH,
                             "SOP Instance UID differs from the request's")
 
@@ -382,6 +422,9 @@ class StorageSCP:
         except InvalidUIDError as exc:
             logger.warning("C-STORE from %r refused: %s", calling, exc)
             return _failure(StoreStatus.CANNOT_UNDERSTAND_INVALID_UID, str(exc))
+        except SeriesStudyConflictError as exc:
+            logger.warning("C-STORE from %r refused: %s (SOP instance %s)", calling, exc, uids["SOPInstanceUID"])
+            return _failure(StoreStatus.CANNOT_UNDERSTAND_SERIES_IN_OTHER_STUDY, "series belongs to another study")
         except SpoolFullError as exc:
             logger.error("C-STORE from %r refused: %s", calling, exc)
             return _failure(StoreStatus.OUT_OF_RESOURCES, "spool full")

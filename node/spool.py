@@ -29,6 +29,15 @@ Duplicates (same SOP Instance UID again) are idempotent:
   copy wins, as in Orthanc's and dcmtk storescp's default behaviour. A reader that opened the
   old file keeps reading the old bytes; a new reader sees only the new ones, never a mix.
 
+A Series Instance UID belongs to one study (PS3.3 C.7.3.1): an instance whose series the spool
+already holds under another Study Instance UID (re-used UIDs, merged studies: sender bugs seen in
+the field) raises :class:`SeriesStudyConflictError` and nothing is written. Refusing it (the
+SCP answers a failure status naming the conflict, the sender keeps its copy) rather than keeping
+it apart under its own study key: every later stage, the job's inputs and the results' references
+name a series by its UID alone, and a PACS that holds the series in one study would file results
+for "the same" series of another study beside it or reject them. The spool knows each series'
+study from its folders (read once at start, kept up to date under a lock).
+
 ``on_stored`` is called for every outcome, so a subscriber can tell a new instance from a
 re-send. A full disk (``ENOSPC``/``EDQUOT``) removes the temporary file and raises
 :class:`SpoolFullError`, which the SCP answers with "out of resources".
@@ -39,6 +48,7 @@ import errno
 import logging
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -73,6 +83,26 @@ class SpoolFullError(SpoolError):
     """The file system is full (ENOSPC) or over quota (EDQUOT); nothing was left behind."""
 
 
+class SeriesStudyConflictError(SpoolError, ValueError):
+    """The instance's series is already held under another study; nothing was written.
+
+    ``study_uid`` is the study the spool holds the series under."""
+
+    def __init__(self, series_uid: str, study_uid: str, held_under: str) -> None:
+        super().__init__(f"series {series_uid} already belongs to study {held_under}, not {study_uid}")
+        self.series_uid, self.study_uid, self.held_under = series_uid, study_uid, held_under
+
+
+def describe_uid(value: object) -> str:
+    """``value`` for a log line or an error: a valid UID as it is (UIDs are identifiers, logged as
+    such), anything else only by its length, since an invalid "UID" may hold any text."""
+    if isinstance(value, str) and 0 < len(value) <= MAX_UID_LENGTH and _UID_RE.fullmatch(value):
+        return value
+    if isinstance(value, str):
+        return f"<not a UID, {len(value)} characters>"
+    return f"<not a UID, {type(value).__name__}>"
+
+
 def validate_uid(value: object, field: str) -> str:
     """Return ``value`` if it is a valid DICOM UID, else raise :class:`InvalidUIDError`.
 
@@ -86,7 +116,8 @@ def validate_uid(value: object, field: str) -> str:
     if len(value) > MAX_UID_LENGTH:
         raise InvalidUIDError(f"{field} is {len(value)} characters long, more than {MAX_UID_LENGTH}")
     if not _UID_RE.fullmatch(value) or not UID(value).is_valid:
-        raise InvalidUIDError(f"{field} {value!r} is not a valid DICOM UID (digits and '.', no leading zeros)")
+        raise InvalidUIDError(f"{field} is not a valid DICOM UID (digits and '.', no leading zeros; "
+                              f"{len(value)} characters)")
     return value
 
 
@@ -163,6 +194,52 @@ class Spool:
         self._on_stored = on_stored
         self._fsync = bool(fsync)
         self._writer = writer
+        self._lock = threading.Lock()
+        self._study_of: dict[str, str] = self._read_series_index()
+
+    def _read_series_index(self) -> dict[str, str]:
+        """Series Instance UID → Study Instance UID of every series folder in the spool.
+
+        A series already in two study folders (spooled before this check existed) belongs to
+        the study whose oldest file is oldest (the first one received; name order breaks ties),
+        as the check would have decided when the second arrived; start-up quarantines the
+        other folders' files.
+        """
+        found: dict[str, list[str]] = {}
+        for study_dir in sorted(self.root.iterdir()):
+            if not study_dir.is_dir() or not _UID_RE.fullmatch(study_dir.name):
+                continue
+            for series_dir in sorted(study_dir.iterdir()):
+                if series_dir.is_dir():
+                    found.setdefault(series_dir.name, []).append(study_dir.name)
+        index = {}
+        for series_uid, studies in found.items():
+            if len(studies) > 1:
+                studies = sorted(studies, key=lambda study: (self._oldest(self.root / study / series_uid), study))
+            index[series_uid] = studies[0]
+        return index
+
+    @staticmethod
+    def _oldest(folder: Path) -> float:
+        times = [p.stat().st_mtime for p in folder.glob("*.dcm")]
+        return min(times) if times else float("inf")
+
+    def reindex(self) -> None:
+        """Read the series → study index from the folders again (after files were moved out)."""
+        index = self._read_series_index()
+        with self._lock:
+            self._study_of = index
+
+    def study_of(self, series_uid: str) -> str | None:
+        """The study the spool holds ``series_uid`` under (None if it holds no such series)."""
+        with self._lock:
+            return self._study_of.get(series_uid)
+
+    def check_series(self, study_uid: str, series_uid: str) -> None:
+        """Raise :class:`SeriesStudyConflictError` if the series is held under another study."""
+        held = self.study_of(series_uid)
+        if held is not None and held != study_uid:
+            raise SeriesStudyConflictError(series_uid, study_uid, held)
 
     def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
         """The final path of an instance; raises :class:`InvalidUIDError` for a bad UID."""
@@ -193,6 +270,7 @@ class Spool:
         """Store one instance's bytes durably and return its record.
 
         Raises :class:`InvalidUIDError` (nothing written) for an invalid UID,
+        :class:`SeriesStudyConflictError` (nothing written) for a series held under another study,
         :class:`SpoolFullError` (temporary file removed) when the disk is full, and ``OSError``
         for any other I/O failure (temporary file removed too).
         """
@@ -204,7 +282,12 @@ class Spool:
         data = bytes(data)
 
         try:
-            self._make_dirs(path.parent)
+            with self._lock:  # check and claim the series for its study in one step
+                held = self._study_of.get(series_uid)
+                if held is not None and held != study_uid:
+                    raise SeriesStudyConflictError(series_uid, study_uid, held)
+                self._make_dirs(path.parent)
+                self._study_of[series_uid] = study_uid
             exists = path.exists()  # one stat on the receive path
             if exists and _same_bytes(path, data):
                 outcome: Outcome = "duplicate"

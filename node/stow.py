@@ -102,8 +102,9 @@ from pynetdicom import AllStoragePresentationContexts
 from node.dicomweb import env_secret
 from node.multipart import BOUNDARY, MultipartError, Part, split_multipart
 from node.config import DicomWebConfig
-from node.receive import PARSE_ERRORS, PREAMBLE, TRANSFER_SYNTAXES, truncated_element
-from node.spool import InvalidUIDError, Spool, SpoolFullError, validate_uid
+from node.receive import MAX_SEQUENCE_DEPTH, PARSE_ERRORS, PREAMBLE, TRANSFER_SYNTAXES, sequence_too_deep, truncated_element
+from node.redact import describe_error
+from node.spool import InvalidUIDError, SeriesStudyConflictError, Spool, SpoolFullError, validate_uid
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +188,7 @@ def _check_part(number: int, part: Part, study_uid: str | None, spool: Spool) ->
     try:
         ds = dcmread(BytesIO(data))  # no force: a PS3.10 file (preamble, DICM, file meta) is required
         truncated = truncated_element(ds)
+        too_deep = sequence_too_deep(ds)
         meta = ds.file_meta
         uids = {kw: ds.get(kw) for kw in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")}
         meta_uids = (meta.get("TransferSyntaxUID"), meta.get("MediaStorageSOPClassUID"),
@@ -195,9 +197,11 @@ def _check_part(number: int, part: Part, study_uid: str | None, spool: Spool) ->
         return inst.fail(FailureReason.CANNOT_UNDERSTAND, "not a DICOM PS3.10 file (no preamble and 'DICM' prefix)")
     except PARSE_ERRORS as exc:
         return inst.fail(FailureReason.CANNOT_UNDERSTAND,
-                         f"not a readable DICOM PS3.10 file ({type(exc).__name__}: {exc})")
+                         f"not a readable DICOM PS3.10 file ({describe_error(exc)})")
     if truncated:
         return inst.fail(FailureReason.CANNOT_UNDERSTAND, f"data set truncated: {truncated}")
+    if too_deep:
+        return inst.fail(FailureReason.CANNOT_UNDERSTAND, f"sequences nested deeper than {MAX_SEQUENCE_DEPTH} levels")
     inst.sop_class_uid, inst.sop_instance_uid, inst.study_uid, inst.series_uid = (str(v or "") for v in uids.values())
     missing = [kw for kw, v in uids.items() if not v]
     if missing:
@@ -463,6 +467,9 @@ class _Handler(BaseHTTPRequestHandler):
                     b"".join((PREAMBLE, inst.data[len(PREAMBLE):])),  # the preamble zeroed
                     study_uid=inst.study_uid, series_uid=inst.series_uid, sop_instance_uid=inst.sop_instance_uid,
                     sop_class_uid=inst.sop_class_uid, transfer_syntax_uid=inst.transfer_syntax_uid, header=inst.header)
+            except SeriesStudyConflictError as exc:
+                logger.warning("STOW-RS: refused SOP instance %s: %s", inst.sop_instance_uid, exc)
+                inst.fail(FailureReason.CANNOT_UNDERSTAND, str(exc))
             except SpoolFullError as exc:
                 logger.error("STOW-RS: %s (SOP instance %s)", exc, inst.sop_instance_uid)
                 storage_error = (FailureReason.OUT_OF_RESOURCES, "spool full")
