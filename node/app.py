@@ -64,7 +64,6 @@ from typing import Any
 
 import pydicom
 import sqlalchemy as sa
-from pydicom.errors import InvalidDicomError
 
 from models import ModelRegistry, ModelResult, ModelSpec
 
@@ -73,12 +72,17 @@ from .config import Config, TLSConfig
 from .deliver import Backoff, Deliverer, Outbox, destination_from_dict
 from .deliver.destinations import Destination
 from .encode import EncodeInfo, encode_result, find_dciodvfy, validate
+from .encode.tolerant import Withheld, withhold_invalid_all
 from .infer import ModelRunner, SeriesError, load_series
 from .queue import Job, JobError, JobOutcome, JobStore, WorkerPool, utc_now
-from .receive import Peer, StorageSCP
-from .route import Route, RouteDecision, default_routes, load_routes, match_series
+from .quarantine import Quarantine
+from .receive import MAX_SEQUENCE_DEPTH, PARSE_ERRORS, Peer, StorageSCP, sequence_too_deep
+from .redact import describe_error, redact
+from .redact import install as install_log_redaction
+from .route import (Route, RouteDecision, SeriesConsensus, default_routes, load_routes, match_series,
+                    read_header_or_none, series_consensus)
 from .slots import Candidate, fill_slots
-from .spool import InstanceRecord, Spool
+from .spool import InstanceRecord, SeriesStudyConflictError, Spool, validate_uid
 from .stow import StowReceiver
 
 logger = logging.getLogger(__name__)
@@ -170,12 +174,15 @@ def decide(header: pydicom.Dataset, instances: int, routes: Iterable[Route],
 
 
 def process_inputs(paths: Mapping[str, Sequence[Path]], model: str, runner: ModelRunner, info: EncodeInfo,
-                   dciodvfy: str) -> tuple[ModelResult, list[pydicom.Dataset]]:
+                   dciodvfy: str) -> tuple[ModelResult, list[pydicom.Dataset], list[Withheld]]:
     """Load one series per input slot of ``model``, infer, encode with every slot's sources and validate.
 
-    The spec is the runner's (threshold overrides applied). Raises :class:`PipelineError` (not
-    retryable) for slots that do not match, a series the model cannot use, an encoding that
-    does not fit, or any dciodvfy error: nothing is returned to send then.
+    The spec is the runner's (threshold overrides applied). Before encoding, the attributes the
+    results copy from the sources are checked (:mod:`node.encode.tolerant`): an invalid value is
+    left out of the results and returned as a :class:`Withheld` (keyword and tag, no value), and
+    the job goes on. Raises :class:`PipelineError` (not retryable) for slots that do not match,
+    a series the model cannot use, an encoding that does not fit, or any dciodvfy error: nothing
+    is returned to send then. No reason quotes an element value.
     """
     spec = runner.spec(model)
     min_slices = {s.name: s.min_slices for s in spec.slots}
@@ -197,19 +204,22 @@ def process_inputs(paths: Mapping[str, Sequence[Path]], model: str, runner: Mode
         for p in files:
             try:
                 ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
-            except (OSError, InvalidDicomError) as exc:
-                raise PipelineError(f"cannot read {p.name}: {exc}") from exc
+            except PARSE_ERRORS as exc:
+                raise PipelineError(f"cannot read {p.name}: {describe_error(exc)}") from exc
             by_uid[str(ds.SOPInstanceUID)] = p
         sources[slot] = [pydicom.dcmread(by_uid[uid]) for uid in volumes[slot].sop_instance_uids]
+    withheld = withhold_invalid_all([ds for instances in sources.values() for ds in instances])
     try:
         objects = encode_result(result, spec, sources, node_info=info)
-    except (KeyError, ValueError) as exc:
-        raise PipelineError(f"encoding failed: {exc}") from exc
+    except (KeyError, ValueError, TypeError) as exc:
+        raise PipelineError(f"encoding failed: {describe_error(exc)}") from exc
     for ds in objects:
         errors = validate(ds, dciodvfy=dciodvfy)
         if errors:
-            raise PipelineError(f"{ds.Modality} {ds.SOPInstanceUID} fails dciodvfy: {'; '.join(errors[:3])}")
-    return result, objects
+            raise PipelineError(f"{ds.Modality} {ds.SOPInstanceUID} fails dciodvfy: "
+                                f"{'; '.join(redact(e) for e in errors[:3])}")
+    return result, objects, withheld
+
 
 
 def server_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
@@ -232,6 +242,10 @@ def multi_series_specs(registry: ModelRegistry) -> list[ModelSpec]:
 
 
 # -- the node -------------------------------------------------------------------------------------
+class _Unusable(ValueError):
+    """A spool file that is readable but cannot be assembled; the message says why (no values)."""
+
+
 @dataclass(frozen=True)
 class _Inputs:
     study_uid: str
@@ -262,6 +276,7 @@ class Node:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"Node.{name} must be a positive number, got {value!r}")
         config.check_models({n: registry.spec(n) for n in registry.names()})
+        install_log_redaction()  # no element value of an input in the log (node.redact)
         self.config, self.registry = config, registry
         self.tick_s, self.lease_s = float(tick_s), float(lease_s)
         self.routes = build_routes(config, registry)
@@ -284,6 +299,7 @@ class Node:
         # Without listeners (inside Orthanc) completeness comes from outside: the intake calls
         # route_series / route_study itself, so the assembler never sees the spool.
         self.spool = Spool(config.storage.spool, on_stored=self.assembler.add if self.listen else None)
+        self.quarantine = Quarantine(config.storage.quarantine)
         n = config.node
         peers = [Peer(p.ae_title, p.address) for p in n.peers] or None
         self.scp = StorageSCP(self.spool, ae_title=n.ae_title, host=n.host, port=n.port if port is None else port,
@@ -375,55 +391,108 @@ class Node:
                 logger.error("assemble tick: %s: %s", type(exc).__name__, exc)
 
     def _rescan_spool(self) -> None:
-        """Give the assembler every instance already in the spool (series received before a restart)."""
-        count = 0
-        for path in sorted(Path(self.config.storage.spool).glob("*/*/*.dcm")):
+        """Give the assembler every instance already in the spool (series received before a restart).
+
+        Start-up never fails because of what is in the spool: a file that cannot be assembled
+        (unreadable, sequences nested past the limit, UIDs that do not match its place in the
+        spool, a series already held under another study) is moved to the quarantine with its
+        reason (:mod:`node.quarantine`, ``neuroread quarantine list``) and the rescan goes on.
+        """
+        count, quarantined = 0, 0
+        root = Path(self.config.storage.spool)
+        for path in sorted(root.glob("*/*/*.dcm")):
             try:
-                ds = pydicom.dcmread(path, stop_before_pixels=True)
-                record = InstanceRecord(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID),
-                                        str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID), path,
-                                        path.stat().st_size, utc_now(), "duplicate")
-            except (OSError, InvalidDicomError, AttributeError) as exc:
-                logger.warning("spool rescan: skipping %s: %s", path, exc)
+                record = self._spooled_record(path)
+                self.spool.check_series(record.study_uid, record.series_uid)
+                self.assembler.add(record)
+            except PARSE_ERRORS + (SeriesStudyConflictError, AttributeError) as exc:
+                if isinstance(exc, OSError) and not path.exists():
+                    continue  # removed while we looked: nothing to keep
+                reason = (str(exc) if isinstance(exc, (SeriesStudyConflictError, _Unusable))
+                          else f"cannot be read: {describe_error(exc)}")
+                try:
+                    self.quarantine.put(path, reason, base=root, stage="spool rescan")
+                    quarantined += 1
+                except OSError as move_error:
+                    logger.error("spool rescan: %s cannot be used (%s) nor moved to the quarantine (%s); "
+                                 "left in place", path.relative_to(root), reason, describe_error(move_error))
                 continue
-            self.assembler.add(record)
             count += 1
+        if quarantined:
+            self.spool.reindex()
+            logger.warning("spool rescan: %d files moved to the quarantine %s (neuroread quarantine list)",
+                           quarantined, self.quarantine.root)
         if count:
             logger.info("spool rescan: %d instances handed to the assembler", count)
+
+    @staticmethod
+    def _spooled_record(path: Path) -> InstanceRecord:
+        """The record of one spool file, checked as the SCP checks what it receives; raises
+        :class:`_Unusable` (or a parse error) for a file that cannot be assembled."""
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        if sequence_too_deep(ds):
+            raise _Unusable(f"sequences nested deeper than {MAX_SEQUENCE_DEPTH} levels")
+        found = {}
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+            value = ds.get(keyword)
+            if not value:
+                raise _Unusable(f"{keyword} is missing")
+            found[keyword] = validate_uid(str(value), keyword)
+        expected = (path.parent.parent.name, path.parent.name, path.stem)
+        if (found["StudyInstanceUID"], found["SeriesInstanceUID"], found["SOPInstanceUID"]) != expected:
+            raise _Unusable("its Study/Series/SOP Instance UIDs do not match its place in the spool")
+        return InstanceRecord(found["StudyInstanceUID"], found["SeriesInstanceUID"], found["SOPInstanceUID"],
+                              found["SOPClassUID"], str(ds.file_meta.TransferSyntaxUID), path,
+                              path.stat().st_size, utc_now(), "duplicate")
 
     # -- routing ------------------------------------------------------------------------------------
     def _on_complete(self, item: object) -> None:
         if isinstance(item, CompleteStudy):
             try:
                 self.route_study(item)
-            except (OSError, InvalidDicomError, ValueError, sa.exc.SQLAlchemyError) as exc:
-                logger.error("study %s: slot filling failed: %s: %s", item.study_uid, type(exc).__name__, exc)
+            except PARSE_ERRORS + (sa.exc.SQLAlchemyError,) as exc:
+                logger.error("study %s: slot filling failed: %s", item.study_uid, describe_error(exc))
             return
         if not isinstance(item, CompleteSeries):
             return
         try:
             self.route_series(item)
-        except (OSError, InvalidDicomError, ValueError, sa.exc.SQLAlchemyError) as exc:
-            logger.error("series %s: routing failed: %s: %s", item.series_uid, type(exc).__name__, exc)
-            self._record_routing(item, "unrouted", f"routing failed: {exc}")
+        except PARSE_ERRORS + (sa.exc.SQLAlchemyError,) as exc:
+            logger.error("series %s: routing failed: %s", item.series_uid, describe_error(exc))
+            self._record_routing(item, "unrouted", f"routing failed: {describe_error(exc)}")
 
     @staticmethod
-    def _header(series: CompleteSeries) -> pydicom.Dataset:
-        """A representative header of ``series`` (its instance with the lowest SOP Instance UID)."""
-        return pydicom.dcmread(series.instances[sorted(series.instances)[0]], stop_before_pixels=True)
+    def _consensus(paths: Iterable[Path]) -> SeriesConsensus:
+        """What the instances (files sorted by SOP Instance UID) agree on (:func:`node.route.series_consensus`)."""
+        return series_consensus(read_header_or_none(p) for p in paths)
+
+    def _header(self, series: CompleteSeries) -> pydicom.Dataset:
+        """The header routing reads for ``series``: the value most of its readable instances carry
+        for each attribute. Raises :class:`_Unusable` when its instances disagree on Modality or
+        SOP class, or none is readable."""
+        consensus = self._consensus(series.instances[uid] for uid in sorted(series.instances))
+        if consensus.problem:
+            raise _Unusable(consensus.problem)
+        if consensus.unreadable:
+            logger.warning("series %s: %d of %d instance headers unreadable; routed on the others",
+                           series.series_uid, consensus.unreadable, len(series.instances))
+        return consensus.header
 
     def route_series(self, series: CompleteSeries) -> list[Job]:
         """Route a complete series and enqueue its single-series jobs (the assembler's
         ``on_complete``); slots of multi-series models are filled by :meth:`route_study`."""
         try:
             decision, single, multi = decide(self._header(series), len(series.instances), self.routes, self.registry)
-        except (OSError, InvalidDicomError, ValueError) as exc:
+        except _Unusable as exc:
+            single, multi, reason = [], [], f"cannot route: {exc}"
+        except PARSE_ERRORS as exc:
             # One series that cannot be routed must not stop the node: record why, go on.
-            single, multi, reason = [], [], f"cannot route: {type(exc).__name__}: {exc}"
+            single, multi, reason = [], [], f"cannot route: {describe_error(exc)}"
         else:
             reason = decision.reason
         if not single and not multi:
-            logger.warning("series %s unrouted (%d instances): %s", series.series_uid, len(series.instances), reason)
+            logger.warning("series %s unrouted (%d instances): %s", series.series_uid, len(series.instances),
+                           redact(reason))
             self._record_routing(series, "unrouted", reason)
             return []
         jobs, notes = [], []
@@ -456,9 +525,9 @@ class Node:
                 header = self._header(series)
                 _, _, multi = decide(header, len(series.instances), self.routes, self.registry)
                 candidates += [Candidate.of(series.series_uid, r, header, len(series.instances)) for r in multi]
-            except (OSError, InvalidDicomError, ValueError) as exc:  # route_series recorded it unrouted
-                logger.warning("study %s: series %s left out of slot filling: %s: %s", study.study_uid,
-                               series.series_uid, type(exc).__name__, exc)
+            except PARSE_ERRORS as exc:  # route_series recorded it unrouted
+                logger.warning("study %s: series %s left out of slot filling: %s", study.study_uid,
+                               series.series_uid, describe_error(exc))
         jobs = []
         for spec in specs:
             filling = fill_slots(spec, candidates)
@@ -549,10 +618,16 @@ class Node:
         if len(studies) != 1:
             raise JobError(f"job {job.id}: its series come from studies {studies}; one study per job")
         try:
-            result, objects = process_inputs({slot: i.paths for slot, i in inputs.items()}, spec.name,
-                                             self._runner(), self.info, self.dciodvfy)
+            result, objects, withheld = process_inputs({slot: i.paths for slot, i in inputs.items()}, spec.name,
+                                                       self._runner(), self.info, self.dciodvfy)
         except PipelineError as exc:
             raise JobError(exc.reason, retryable=exc.retryable) from exc
+        if withheld:
+            self.store.audit(job.id, "withheld", {"attributes": [w.as_dict() for w in withheld],
+                                                  "why": "source values not valid for their VR are left out "
+                                                         "of the results (values not recorded)"})
+            logger.warning("job %d: %d source attributes left out of the results: %s", job.id, len(withheld),
+                           "; ".join(str(w) for w in withheld))
         names = self._destination_names(job.model, inputs)
         output_uids = [str(ds.SOPInstanceUID) for ds in objects]
         added = self.outbox.add(str(job.id), objects, names) if names else 0
@@ -576,7 +651,9 @@ class Node:
         names: list[str] = []
         for slot, found in inputs.items():
             routes = [r for r in self.routes if r.model == model and r.slot == slot]
-            header = pydicom.dcmread(found.paths[0], stop_before_pixels=True)
+            header = self._consensus(sorted(found.paths)).header
+            if header is None:
+                continue
             decision = match_series(header, len(found.paths), routes)
             for name in decision.matched[0].destinations if decision.matched else ():
                 if name not in names:

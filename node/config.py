@@ -21,6 +21,7 @@ The file, with every section and its default::
       root: neuroread-data         # relative paths are relative to this file's folder
       spool: null                  # null: <root>/spool
       outbox: null                 # null: <root>/outbox
+      quarantine: null             # null: <root>/quarantine (spooled files start-up could not use)
     assemble:
       stable_age_s: 30             # a series is complete after this quiet period
       early_completion: true       # ... or sooner when its headers say it is complete
@@ -197,6 +198,7 @@ class StorageConfig:
     root: Path
     spool: Path
     outbox: Path
+    quarantine: Path = Path("neuroread-data/quarantine")
 
 
 @dataclass(frozen=True)
@@ -346,7 +348,8 @@ def parse_config(data: object, base: Path) -> Config:
     node = _node(_Section(top.get("node", {}, lambda v: True, ""), "node"), base)
     storage = _Section(top.get("storage", {}, lambda v: True, ""), "storage")
     root = storage.path_("root", Path("neuroread-data"), base)
-    store = StorageConfig(root, storage.path_("spool", root / "spool", base), storage.path_("outbox", root / "outbox", base))
+    store = StorageConfig(root, storage.path_("spool", root / "spool", base), storage.path_("outbox", root / "outbox", base),
+                          storage.path_("quarantine", root / "quarantine", base))
     storage.finish()
     asm = _Section(top.get("assemble", {}, lambda v: True, ""), "assemble")
     assemble = AssembleConfig(

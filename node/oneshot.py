@@ -15,6 +15,7 @@ from pydicom.errors import InvalidDicomError
 
 from models import ModelRegistry
 
+from .route import series_consensus
 from .app import PipelineError, build_routes, decide, encode_info, make_runner, multi_series_specs, process_inputs
 from .config import Config
 from .encode import find_dciodvfy
@@ -24,7 +25,9 @@ logger = logging.getLogger(__name__)
 
 
 def _series_files(paths: Iterable[Path]) -> dict[str, tuple[pydicom.Dataset, list[Path]]]:
-    """Series UID → (header of its first file by InstanceNumber, its files), from files or folders."""
+    """Series UID → (the header routing reads, its files), from files or folders; the header is
+    the series' consensus (:func:`node.route.series_consensus`), or its first instance by
+    InstanceNumber when its instances disagree on Modality or SOP class."""
     files: list[Path] = []
     for p in map(Path, paths):
         files += sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
@@ -41,7 +44,9 @@ def _series_files(paths: Iterable[Path]) -> dict[str, tuple[pydicom.Dataset, lis
     for uid, items in series.items():
         items.sort(key=lambda t: int(t[0].get("InstanceNumber", 0) or 0))
         unique = {str(ds.SOPInstanceUID): f for ds, f in items}
-        out[uid] = (items[0][0], list(unique.values()))
+        by_uid = {str(ds.SOPInstanceUID): ds for ds, _ in items}
+        consensus = series_consensus(by_uid[k] for k in sorted(by_uid))  # routing reads what most agree on
+        out[uid] = (consensus.header if not consensus.problem else items[0][0], list(unique.values()))
     return out
 
 
@@ -73,10 +78,12 @@ def run_files(paths: Iterable[Path], out_dir: Path, config: Config, registry: Mo
 
     def run(model: str, inputs: dict[str, list[Path]], what: str) -> None:
         try:
-            _, objects = process_inputs(inputs, model, runner, info, dciodvfy)
+            _, objects, withheld = process_inputs(inputs, model, runner, info, dciodvfy)
         except PipelineError as exc:
             logger.error("%s, %s: %s", what, model, exc.reason)
             return
+        for w in withheld:
+            logger.warning("%s, %s: source attribute left out of the results: %s", what, model, w)
         written.extend(_write(objects, out_dir))
         logger.info("%s → %s: %d objects written", what, model, len(objects))
 

@@ -53,12 +53,13 @@ from typing import Any, Literal
 
 import pydicom
 import sqlalchemy as sa
-from pydicom.errors import InvalidDicomError
 
 from .app import Node
 from .assemble import CompleteSeries, CompleteStudy
 from .queue import utc_now
-from .spool import InvalidUIDError, SpoolError
+from .receive import PARSE_ERRORS
+from .redact import describe_error
+from .spool import InvalidUIDError, SeriesStudyConflictError, SpoolError
 
 logger = logging.getLogger(__name__)
 
@@ -253,6 +254,14 @@ class OrthancIntake:
             counts["skipped"] += 1
             if kind == "StableSeries":
                 self._forget(resource)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError) as exc:
+            # What Orthanc holds made this change fail, and would again at every retry: a poison
+            # change must not stop the intake (the cursor moves on), so it is skipped with its
+            # reason. Transient errors (Orthanc down, I/O, database) still propagate and retry.
+            logger.error("orthanc intake: %s %s skipped: %s", kind, resource, describe_error(exc))
+            counts["skipped"] += 1
+            if kind == "StableSeries":
+                self._forget(resource)
 
     # -- series and studies ---------------------------------------------------------------------------
     def _stable_series(self, series_id: str) -> list | None:
@@ -308,12 +317,16 @@ class OrthancIntake:
                 try:
                     meta = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=["SOPClassUID"])
                     sop_class, syntax = str(meta.SOPClassUID), str(meta.file_meta.TransferSyntaxUID)
-                except (InvalidDicomError, AttributeError, ValueError) as exc:
-                    logger.warning("orthanc intake: instance %s unreadable: %s", iid, exc)
+                except PARSE_ERRORS + (AttributeError,) as exc:
+                    logger.warning("orthanc intake: instance %s unreadable: %s", iid, describe_error(exc))
                     continue
-                path = self.node.spool.store(data, study_uid=study_uid, series_uid=series_uid,
-                                             sop_instance_uid=sop_uid, sop_class_uid=sop_class,
-                                             transfer_syntax_uid=syntax, calling_ae="ORTHANC").path
+                try:
+                    path = self.node.spool.store(data, study_uid=study_uid, series_uid=series_uid,
+                                                 sop_instance_uid=sop_uid, sop_class_uid=sop_class,
+                                                 transfer_syntax_uid=syntax, calling_ae="ORTHANC").path
+                except (InvalidUIDError, SeriesStudyConflictError) as exc:  # this instance only: go on
+                    logger.warning("orthanc intake: instance %s not spooled: %s", iid, exc)
+                    continue
             paths[sop_uid] = path
         if not paths:
             logger.warning("orthanc intake: series %s has no instance the node can use", series_uid)
