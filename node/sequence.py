@@ -4,8 +4,7 @@ A series is labelled T1, T2, FLAIR, STIR, T2FS (fat-suppressed T2: SPAIR, SPIR, 
 SWI, DWI, PD or UNKNOWN from what the scanner wrote about how it acquired the images:
 ScanningSequence, SequenceVariant, ScanOptions, RepetitionTime, EchoTime, InversionTime,
 FlipAngle, MRAcquisitionType, ImageType and the diffusion b-value (the standard
-DiffusionBValue or the Siemens, GE and Philips private tags). Enhanced (multi-frame) MR
-headers are read through their shared and first per-frame functional groups.
+DiffusionBValue or the Siemens, GE and Philips private tags).
 
 The evidence has an order, and a weaker kind is consulted only when the stronger ones are
 missing (parameters that are present and fit no class, e.g. a 2D T2* gradient echo or a BOLD
@@ -20,12 +19,41 @@ Thresholds (milliseconds, valid at 1.5 T and 3 T): inversion time <= 400 nulls f
 >= 1400 nulls fluid (FLAIR), between is T1-weighted inversion recovery (MPRAGE, T1-FLAIR);
 spin echo with TR < 1200 and TE < 30 is T1, with TR >= 1200 it is T2 when TE >= 50 and PD
 below; a gradient echo with TE >= 15 and flip <= 40 degrees acquired in 3D is SWI.
+
+Enhanced MR (Enhanced MR Image Storage, 1.2.840.10008.5.1.4.1.1.4.1, and legacy-converted
+multi-frame MR) has no ScanningSequence, SequenceVariant, ScanOptions, EchoTime or
+InversionTime; :class:`HeaderReader` finds each attribute at the top level, else in the Shared
+Functional Groups Sequence (5200,9229), else in the Per-frame Functional Groups Sequence
+(5200,9230) (the rules are in its docstring), and these stand in for the classic ones:
+
+- TR, flip angle, echo train length: RepetitionTime, FlipAngle, EchoTrainLength of the MR
+  Timing and Related Parameters Sequence; TE: EffectiveEchoTime of the MR Echo Sequence;
+- TI: InversionTimes (0018,9079) of the MR Modifier Sequence (its first value), and its
+  InversionRecovery YES counts as ScanningSequence IR;
+- EchoPulseSequence SPIN, GRADIENT or BOTH counts as ScanningSequence SE, GR or both;
+  EchoPlanarPulseSequence YES as EP, and an echo planar series without diffusion evidence is
+  UNKNOWN whatever its echo (classic headers keep their rule: EP alone);
+- the b-value: DiffusionBValue of the MR Diffusion Sequence, the largest any frame carries;
+  AcquisitionContrast (0008,9209) DIFFUSION is diffusion evidence like ImageType DIFFUSION;
+- fat suppression: SpectrallySelectedSuppression FAT or FAT_AND_WATER, or the MR Modifier's
+  SpectrallySelectedExcitation WATER (water excitation);
+- SteadyStatePulseSequence FREE_PRECESSION, TRANSVERSE or TIME_REVERSED marks a refocused
+  gradient echo (TrueFISP, FISP, PSIF), whose contrast is mixed: UNKNOWN, never the spoiled-T1
+  rule; LONGITUDINAL or NONE (spoiled) and Spoiling leave the gradient echo rules as they are;
+- Spoiling, MagnetizationTransfer (MR Imaging Modifier Sequence) and SteadyStatePulseSequence
+  also fill SequenceVariant SP, MTC and SS/TRSS, as a classic header would state them;
+- AcquisitionContrast FLUID_ATTENUATED, STIR, T1, T2 or PROTON_DENSITY, the scanner's own
+  statement of the contrast, decides only when the parameters are missing or incomplete
+  (``basis="parameters"``, said so in the reasons); it never overrides them.
+
+The reasons of an Enhanced MR series end with the keywords that were read and where.
 """
 from __future__ import annotations
 
 import math
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
@@ -48,6 +76,11 @@ _DWI_IMAGE_TYPES = frozenset({"DIFFUSION", "ADC", "TRACEW", "TRACE", "EADC", "DW
 _SWI_IMAGE_TYPES = frozenset({"SWI", "SWAN", "M_SWI", "MNIP"})
 _FAT_SAT_OPTIONS = frozenset({"FS", "SFS", "FAT_SAT", "FATSAT", "SPAIR", "SPIR", "CHESS", "WE"})
 _FAT_SAT_NAME = re.compile(r"spair|spir|fatsat|fat_sat|_fs\b", re.IGNORECASE)
+# Enhanced MR SteadyStatePulseSequence (0018,9017) terms of a refocused (not spoiled) gradient echo.
+_REFOCUSED_STEADY_STATES = frozenset({"FREE_PRECESSION", "TRANSVERSE", "TIME_REVERSED"})
+# Enhanced MR AcquisitionContrast (0008,9209) terms that name a class; consulted only when the
+# parameters do not decide (DIFFUSION is strong evidence, handled with the b-value).
+_CONTRAST_CLASSES = {"FLUID_ATTENUATED": "FLAIR", "STIR": "STIR", "T1": "T1", "T2": "T2", "PROTON_DENSITY": "PD"}
 # (group, private creator, element offset, label) of vendor b-value tags.
 _PRIVATE_B_VALUES = (
     (0x0019, "SIEMENS MR HEADER", 0x0C, "Siemens (0019,100C)"),
@@ -91,8 +124,86 @@ class SequenceClass:
 
 
 @dataclass(frozen=True)
+class Found:
+    """One attribute as :meth:`HeaderReader.find` found it: its value and where, in words
+    (``"top level"``, ``"shared MRModifierSequence"``, ``"per-frame MREchoSequence, 28 of 30 frames"``)."""
+
+    value: object
+    where: str
+
+
+class HeaderReader:
+    """The attributes of one header, classic or Enhanced MR, by keyword.
+
+    :meth:`find` looks, in this order, and an empty value counts as absent:
+
+    1. at the top level (classic MR, and the Enhanced MR image and pulse sequence modules);
+    2. in the first item of the Shared Functional Groups Sequence (5200,9229): the first of its
+       functional group macros (MR Timing and Related Parameters, MR Echo, MR Modifier, MR
+       Imaging Modifier, MR Diffusion, MR Image Frame Type, ... and the Unassigned Shared
+       Converted Attributes of a legacy-converted series) whose first item holds the keyword;
+    3. in the Per-frame Functional Groups Sequence (5200,9230): the value most frames carry,
+       ties going to the earliest frame, frames without it not counted. This, rather than the
+       first frame's value, so that an odd first frame (a b=0 or a reference frame) does not
+       speak for the series. With ``largest=True`` it is the largest number any frame carries
+       instead (the diffusion b-value: a diffusion series holds b=0 frames beside the others).
+
+    Nothing is copied or converted up front: the frames are walked per keyword asked for.
+    """
+
+    def __init__(self, ds: Dataset) -> None:
+        if not isinstance(ds, Dataset):
+            raise ValueError(f"HeaderReader needs a pydicom Dataset, got {type(ds).__name__}")
+        self._ds = ds
+        shared = _items(ds, "SharedFunctionalGroupsSequence")
+        self._shared = _macros(shared[0]) if shared else []
+        self._frames = [_macros(frame) for frame in _items(ds, "PerFrameFunctionalGroupsSequence")]
+
+    @property
+    def enhanced(self) -> bool:
+        """Whether the header has functional groups (Enhanced or legacy-converted MR)."""
+        return bool(self._shared or self._frames)
+
+    def find(self, keyword: str, largest: bool = False) -> Found | None:
+        """``keyword``'s value and where it was found, or None; see the class docstring."""
+        if not isinstance(keyword, str) or not keyword:
+            raise ValueError(f"HeaderReader.find: keyword must be a non-empty string, got {keyword!r}")
+        if _present(self._ds, keyword):
+            return Found(self._ds[keyword].value, "top level")
+        for macro, item in self._shared:
+            if _present(item, keyword):
+                return Found(item[keyword].value, f"shared {macro}")
+        return self._per_frame(keyword, largest)
+
+    def _per_frame(self, keyword: str, largest: bool) -> Found | None:
+        seen: dict[str, list] = {}  # value key -> [count, value, macro], in frame order
+        for macros in self._frames:
+            for macro, item in macros:
+                if _present(item, keyword):
+                    value = item[keyword].value
+                    entry = seen.setdefault(_show(value), [0, value, macro])
+                    entry[0] += 1
+                    break
+        if not seen:
+            return None
+        carrying = sum(count for count, _, _ in seen.values())
+        total = len(self._frames)
+        if largest:
+            numbers = [(_number(value), value, macro) for _, value, macro in seen.values()]
+            numbers = [n for n in numbers if n[0] is not None]
+            if numbers:
+                _, value, macro = max(numbers, key=lambda n: n[0])
+                return Found(value, f"per-frame {macro}, largest in {carrying} of {total} frames")
+        count, value, macro = max(seen.values(), key=lambda entry: entry[0])  # max keeps the first of a tie
+        return Found(value, f"per-frame {macro}, {count} of {total} frames")
+
+
+@dataclass(frozen=True)
 class Acquisition:
-    """What the classifier reads of one instance's header, normalised (tokens upper-case)."""
+    """What the classifier reads of one instance's header, normalised (tokens upper-case).
+
+    The fields after ``description`` are set from Enhanced MR attributes only (see the module
+    docstring); a classic header leaves them at their defaults."""
 
     modality: str = "MR"
     scanning: frozenset[str] = frozenset()
@@ -109,35 +220,73 @@ class Acquisition:
     fat_suppressed_enhanced: bool = False
     sequence_name: str = ""
     description: str = ""
+    inversion_recovery: bool = False  # InversionRecovery YES
+    echo_planar: bool = False  # EchoPlanarPulseSequence YES
+    water_excitation: bool = False  # SpectrallySelectedExcitation WATER
+    steady_state: str = ""  # SteadyStatePulseSequence
+    contrast: str = ""  # AcquisitionContrast
+    sources: tuple[str, ...] = ()  # "keyword (where)" of what was read from an Enhanced MR header
 
     @classmethod
     def from_dataset(cls, ds: Dataset) -> "Acquisition":
-        scanning = _tokens(_lookup(ds, "ScanningSequence"))
-        echo_pulse = str(_lookup(ds, "EchoPulseSequence") or "").upper()  # Enhanced MR
+        header = HeaderReader(ds)
+        sources: list[str] = []
+
+        def get(keyword: str, largest: bool = False):
+            found = header.find(keyword, largest)
+            if found is None:
+                return None
+            if header.enhanced:
+                sources.append(f"{keyword} ({found.where})")
+            return found.value
+
+        def flag(keyword: str) -> str:
+            return str(get(keyword) or "").strip().upper()
+
+        scanning = _tokens(get("ScanningSequence"))
+        variant = _tokens(get("SequenceVariant"))
+        echo_pulse = flag("EchoPulseSequence")
         if echo_pulse in ("SPIN", "BOTH"):
             scanning |= {"SE"}
         if echo_pulse in ("GRADIENT", "BOTH"):
             scanning |= {"GR"}
-        if str(_lookup(ds, "InversionRecovery") or "").upper() == "YES":
-            scanning |= {"IR"}
-        b_value, b_source = _b_value(ds)
-        suppression = _tokens(_lookup(ds, "SpectrallySelectedSuppression"))
+        echo_planar = flag("EchoPlanarPulseSequence") == "YES"
+        if echo_planar:
+            scanning |= {"EP"}
+        steady_state = flag("SteadyStatePulseSequence")
+        if steady_state in ("FREE_PRECESSION", "TRANSVERSE", "LONGITUDINAL"):
+            variant |= {"SS"}
+        elif steady_state == "TIME_REVERSED":
+            variant |= {"TRSS"}
+        if flag("Spoiling") not in ("", "NONE"):
+            variant |= {"SP"}
+        if flag("MagnetizationTransfer") not in ("", "NONE"):
+            variant |= {"MTC"}
+        te = get("EchoTime")
+        ti = get("InversionTime")
+        b_value, b_source = _b_value(ds, get)
         return cls(
             modality=str(ds.get("Modality", "") or "").upper(),
             scanning=scanning,
-            variant=_tokens(_lookup(ds, "SequenceVariant")),
-            options=_tokens(_lookup(ds, "ScanOptions")),
-            image_type=_tokens(ds.get("ImageType")) | _tokens(_lookup(ds, "FrameType")),
-            acquisition_type=str(_lookup(ds, "MRAcquisitionType") or "").upper(),
-            tr=_number(_lookup(ds, "RepetitionTime")),
-            te=_number(_lookup(ds, "EchoTime")) if "EchoTime" in ds else _number(_lookup(ds, "EffectiveEchoTime")),
-            ti=_number(_lookup(ds, "InversionTime")) if "InversionTime" in ds else _number(_lookup(ds, "InversionTimes")),
-            flip=_number(_lookup(ds, "FlipAngle")),
+            variant=variant,
+            options=_tokens(get("ScanOptions")),
+            image_type=_tokens(ds.get("ImageType")) | _tokens(get("FrameType")),
+            acquisition_type=str(get("MRAcquisitionType") or "").upper(),
+            tr=_number(get("RepetitionTime")),
+            te=_number(te if te is not None else get("EffectiveEchoTime")),
+            ti=_number(ti if ti is not None else get("InversionTimes")),
+            flip=_number(get("FlipAngle")),
             b_value=b_value,
             b_source=b_source,
-            fat_suppressed_enhanced=bool(suppression & {"FAT", "FAT_AND_WATER"}),
-            sequence_name=str(_lookup(ds, "SequenceName") or _lookup(ds, "PulseSequenceName") or ""),
+            fat_suppressed_enhanced=bool(_tokens(get("SpectrallySelectedSuppression")) & {"FAT", "FAT_AND_WATER"}),
+            sequence_name=str(get("SequenceName") or get("PulseSequenceName") or ""),
             description=str(ds.get("SeriesDescription", "") or ""),
+            inversion_recovery=flag("InversionRecovery") == "YES",
+            echo_planar=echo_planar,
+            water_excitation=flag("SpectrallySelectedExcitation") == "WATER",
+            steady_state=steady_state,
+            contrast=flag("AcquisitionContrast"),
+            sources=tuple(dict.fromkeys(sources)),
         )
 
 
@@ -150,22 +299,27 @@ def classify_acquisition(acq: Acquisition) -> SequenceClass:
     """The class from normalised parameters; see the module docstring for the order of evidence."""
     if acq.modality != "MR":
         return SequenceClass(UNKNOWN, "none", (f"Modality is {acq.modality or 'absent'}, not MR: no sequence class",))
+    read = [f"read from the Enhanced MR header: {', '.join(acq.sources)}"] if acq.sources else []
     found, reasons = _from_parameters(acq)
+    if found is None and acq.contrast in _CONTRAST_CLASSES:
+        found = _CONTRAST_CLASSES[acq.contrast]
+        reasons.append(f"AcquisitionContrast {acq.contrast}: the scanner states {found} contrast "
+                       "(decides only because the parameters do not)")
     if found is not None:
         hint = _hint(acq.description, _DESCRIPTION_HINTS)
         if hint is not None and hint != found:
             reasons.append(f"SeriesDescription {acq.description!r} suggests {hint}; ignored, the parameters decide")
-        return SequenceClass(found, "parameters", tuple(reasons))
+        return SequenceClass(found, "parameters", tuple(reasons + read))
     hint = _hint(acq.sequence_name, _NAME_HINTS)
     if hint is not None:
         reasons.append(f"SequenceName {acq.sequence_name!r} suggests {hint} (weak evidence)")
-        return SequenceClass(hint, "sequence name", tuple(reasons))
+        return SequenceClass(hint, "sequence name", tuple(reasons + read))
     hint = _hint(acq.description, _DESCRIPTION_HINTS)
     if hint is not None:
         reasons.append(f"SeriesDescription {acq.description!r} suggests {hint} (last resort, low weight)")
-        return SequenceClass(hint, "description", tuple(reasons))
+        return SequenceClass(hint, "description", tuple(reasons + read))
     reasons.append("no parameter, SequenceName or SeriesDescription evidence decides the class")
-    return SequenceClass(UNKNOWN, "none", tuple(reasons))
+    return SequenceClass(UNKNOWN, "none", tuple(reasons + read))
 
 
 def _from_parameters(acq: Acquisition) -> tuple[str | None, list[str]]:
@@ -179,12 +333,15 @@ def _from_parameters(acq: Acquisition) -> tuple[str | None, list[str]]:
         return "DWI", [f"ImageType has {', '.join(sorted(dwi_types))}"]
     if "EP" in acq.scanning and acq.b_value is not None:
         return "DWI", [f"echo planar with b-value 0 in {acq.b_source} (the b=0 images of a diffusion series)"]
+    if acq.contrast == "DIFFUSION":
+        return "DWI", ["AcquisitionContrast DIFFUSION"]
     swi_types = acq.image_type & _SWI_IMAGE_TYPES
     if swi_types:
         return "SWI", [f"ImageType has {', '.join(sorted(swi_types))}"]
 
     fat = _fat_suppression(acq)
-    inversion = "IR" in acq.scanning or "IR" in acq.options or (acq.ti is not None and acq.ti > 0)
+    inversion = ("IR" in acq.scanning or "IR" in acq.options or acq.inversion_recovery
+                 or (acq.ti is not None and acq.ti > 0))
     if inversion:
         why = _inversion_evidence(acq)
         if acq.ti is None:
@@ -200,7 +357,7 @@ def _from_parameters(acq: Acquisition) -> tuple[str | None, list[str]]:
         kind = "gradient echo (MPRAGE-like)" if "GR" in acq.scanning else "spin echo (T1-FLAIR-like)"
         return "T1", [f"{why} with TI {acq.ti:g} ms between {STIR_MAX_TI:g} and {FLAIR_MIN_TI:g} ms, {kind}: T1-weighted"]
 
-    if "EP" in acq.scanning and "SE" not in acq.scanning and "GR" not in acq.scanning:
+    if "EP" in acq.scanning and (acq.echo_planar or ("SE" not in acq.scanning and "GR" not in acq.scanning)):
         return UNKNOWN, ["echo planar without a diffusion b-value or diffusion ImageType (fMRI or perfusion?)"]
     if "GR" in acq.scanning and "SE" not in acq.scanning:
         return _gradient_echo(acq)
@@ -216,6 +373,8 @@ def _inversion_evidence(acq: Acquisition) -> str:
         return "inversion recovery (ScanningSequence IR)"
     if "IR" in acq.options:
         return "inversion recovery (ScanOptions IR)"
+    if acq.inversion_recovery:
+        return "inversion recovery (InversionRecovery YES)"
     return "inversion recovery (InversionTime present)"
 
 
@@ -226,6 +385,8 @@ def _fat_suppression(acq: Acquisition) -> str:
         return f"fat suppression (ScanOptions {'/'.join(sorted(options))})"
     if acq.fat_suppressed_enhanced:
         return "fat suppression (SpectrallySelectedSuppression)"
+    if acq.water_excitation:
+        return "fat suppression (SpectrallySelectedExcitation WATER)"
     if "WATER" in acq.image_type:
         return "fat suppression (ImageType WATER, Dixon)"
     if _FAT_SAT_NAME.search(acq.sequence_name):
@@ -242,6 +403,9 @@ def _gradient_echo(acq: Acquisition) -> tuple[str | None, list[str]]:
         if acq.acquisition_type == "3D":
             return "SWI", [f"3D {what}: susceptibility-weighted"]
         return UNKNOWN, [f"{acq.acquisition_type or 'non-3D'} {what}: T2*-weighted, which has no class of its own"]
+    if acq.steady_state in _REFOCUSED_STEADY_STATES:
+        return UNKNOWN, [f"refocused gradient echo (SteadyStatePulseSequence {acq.steady_state}) with TR "
+                         f"{_fmt(acq.tr, ' ms')}, TE {acq.te:g} ms: mixed T2/T1 contrast, no class fits"]
     if acq.te < 10 and ((acq.tr is not None and acq.tr < 100) or "MP" in acq.variant):
         prep = "magnetization-prepared " if "MP" in acq.variant else "spoiled "
         return "T1", [f"{prep}gradient echo with TR {_fmt(acq.tr, ' ms')}, TE {acq.te:g} ms: T1-weighted"]
@@ -275,18 +439,38 @@ def _fmt(value: float | None, unit: str) -> str:
     return "absent" if value is None else f"{value:g}{unit}"
 
 
-def _lookup(ds: Dataset, keyword: str):
-    """``keyword``'s value at the top level, else in the Enhanced MR functional groups."""
-    if keyword in ds:
-        return ds[keyword].value
-    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
-        seq = ds.get(groups)
-        if not seq:
-            continue
-        for element in seq[0]:
-            if element.VR == "SQ" and element.value and keyword in element.value[0]:
-                return element.value[0][keyword].value
-    return None
+def _items(ds: Dataset, keyword: str) -> list[Dataset]:
+    """The items of the sequence attribute ``keyword`` (none when absent, empty or not a sequence)."""
+    if keyword not in ds:
+        return []
+    element = ds[keyword]
+    if element.VR != "SQ" or not element.value:
+        return []
+    return list(element.value)
+
+
+def _macros(group: Dataset) -> list[tuple[str, Dataset]]:
+    """(keyword, first item) of every functional group macro sequence in one group item."""
+    macros = []
+    for element in group:
+        if element.VR == "SQ" and element.value:
+            macros.append((element.keyword or str(element.tag), element.value[0]))
+    return macros
+
+
+def _present(ds: Dataset, keyword: str) -> bool:
+    """Whether ``keyword`` is in ``ds`` with a value (an empty string or sequence is absent)."""
+    if keyword not in ds:
+        return False
+    value = ds[keyword].value
+    return value is not None and not (isinstance(value, (str, bytes, Sequence)) and len(value) == 0)
+
+
+def _show(value) -> str:
+    """A value as text, to tell per-frame values apart."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        return str(value)
+    return "\\".join(str(v) for v in value)
 
 
 def _tokens(value) -> frozenset[str]:
@@ -312,9 +496,10 @@ def _number(value) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _b_value(ds: Dataset) -> tuple[float | None, str]:
-    """The diffusion b-value and where it was found (standard tag first, then vendors')."""
-    b = _number(_lookup(ds, "DiffusionBValue"))
+def _b_value(ds: Dataset, get) -> tuple[float | None, str]:
+    """The diffusion b-value and where it was found (standard tag first, the largest any
+    frame carries, then vendors'); ``get(keyword, largest)`` reads the standard one."""
+    b = _number(get("DiffusionBValue", True))
     if b is not None:
         return b, "DiffusionBValue"
     for group, creator, offset, label in _PRIVATE_B_VALUES:
