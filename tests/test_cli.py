@@ -2,18 +2,25 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from node.deliver import Backoff, DicomDestination, FolderDestination, Outbox
 from node.queue import JobStore
 from node.receive import StorageSCP
 from node.spool import Spool
 from peers import free_port
+
+SR = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR Storage
 
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -60,6 +67,88 @@ def test_route_explain_names_the_sequence_class_from_parameters(phantom_sets):
     assert res.returncode == 0, res.stderr
     assert "sequence: FLAIR (from parameters)" in res.stdout
     assert "UNROUTED" in res.stdout  # no model registered yet: said, with the reason
+
+
+# A line of the log format (time, level, logger name), or one naming a node or pynetdicom logger.
+LOG_LINE = re.compile(r"\b(DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: |\b(node|pynetdicom)\.\w+: ")
+
+
+def test_route_explain_prints_only_its_explanation(phantom_sets):
+    study = sorted(p.parent for p in phantom_sets["ms-csvd"].glob("*/truth.json"))[0]
+    res = _cli("route", "explain", str(study))
+    assert res.returncode == 0, res.stderr
+    assert "sequence: FLAIR (from parameters)" in res.stdout and "result: UNROUTED" in res.stdout
+    for line in (res.stdout + res.stderr).splitlines():
+        assert " INFO " not in line and not LOG_LINE.search(line), line
+    verbose = _cli("-v", "route", "explain", str(study))  # -v still gives the node's log, on stderr
+    assert " INFO node." in verbose.stderr and " INFO " not in verbose.stdout
+
+
+T0 = 1_700_000_000.0
+
+
+def _outputs(n: int) -> list[Dataset]:
+    """``n`` small Part 10-ready result objects (SR), as the encode stage hands them to the outbox."""
+    study, series = generate_uid(), generate_uid()
+    out = []
+    for _ in range(n):
+        ds = Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID = SR, generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = study, series, "SR"
+        ds.PatientName, ds.PatientID = "Doe^Jane", "MRN-0042"
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = SR, ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        out.append(ds)
+    return out
+
+
+def test_jobs_show_gives_each_destinations_deliveries(tmp_path):
+    data = tmp_path / "data"
+    down = free_port()  # nothing listens there: every association fails, the rows retry
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text(f"storage:\n  root: {data}\ndestinations:\n"
+                   f"  archive: {{type: folder, path: {tmp_path / 'archive'}}}\n"
+                   f"  pacs: {{type: dicom, host: 127.0.0.1, port: {down}, called_ae: PACS}}\n")
+    data.mkdir()
+    store = JobStore(f"sqlite:///{data / 'state.db'}")
+    job = store.enqueue("tiny-test", "0.1.0", {"ct": "1.2.3"}, {"ct": ["1.2.3.1", "1.2.3.2"]})
+    objects = _outputs(2)
+    archive = FolderDestination(name="archive", path=tmp_path / "archive")
+    pacs = DicomDestination(name="pacs", host="127.0.0.1", port=down, called_ae="PACS", calling_ae="NEUROREAD",
+                            connect_timeout=2, acse_timeout=5, dimse_timeout=5, network_timeout=5)
+    outbox = Outbox(store.engine, data / "outbox", [archive, pacs], backoff=Backoff(base=10.0, cap=40.0),
+                    clock=lambda: T0, fsync=False)
+    assert outbox.add(str(job.id), objects, ["archive", "pacs"]) == 4
+    assert outbox.deliver_due(T0).sent == 2
+    assert outbox.deliver_due(T0 + 10).retrying == 2  # the second try: attempts 2, next at T0 + 10 + 20
+    error = next(i.last_error for i in outbox.status(str(job.id)) if i.destination == "pacs")
+    assert "cannot connect" in error
+    store.close()
+
+    res = _cli("jobs", "show", str(job.id), "-c", str(cfg))
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert "input ct: series 1.2.3 (2 instances)" in res.stdout
+    assert "Doe" not in res.stdout and "MRN-0042" not in res.stdout  # UIDs, states and errors only
+    summary = {line.split(":", 1)[0].strip(): line for line in lines if re.match(r" {4}\S", line)}
+    assert summary["archive"].strip() == "archive: 2 sent"
+    sent_at, retry_at = (datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S") for t in (T0, T0 + 30))
+    assert summary["pacs"].strip() == f"pacs: 2 retrying (attempt 2, next {retry_at}, last error: {error})"
+    rows = [re.split(r"\s{2,}", line.strip()) for line in lines if line.startswith("      ")]
+    header = ["SOP Instance UID", "object", "state", "attempts", "status", "sent / next try", "last error"]
+    assert rows[0] == rows[3] == header  # one table per destination, archive's first
+    for ds in objects:
+        uid = ds.SOPInstanceUID
+        assert [uid, "Comprehensive 3D SR", "sent", "1", "-", f"sent {sent_at}", "-"] in rows[1:3]
+        retrying = [r for r in rows[4:] if r[0] == uid]
+        assert len(retrying) == 1 and retrying[0][:6] == [uid, "Comprehensive 3D SR", "retrying", "2", "-",
+                                                          f"next {retry_at}"]
+        assert "cannot connect" in retrying[0][6]
+    assert lines.index(summary["archive"]) < lines.index(summary["pacs"])  # grouped by destination
+
+    unknown = _cli("jobs", "show", "999", "-c", str(cfg))
+    assert unknown.returncode == 2 and "no job 999" in unknown.stderr
 
 
 def test_jobs_lists_and_shows_the_audit_trail(tmp_path):
