@@ -193,7 +193,7 @@ def process_inputs(paths: Mapping[str, Sequence[Path]], model: str, runner: Mode
         try:
             volumes[slot] = load_series(files, min_slices=min_slices[slot])
         except SeriesError as exc:
-            raise PipelineError(f"series unusable for slot {slot}: {exc}") from exc
+            raise PipelineError(f"series unusable for slot {slot}: {redact(str(exc))}") from exc
     try:
         result = runner.run(model, volumes)
     except ValueError as exc:  # contract checks (slot sizes, result shape)
@@ -388,7 +388,7 @@ class Node:
             try:
                 self.assembler.tick()
             except (OSError, sa.exc.SQLAlchemyError) as exc:
-                logger.error("assemble tick: %s: %s", type(exc).__name__, exc)
+                logger.error("assemble tick: %s", describe_error(exc))
 
     def _rescan_spool(self) -> None:
         """Give the assembler every instance already in the spool (series received before a restart).

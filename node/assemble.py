@@ -55,6 +55,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from node.redact import describe_error
 from node.spool import InstanceRecord, SeriesStudyConflictError
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,8 @@ def read_header(path: Path) -> Header | None:
     try:
         return header_of(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS))
     except (InvalidDicomError, OSError, ValueError, TypeError) as e:
-        logger.warning("header of %s unreadable (%s): early completion off for its series", path.name, e)
+        logger.warning("header of %s unreadable (%s): early completion off for its series", path.name,
+                       describe_error(e))
         return None
 
 
@@ -104,7 +106,8 @@ def _header(record: InstanceRecord, read: Callable[[Path], Header | None]) -> He
     try:
         return header_of(record.header)
     except (ValueError, TypeError) as e:
-        logger.warning("header of %s unreadable (%s): early completion off for its series", record.sop_instance_uid, e)
+        logger.warning("header of %s unreadable (%s): early completion off for its series", record.sop_instance_uid,
+                       describe_error(e))
         return None
 
 

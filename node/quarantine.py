@@ -70,7 +70,7 @@ class Quarantine:
             n += 1
         make_dirs(target.parent, self.root)
         note = {"origin": str(path), "reason": reason, "stage": stage,
-                "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                "at": datetime.now(timezone.utc).isoformat(timespec="microseconds")}
         atomic_write(_reason_path(target), (json.dumps(note, indent=1) + "\n").encode("utf-8"))
         try:
             os.rename(path, target)

@@ -47,6 +47,8 @@ from sqlalchemy.engine import Engine, RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
+from .redact import describe_error
+
 logger = logging.getLogger(__name__)
 
 STATES = ("received", "queued", "running", "done", "failed", "retrying")
@@ -513,7 +515,7 @@ class Worker:
                 # the job is recorded failed (not retried: a bug repeats) with the exception, and
                 # the traceback is logged. Nothing else is caught anywhere in this loop.
                 logger.exception("job %d: unexpected %s in the job function", job.id, type(e).__name__)
-                return self.store.fail(job.id, self.worker_id, f"internal error: {type(e).__name__}: {e}",
+                return self.store.fail(job.id, self.worker_id, f"internal error: {describe_error(e)}",
                                        retry=False)
             return self.store.complete(job.id, self.worker_id, outcome.outputs, outcome.weights_hash)
         except LeaseLostError as e:

@@ -239,6 +239,35 @@ def test_a_series_still_arriving_when_orthanc_crashed_is_processed_after_the_res
              >= set(done["outputs"]["sop_instance_uids"]), 60, "the results in Orthanc after the restart")
 
 
+def _copy(files: list[Path], out: Path, study: str, series: str) -> list[Path]:
+    out.mkdir(parents=True)
+    copies = []
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        copies.append(out / f.name)
+        ds.save_as(copies[-1], enforce_file_format=True)
+    return copies
+
+
+def test_a_series_already_held_under_another_study_does_not_stop_the_intake(orthanc, cts, tmp_path):
+    """Orthanc files the same Series Instance UID under a second study as another series; the
+    node holds it under the first: those instances are skipped with the reason, the intake goes on."""
+    series = pydicom.uid.generate_uid()
+    first = _copy(cts[0][:6], tmp_path / "first", pydicom.uid.generate_uid(), series)
+    storescu(orthanc, first)
+    job = one_job(orthanc, series, "done")
+    storescu(orthanc, _copy(cts[0][:6], tmp_path / "second", pydicom.uid.generate_uid(), series))
+    after = pydicom.uid.generate_uid()
+    storescu(orthanc, _copy(cts[1][:6], tmp_path / "after", pydicom.uid.generate_uid(), after))
+    one_job(orthanc, after, "done")  # the intake was not stuck on the conflicting series
+    assert [j["id"] for j in jobs_of(orthanc, series)] == [job["id"]]
+    log = orthanc.log()
+    assert f"series {series} already belongs to study" in log, log[-3000:]
+    assert "RecursionError" not in log and "KeyError" not in log
+
+
 @pytest.mark.parametrize("section, message", [
     ({"PythonPath": []}, "cannot import node: NeuroRead.PythonPath must list neuroread's environment"),
     ({"PythonPath": [], "Confg": "x.yaml"}, "NeuroRead.Confg: unknown key"),

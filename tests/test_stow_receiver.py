@@ -595,3 +595,15 @@ def test_a_pacs_pushing_over_stow_rs_to_the_node_gets_results_back(tmp_path, fil
     assert job.state == "done" and job.inputs == {"ct": str(datasets[0].SeriesInstanceUID)}
     assert {ds.Modality for ds in outputs} >= {"SR", "KO", "SEG"}
     assert {str(ds.StudyInstanceUID) for ds in outputs} == {str(datasets[0].StudyInstanceUID)}
+
+
+def test_series_already_held_under_another_study_is_a_failed_sop_nothing_written(receiver, files):
+    first = pydicom.dcmread(files[0])
+    assert receiver.post(body(part10(first))).status_code == 200
+    moved = pydicom.dcmread(files[1])
+    moved.StudyInstanceUID = pydicom.uid.generate_uid()
+    answer = receiver.post(body(part10(moved)))
+    assert answer.status_code == 409
+    assert _failed(answer) == [(moved.SOPInstanceUID, 0xC000)]
+    assert not (receiver.spool.root / moved.StudyInstanceUID).exists()
+    assert len(receiver.files()) == 1
