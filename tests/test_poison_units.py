@@ -8,7 +8,6 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pydicom
 import pytest
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
