@@ -72,7 +72,7 @@ from .config import Config, TLSConfig
 from .deliver import Backoff, Deliverer, Outbox, destination_from_dict
 from .deliver.destinations import Destination
 from .encode import EncodeInfo, encode_result, find_dciodvfy, validate
-from .encode.tolerant import Withheld, withhold_invalid_all
+from .encode.tolerant import Withheld, fill_series_level, withhold_invalid_all
 from .infer import ModelRunner, SeriesError, load_series
 from .queue import Job, JobError, JobOutcome, JobStore, WorkerPool, utc_now
 from .quarantine import Quarantine
@@ -208,7 +208,8 @@ def process_inputs(paths: Mapping[str, Sequence[Path]], model: str, runner: Mode
                 raise PipelineError(f"cannot read {p.name}: {describe_error(exc)}") from exc
             by_uid[str(ds.SOPInstanceUID)] = p
         sources[slot] = [pydicom.dcmread(by_uid[uid]) for uid in volumes[slot].sop_instance_uids]
-    withheld = withhold_invalid_all([ds for instances in sources.values() for ds in instances])
+    withheld = [w for instances in sources.values() for w in fill_series_level(instances)]
+    withheld += withhold_invalid_all([ds for instances in sources.values() for ds in instances])
     try:
         objects = encode_result(result, spec, sources, node_info=info)
     except (KeyError, ValueError, TypeError) as exc:
@@ -624,9 +625,10 @@ class Node:
             raise JobError(exc.reason, retryable=exc.retryable) from exc
         if withheld:
             self.store.audit(job.id, "withheld", {"attributes": [w.as_dict() for w in withheld],
-                                                  "why": "source values not valid for their VR are left out "
-                                                         "of the results (values not recorded)"})
-            logger.warning("job %d: %d source attributes left out of the results: %s", job.id, len(withheld),
+                                                  "why": "what the results copy from the sources, changed: values "
+                                                         "not valid for their VR left out, series-level values "
+                                                         "missing in some instances filled (no value recorded)"})
+            logger.warning("job %d: %d source attributes changed in the results: %s", job.id, len(withheld),
                            "; ".join(str(w) for w in withheld))
         names = self._destination_names(job.model, inputs)
         output_uids = [str(ds.SOPInstanceUID) for ds in objects]

@@ -16,7 +16,7 @@ from pydicom.tag import Tag
 from pydicom.uid import generate_uid
 
 from node.assemble import Assembler
-from node.encode.tolerant import copied_attributes, withhold_invalid, withhold_invalid_all
+from node.encode.tolerant import copied_attributes, fill_series_level, withhold_invalid, withhold_invalid_all
 from node.quarantine import Quarantine
 from node.receive import MAX_SEQUENCE_DEPTH, sequence_too_deep
 from node.redact import RedactValues, describe_error, install, redact
@@ -238,3 +238,12 @@ def test_consensus_names_a_disagreement_on_modality_with_counts():
     assert c.disagreements == ("Modality (CT ×3, MR ×2)",)
     assert "disagree on Modality (CT ×3, MR ×2)" in c.problem
     assert series_consensus([None, None]).problem == "none of its 2 instances has a readable header"
+
+
+def test_series_level_values_missing_in_some_instances_are_filled_from_the_others():
+    series = [_header(f"1.{i}", "CT") for i in range(4)] + [_header("1.9", None), _header("1.8", "")]
+    (w,) = fill_series_level(series)
+    assert (w.keyword, w.tag, w.action, w.problem) == ("Modality", "(0008,0060)", "filled from the series",
+                                                       "missing or empty in 2 of 6 instances")
+    assert {ds.Modality for ds in series} == {"CT"}
+    assert fill_series_level(series) == [] and fill_series_level([_header("1", None)]) == []

@@ -46,7 +46,7 @@ class Withheld:
 
     keyword: str
     tag: str  # "(0010,0030)"
-    action: str  # "emptied" | "removed"
+    action: str  # "emptied" | "removed" | "filled from the series"
     problem: str
 
     def as_dict(self) -> dict[str, str]:
@@ -138,6 +138,31 @@ def withhold_invalid(ds: Dataset) -> list[Withheld]:
             action = "removed"
         withheld.append(Withheld(keyword, _tag_text(keyword), action, problem))
     return withheld
+
+
+# Series-level attributes the encoders read from a source instance (a Parametric Map takes its
+# source's Modality): all instances of a series carry the same value.
+SERIES_LEVEL = ("Modality",)
+
+
+def fill_series_level(datasets: list[Dataset]) -> list[Withheld]:
+    """Give every instance of one series the series-level attributes (:data:`SERIES_LEVEL`) that
+    some instances lack or leave empty, with the value most instances carry (routing decided on
+    the same agreement, :func:`node.route.series_consensus`). Returns one :class:`Withheld`
+    (action ``"filled from the series"``) per attribute filled; nothing when none is missing."""
+    out = []
+    for keyword in SERIES_LEVEL:
+        values = [str(ds.get(keyword, "") or "").strip() for ds in datasets]
+        present = [v for v in values if v]
+        missing = [ds for ds, v in zip(datasets, values) if not v]
+        if not present or not missing:
+            continue
+        agreed = max(set(present), key=lambda v: (present.count(v), -present.index(v)))
+        for ds in missing:
+            setattr(ds, keyword, agreed)
+        out.append(Withheld(keyword, _tag_text(keyword), "filled from the series",
+                            f"missing or empty in {len(missing)} of {len(datasets)} instances"))
+    return out
 
 
 def withhold_invalid_all(datasets: list[Dataset]) -> list[Withheld]:
