@@ -390,6 +390,10 @@ class Node:
                 self.assembler.tick()
             except (OSError, sa.exc.SQLAlchemyError) as exc:
                 logger.error("assemble tick: %s", describe_error(exc))
+            except Exception as exc:  # noqa: BLE001 -- last resort, as the queue's workers have
+                # A bug reached here (every expected failure is handled per series): the thread
+                # must not die with it, or no series would ever be routed again.
+                logger.exception("assemble tick: unexpected %s", type(exc).__name__)
 
     def _rescan_spool(self) -> None:
         """Give the assembler every instance already in the spool (series received before a restart).

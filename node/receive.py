@@ -57,7 +57,7 @@ from io import BytesIO
 from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -117,7 +117,7 @@ TRANSFER_SYNTAXES: tuple[str, ...] = (
 # sequences of undefined length nested a few hundred levels deep: it reads them recursively.)
 PARSE_ERRORS = (InvalidDicomError, ValueError, TypeError, KeyError, IndexError, EOFError, OSError,
                  OverflowError, NotImplementedError, struct.error, zlib.error, UnicodeDecodeError,
-                 RecursionError)
+                 RecursionError, BytesLengthException)
 # Deeper sequence nesting than any IOD needs (the deepest standard ones, SR content trees and
 # functional groups, stay well below 20) is refused before anything recurses over it.
 MAX_SEQUENCE_DEPTH = 32
@@ -186,17 +186,27 @@ def _check_ae_title(value: object, field: str) -> str:
     return value.strip()
 
 
-def truncated_element(ds: Dataset) -> str | None:
-    """The first top-level element whose value is shorter than its declared length, if any.
+def truncated_element(ds: Dataset, size: int | None = None) -> str | None:
+    """The first sign that ``ds`` was cut short, in words, or None.
 
-    pydicom reads a truncated stream without complaint (the last value just comes up short),
-    so a data set cut in the middle of its pixel data would otherwise be stored as if whole.
+    pydicom reads a truncated stream without complaint: the last value just comes up short, and
+    a cut inside an element's header (fewer than 8 of its bytes) is dropped silently, so a data
+    set cut in the middle of its pixel data, or just before them, would otherwise be stored as if
+    whole. So: a top-level value shorter than its declared length; and, given ``size`` (the
+    bytes ``ds`` was read from, offsets counted from their start), bytes left after the last
+    element's value (a defined-length last element only).
     """
+    last = None
     for tag in ds.keys():
         raw = ds.get_item(tag)
         if isinstance(raw, RawDataElement) and raw.length != _UNDEFINED_LENGTH \
                 and raw.value is not None and len(raw.value) < raw.length:
             return f"{raw.tag} holds {len(raw.value)} of {raw.length} bytes"
+        last = raw
+    if size is not None and isinstance(last, RawDataElement) and last.length != _UNDEFINED_LENGTH:
+        left = size - (last.value_tell + last.length)
+        if left > 0:
+            return f"{left} bytes after the last element {last.tag}: an element header cut short"
     return None
 
 
@@ -373,7 +383,7 @@ class StorageSCP:
         syntax = UID(context.transfer_syntax[0])
         try:
             ds = decode(BytesIO(data), syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
-            truncated = truncated_element(ds)
+            truncated = truncated_element(ds, None if syntax.is_deflated else len(data))
             too_deep = sequence_too_deep(ds)
             uids = {kw: ds.get(kw) for kw in
                     ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")}

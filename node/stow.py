@@ -97,6 +97,7 @@ from io import BytesIO
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pynetdicom import AllStoragePresentationContexts
 
 from node.dicomweb import env_secret
@@ -187,7 +188,8 @@ def _check_part(number: int, part: Part, study_uid: str | None, spool: Spool) ->
         return inst.fail(FailureReason.CANNOT_UNDERSTAND, "empty part")
     try:
         ds = dcmread(BytesIO(data))  # no force: a PS3.10 file (preamble, DICM, file meta) is required
-        truncated = truncated_element(ds)
+        deflated = str(ds.file_meta.get("TransferSyntaxUID", "")) == DeflatedExplicitVRLittleEndian
+        truncated = truncated_element(ds, None if deflated else len(data))
         too_deep = sequence_too_deep(ds)
         meta = ds.file_meta
         uids = {kw: ds.get(kw) for kw in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")}

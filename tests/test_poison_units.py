@@ -247,3 +247,27 @@ def test_series_level_values_missing_in_some_instances_are_filled_from_the_other
                                                        "missing or empty in 2 of 6 instances")
     assert {ds.Modality for ds in series} == {"CT"}
     assert fill_series_level(series) == [] and fill_series_level([_header("1", None)]) == []
+
+
+def test_a_data_set_cut_inside_an_element_header_is_truncated():
+    from io import BytesIO
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+    from pynetdicom.dsutils import decode
+
+    from node.receive import truncated_element
+
+    ds = Dataset()
+    ds.PatientName, ds.Rows, ds.Columns, ds.BitsAllocated, ds.PixelData = "A", 4, 4, 16, b"\0" * 32
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, ds)
+    data = fp.getvalue()
+    whole = decode(BytesIO(data), False, True, False)
+    assert truncated_element(whole, len(data)) is None
+    cut = data[: len(data) - 32 - 6]  # 6 of PixelData's 12 header bytes left: pydicom drops them silently
+    partial = decode(BytesIO(cut), False, True, False)
+    assert "PixelData" not in partial
+    assert truncated_element(partial, len(cut)) == "6 bytes after the last element (0028,0100): an element header cut short"
+    assert truncated_element(partial) is None, "without the size only short values are seen"

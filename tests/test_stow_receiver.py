@@ -369,7 +369,8 @@ def test_unknown_path_and_method(receiver):
     rsp = requests.get(receiver.studies, auth=(USER, PASSWORD), timeout=10)
     assert rsp.status_code == 405 and rsp.headers["Allow"] == "POST" and "STOW-RS takes POST" in rsp.text
     rsp = receiver.post(b"x", url=receiver.studies + "/1.2.x")
-    assert rsp.status_code == 400 and "StudyInstanceUID in the path '1.2.x' is not a valid DICOM UID" in rsp.text
+    assert rsp.status_code == 400 and "StudyInstanceUID in the path is not a valid DICOM UID" in rsp.text \
+        and "1.2.x" not in rsp.text  # an invalid UID is described, never echoed
     assert requests.get(receiver.studies, timeout=10).status_code == 401  # no answer without credentials
 
 
@@ -437,7 +438,8 @@ def test_path_unsafe_uid(receiver, files, tmp_path, keyword):
         rsp = receiver.post(body(part10(ds)))
     echoed = "" if keyword == "SOPInstanceUID" else ds.SOPInstanceUID  # only a valid UID is echoed
     assert rsp.status_code == 409 and _failed(rsp) == [(echoed, FailureReason.CANNOT_UNDERSTAND)]
-    assert f"{keyword} '../../escape' is not a valid DICOM UID" in rsp.headers["Warning"]
+    assert f"{keyword} is not a valid DICOM UID" in rsp.headers["Warning"]
+    assert "escape" not in rsp.headers["Warning"]
     assert receiver.files() == [] and not list(tmp_path.rglob("escape*"))
 
 
