@@ -109,3 +109,22 @@ def module_storescp(tmp_path_factory):
     scp = StoreSCP(tmp_path_factory.mktemp("storescp"))
     yield scp
     scp.stop()
+
+
+@pytest.fixture(scope="session")
+def head_ct(phantom_sets) -> list[Path]:
+    """The first small phantom head CT: its 24 slice files, in order."""
+    study = sorted(p.parent for p in phantom_sets["ct-hemorrhage"].glob("*/truth.json"))[0]
+    files = sorted((study / "S01").glob("*.dcm"))
+    assert len(files) >= 8
+    return files
+
+
+@pytest.fixture(scope="module")
+def results_scp():
+    """A pynetdicom storage SCP that counts every C-STORE it receives (node_process.ResultSCP)."""
+    from node_process import ResultSCP
+
+    scp = ResultSCP().start()
+    yield scp
+    scp.stop()

@@ -68,19 +68,8 @@ def serve(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def ct_files(phantom_sets) -> list[Path]:
-    """The first small phantom head CT: its 24 slice files, in order."""
-    study = sorted(p.parent for p in phantom_sets["ct-hemorrhage"].glob("*/truth.json"))[0]
-    files = sorted((study / "S01").glob("*.dcm"))
-    assert len(files) >= 8
-    return files
-
-
-@pytest.fixture(scope="module")
-def results_scp():
-    scp = ResultSCP().start()
-    yield scp
-    scp.stop()
+def ct_files(head_ct) -> list[Path]:
+    return head_ct
 
 
 @pytest.fixture(scope="module")

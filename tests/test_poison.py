@@ -25,7 +25,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from node.app import routing_records
 from node.receive import MAX_SEQUENCE_DEPTH, StoreStatus
 
-from node_process import (REPO, ResultSCP, ServeNode, all_sent, copy_series, statuses, storescu, tail,
+from node_process import (REPO, ServeNode, all_sent, copy_series, statuses, storescu, tail,
                           uids, wait_done, wait_for)
 
 BIRTH_DATE = "1950-01-12"   # a common non-standard DA (DICOM's is 19500112)
@@ -34,18 +34,8 @@ TRACEBACK = "Traceback (most recent call last)"
 
 
 @pytest.fixture(scope="module")
-def ct_files(phantom_sets) -> list[Path]:
-    study = sorted(p.parent for p in phantom_sets["ct-hemorrhage"].glob("*/truth.json"))[0]
-    files = sorted((study / "S01").glob("*.dcm"))
-    assert len(files) >= 8
-    return files[:8]  # fewer slices than the head-CT model takes: only the tiny test model runs
-
-
-@pytest.fixture(scope="module")
-def results_scp():
-    scp = ResultSCP().start()
-    yield scp
-    scp.stop()
+def ct_files(head_ct) -> list[Path]:
+    return head_ct[:8]  # fewer slices than the head-CT model takes: only the tiny test model runs
 
 
 @pytest.fixture(scope="module")
