@@ -35,9 +35,9 @@ The file, with every section and its default::
       retry_factor: 2
       retry_cap_s: 3600            # ... up to this
     queue:
-      backend: embedded            # or celery (needs broker)
+      backend: embedded            # the only backend today (celery: not available yet)
       database: null               # SQLAlchemy URL; null: sqlite:///<root>/state.db
-      broker: null                 # celery only, e.g. redis://localhost:6379/0
+      broker: null                 # for the celery backend, once it exists
       workers: 1
       torch_threads: null          # null: torch's default
     dicomweb: null                 # the STOW-RS receiver (node.stow); null: off. When on:
@@ -506,8 +506,11 @@ def _destinations(data: Mapping, base: Path) -> dict[str, dict]:
 def _queue(s: _Section, root: Path) -> QueueConfig:
     backend = s.choice("backend", "embedded", QUEUE_BACKENDS)
     broker = s.str("broker", None)
-    if backend == "celery" and broker is None:
-        raise ConfigError("config: queue.broker: the celery backend needs a broker URL (e.g. redis://localhost:6379/0)")
+    if backend == "celery":
+        # Accepted today it would silently run the embedded queue: refused until the distributed
+        # backend exists, so nobody believes a second machine is sharing the work.
+        raise ConfigError("config: queue.backend: 'celery' is not available yet (the distributed workers are "
+                          "not built); use 'embedded', one node process per database")
     database = s.get("database", f"sqlite:///{root / 'state.db'}",
                      lambda v: isinstance(v, str) and "://" in v, "must be an SQLAlchemy URL like sqlite:///state.db")
     queue = QueueConfig(database, backend, broker, s.int("workers", 1, 1), s.int("torch_threads", None, 1))

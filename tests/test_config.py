@@ -33,7 +33,7 @@ destinations:
   out: {type: folder, path: results}
   web: {type: stowrs, url: "https://pacs.local/dicomweb"}
   orth: {type: orthanc, url: "http://localhost:8042"}
-queue: {backend: celery, broker: "redis://localhost:6379/0", database: "postgresql://u@db/neuro", workers: 3, torch_threads: 2}
+queue: {backend: embedded, broker: "redis://localhost:6379/0", database: "postgresql://u@db/neuro", workers: 3, torch_threads: 2}
 dicomweb:
   port: 8081
   users: {pacs: "s3cret", modality: "pw:with:colons"}
@@ -120,7 +120,8 @@ def test_to_dict_round_trips(tmp_path):
     ("destinations: {f: {type: folder}}", "config: destinations.f: a folder destination needs 'path'"),
     ("destinations: {w: {type: stowrs, url: pacs.local}}", "config: destinations.w.url: must be an http(s) URL, got 'pacs.local'"),
     ("queue: {backend: rabbit}", "config: queue.backend: must be one of embedded, celery, got 'rabbit'"),
-    ("queue: {backend: celery}", "config: queue.broker: the celery backend needs a broker URL"),
+    ("queue: {backend: celery}", "config: queue.backend: 'celery' is not available yet"),
+    ("queue: {backend: celery, broker: 'redis://localhost:6379/0'}", "config: queue.backend: 'celery' is not available yet"),
     ("queue: {workers: 0}", "config: queue.workers: must be an integer >= 1, got 0"),
     ("queue: {database: state.db}", "config: queue.database: must be an SQLAlchemy URL"),
     ("queue: {worker: 2}", "config: queue: unknown key 'worker' (did you mean 'workers'?)"),
@@ -200,3 +201,17 @@ def test_no_shared_state(tmp_path):
     a = load_config(_write(tmp_path, "node: {port: 2000}"))
     b = load_config(None)
     assert a.node.port == 2000 and b.node.port == 11112 and isinstance(a, Config)
+
+
+def test_serve_refuses_the_celery_backend_naming_the_key(tmp_path):
+    """Accepted, it would silently run the embedded queue; refused before anything starts."""
+    import subprocess
+    import sys
+
+    path = _write(tmp_path, "queue: {backend: celery, broker: 'redis://127.0.0.1:6379/0'}\n")
+    repo = Path(__file__).resolve().parents[1]
+    for command in (["serve"], ["config", "check"]):
+        done = subprocess.run([sys.executable, "-m", "node.cli", *command, "-c", str(path)], cwd=repo,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "queue.backend: 'celery' is not available yet" in done.stderr
