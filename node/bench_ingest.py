@@ -40,6 +40,8 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+from node.dcmtk import DcmtkMissing, dcmtk_tool
+
 REPO = Path(__file__).resolve().parent.parent
 SENDER_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
@@ -61,7 +63,7 @@ def _wait(ready: Callable[[], bool], what: str, proc: subprocess.Popen, timeout:
 
 
 def _echo(port: int, aet: str) -> bool:
-    return subprocess.run(["echoscu", "-aec", aet, "127.0.0.1", str(port)], env=SENDER_ENV,
+    return subprocess.run([dcmtk_tool("echoscu"), "-aec", aet, "127.0.0.1", str(port)], env=SENDER_ENV,
                           capture_output=True).returncode == 0
 
 
@@ -189,7 +191,7 @@ class StoreSCP(Receiver):
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         (self.work / "in").mkdir()
-        return ["storescp", "-aet", self.aet, "-od", str(self.work / "in"), str(self.port)], SENDER_ENV
+        return [dcmtk_tool("storescp"), "-aet", self.aet, "-od", str(self.work / "in"), str(self.port)], SENDER_ENV
 
     def stored(self) -> int:
         return sum(1 for f in (self.work / "in").iterdir() if f.is_file())
@@ -201,7 +203,7 @@ RECEIVERS: tuple[type[Receiver], ...] = (Neuroread, Orthanc, StoreSCP, BarePynet
 def send(files: list[Path], port: int, aet: str) -> float:
     """Seconds ``storescu`` takes to send ``files`` on one association (checked for success)."""
     start = time.perf_counter()
-    done = subprocess.run(["storescu", "-aec", aet, "127.0.0.1", str(port), *map(str, files)],
+    done = subprocess.run([dcmtk_tool("storescu"), "-aec", aet, "127.0.0.1", str(port), *map(str, files)],
                           env=SENDER_ENV, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
@@ -223,9 +225,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.bare_pynetdicom_scp:  # one of the receivers, run as its own process
         bare_pynetdicom_scp(int(args.bare_pynetdicom_scp[0]), Path(args.bare_pynetdicom_scp[1]))
         return 0
-    for tool in ("storescu", "storescp", "echoscu", "Orthanc"):
-        if shutil.which(tool) is None:
-            parser.error(f"{tool} not found: install Debian's dcmtk and orthanc (bash .ci/setup does)")
+    for tool in ("storescu", "storescp", "echoscu"):
+        try:
+            dcmtk_tool(tool)  # dcmtk's, not pynetdicom's namesake in an activated environment
+        except DcmtkMissing as exc:
+            parser.error(str(exc))
+    if shutil.which("Orthanc") is None:
+        parser.error("Orthanc not found: install Debian's orthanc (bash .ci/setup does)")
     files = make_series(args.series / f"ct-{args.slices}", args.slices)
     megabytes = sum(f.stat().st_size for f in files) / 1e6
     args.series.mkdir(parents=True, exist_ok=True)

@@ -11,10 +11,8 @@ when the venv is activated.
 """
 from __future__ import annotations
 
-import functools
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +29,8 @@ import yaml
 from pydicom.uid import generate_uid
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 
+from node.dcmtk import DcmtkMissing
+from node.dcmtk import dcmtk_tool as _dcmtk_tool
 from node.deliver import Outbox, OutboxItem
 from node.queue import Job, JobStore
 
@@ -43,26 +43,12 @@ RESULTS_AET = "RESULTS"
 T = TypeVar("T")
 
 
-def _in_a_venv(directory: str) -> bool:
-    """``directory`` is a virtual environment's ``bin`` (its parent holds ``pyvenv.cfg``)."""
-    path = Path(directory or ".").resolve()
-    return (path.parent / "pyvenv.cfg").exists() or path == (Path(sys.prefix) / "bin").resolve()
-
-
-@functools.lru_cache(maxsize=None)
 def dcmtk_tool(name: str) -> str:
-    """The absolute path of dcmtk's ``name`` (``storescu``, ``echoscu``…), skipping any virtual
-    environment's ``bin`` on ``PATH`` (where pynetdicom puts tools of the same names). Checked by
-    ``--version``, which for dcmtk names dcmtk (``$dcmtk: storescu v3.6.7 …``) or OFFIS.
-    Fails the test with what to install when there is none."""
-    path = os.pathsep.join(d for d in os.environ.get("PATH", os.defpath).split(os.pathsep) if not _in_a_venv(d))
-    found = shutil.which(name, path=path)
-    if found is None:
-        pytest.fail(f"dcmtk's {name} not found on PATH outside a virtual environment (Debian package dcmtk)")
-    run = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=30)
-    if not re.search(r"dcmtk|OFFIS", run.stdout + run.stderr, re.IGNORECASE):
-        pytest.fail(f"{found} is not dcmtk's {name}: --version says {(run.stdout + run.stderr)[:200]!r}")
-    return found
+    """dcmtk's ``name`` (:func:`node.dcmtk.dcmtk_tool`); fails the test with what to install."""
+    try:
+        return _dcmtk_tool(name)
+    except DcmtkMissing as exc:
+        pytest.fail(str(exc))
 
 
 # -- helpers --------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pydicom
 
+from node.dcmtk import dcmtk_tool
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -23,7 +25,7 @@ class StoreSCP:
         out.mkdir(parents=True, exist_ok=True)
         self.port, self.out = port or free_port(), out
         self.proc = subprocess.Popen(
-            ["storescp", "-aet", aet, "+B", "-od", str(out), "-ta", "5", "-ts", "10", "-td", "10", str(self.port)],
+            [dcmtk_tool("storescp"), "-aet", aet, "+B", "-od", str(out), "-ta", "5", "-ts", "10", "-td", "10", str(self.port)],
             env={**os.environ, "TCP_NODELAY": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
         while True:  # ready when it accepts a TCP connection (echoscu would cost a process more)

@@ -13,6 +13,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from models import ModelRegistry
+from node.dcmtk import DcmtkMissing, dcmtk_tool
 from node.app import Node
 from node.oneshot import run_files
 from node.assemble import CompleteSeries
@@ -36,9 +37,12 @@ REGISTRY = ModelRegistry([ENTRY])
 
 @pytest.fixture(scope="module", autouse=True)
 def _tools():
-    for tool in ("storescp", "storescu", "dciodvfy"):
-        if shutil.which(tool) is None:
-            pytest.fail(f"{tool} is required (Debian packages dcmtk, dicom3tools)")
+    try:
+        dcmtk_tool("storescp"), dcmtk_tool("storescu")  # dcmtk's, even with the environment activated
+    except DcmtkMissing as exc:
+        pytest.fail(str(exc))
+    if shutil.which("dciodvfy") is None:
+        pytest.fail("dciodvfy is required (Debian package dicom3tools)")
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +71,7 @@ def make_config(tmp_path: Path, destinations: dict, routes: tuple = ()):
 
 
 def storescu(port: int, files) -> None:
-    proc = subprocess.run(["storescu", "-aet", "STORESCU", "-aec", "NEUROREAD", "127.0.0.1", str(port),
+    proc = subprocess.run([dcmtk_tool("storescu"), "-aet", "STORESCU", "-aec", "NEUROREAD", "127.0.0.1", str(port),
                            *map(str, files)], env={**os.environ, "TCP_NODELAY": "1"},
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

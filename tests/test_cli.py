@@ -14,6 +14,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from node.dcmtk import dcmtk_tool
 from node.deliver import Backoff, DicomDestination, FolderDestination, Outbox
 from node.queue import JobStore
 from node.receive import StorageSCP
@@ -192,7 +193,7 @@ def test_serve_answers_echo_and_stops_cleanly_on_sigterm(tmp_path):
     try:
         line = proc.stdout.readline()
         assert f"listening on 127.0.0.1:{port}" in line, line + proc.stderr.read() if proc.poll() is not None else line
-        echo = subprocess.run(["echoscu", "-aec", "NEUROREAD", "127.0.0.1", str(port)], capture_output=True, text=True)
+        echo = subprocess.run([dcmtk_tool("echoscu"), "-aec", "NEUROREAD", "127.0.0.1", str(port)], capture_output=True, text=True)
         assert echo.returncode == 0, echo.stderr
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -232,7 +233,7 @@ def test_jobs_unrouted_says_why_a_series_made_no_job(tmp_path, phantom_sets):
     files = sorted(p for p in study.rglob("*.dcm") if p.parent.name != "masks")
     series_uids = {str(pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID) for f in files}
     with Node(load_config(cfg), default_registry(), port=0, tick_s=0.2) as node:
-        sent = subprocess.run(["storescu", "-aec", "NEUROREAD", "127.0.0.1", str(node.port), *map(str, files)],
+        sent = subprocess.run([dcmtk_tool("storescu"), "-aec", "NEUROREAD", "127.0.0.1", str(node.port), *map(str, files)],
                               env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True, timeout=120)
         assert sent.returncode == 0, sent.stderr
         deadline = time.monotonic() + 60

@@ -19,6 +19,7 @@ import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
 
+from node.dcmtk import dcmtk_tool
 from node.orthanc_setup import orthanc_configuration
 from training.phantoms.baseline import load_truth
 
@@ -79,7 +80,7 @@ def orthanc(tmp_path_factory, faults, module_storescp):
 
 
 def storescu(orthanc: OrthancServer, files) -> None:
-    proc = subprocess.run(["storescu", "-aet", "PACS", "-aec", orthanc.aet, "127.0.0.1", str(orthanc.dicom_port),
+    proc = subprocess.run([dcmtk_tool("storescu"), "-aet", "PACS", "-aec", orthanc.aet, "127.0.0.1", str(orthanc.dicom_port),
                            *map(str, files)], env={**os.environ, "TCP_NODELAY": "1"},
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -168,7 +169,7 @@ def test_plugin_survives_a_model_failure_and_retries_the_job(orthanc, cts, fault
     assert job["deliveries"] == []
     # Orthanc keeps serving: REST, DICOMweb and C-STORE (C-ECHO) all answer
     assert orthanc.get("/system")["Name"] == "neuroread-test"
-    echo = subprocess.run(["echoscu", "-aec", orthanc.aet, "127.0.0.1", str(orthanc.dicom_port)],
+    echo = subprocess.run([dcmtk_tool("echoscu"), "-aec", orthanc.aet, "127.0.0.1", str(orthanc.dicom_port)],
                           capture_output=True, text=True, timeout=30)
     assert echo.returncode == 0, echo.stderr
     # the REST route retries it; now it completes and its results reach Orthanc
