@@ -60,7 +60,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pydicom
 import sqlalchemy as sa
@@ -76,11 +76,12 @@ from .encode.tolerant import Withheld, fill_series_level, withhold_invalid_all
 from .infer import ModelRunner, SeriesError, load_series
 from .queue import Job, JobError, JobOutcome, JobStore, WorkerPool, utc_now
 from .quarantine import Quarantine
-from .receive import MAX_SEQUENCE_DEPTH, PARSE_ERRORS, Peer, StorageSCP, sequence_too_deep
+from .malformed import MAX_SEQUENCE_DEPTH, PARSE_ERRORS, sequence_too_deep
+from .receive import Peer, StorageSCP
 from .redact import describe_error, redact
 from .redact import install as install_log_redaction
-from .route import (Route, RouteDecision, SeriesConsensus, default_routes, load_routes, match_series,
-                    read_header_or_none, series_consensus)
+from .agreement import read_header_or_none, series_consensus
+from .route import Route, RouteDecision, default_routes, load_routes, match_series
 from .slots import Candidate, fill_slots
 from .spool import InstanceRecord, SeriesStudyConflictError, Spool, validate_uid
 from .stow import StowReceiver
@@ -173,8 +174,19 @@ def decide(header: pydicom.Dataset, instances: int, routes: Iterable[Route],
     return decision, single, multi
 
 
+class Processed(NamedTuple):
+    """What :func:`process_inputs` made: the result, its validated objects, the source attributes
+    changed in them (:class:`Withheld`), and each slot's routing header (the consensus of the
+    sources it read, so the caller need not read the files again)."""
+
+    result: ModelResult
+    objects: list[pydicom.Dataset]
+    withheld: list[Withheld]
+    headers: dict[str, pydicom.Dataset]
+
+
 def process_inputs(paths: Mapping[str, Sequence[Path]], model: str, runner: ModelRunner, info: EncodeInfo,
-                   dciodvfy: str) -> tuple[ModelResult, list[pydicom.Dataset], list[Withheld]]:
+                   dciodvfy: str) -> Processed:
     """Load one series per input slot of ``model``, infer, encode with every slot's sources and validate.
 
     The spec is the runner's (threshold overrides applied). Before encoding, the attributes the
@@ -208,6 +220,8 @@ def process_inputs(paths: Mapping[str, Sequence[Path]], model: str, runner: Mode
                 raise PipelineError(f"cannot read {p.name}: {describe_error(exc)}") from exc
             by_uid[str(ds.SOPInstanceUID)] = p
         sources[slot] = [pydicom.dcmread(by_uid[uid]) for uid in volumes[slot].sop_instance_uids]
+    headers = {slot: series_consensus(sorted(instances, key=lambda ds: str(ds.SOPInstanceUID))).header
+               for slot, instances in sources.items()}
     withheld = [w for instances in sources.values() for w in fill_series_level(instances)]
     withheld += withhold_invalid_all([ds for instances in sources.values() for ds in instances])
     try:
@@ -219,7 +233,7 @@ def process_inputs(paths: Mapping[str, Sequence[Path]], model: str, runner: Mode
         if errors:
             raise PipelineError(f"{ds.Modality} {ds.SOPInstanceUID} fails dciodvfy: "
                                 f"{'; '.join(redact(e) for e in errors[:3])}")
-    return result, objects, withheld
+    return Processed(result, objects, withheld, headers)
 
 
 
@@ -466,16 +480,11 @@ class Node:
             logger.error("series %s: routing failed: %s", item.series_uid, describe_error(exc))
             self._record_routing(item, "unrouted", f"routing failed: {describe_error(exc)}")
 
-    @staticmethod
-    def _consensus(paths: Iterable[Path]) -> SeriesConsensus:
-        """What the instances (files sorted by SOP Instance UID) agree on (:func:`node.route.series_consensus`)."""
-        return series_consensus(read_header_or_none(p) for p in paths)
-
     def _header(self, series: CompleteSeries) -> pydicom.Dataset:
         """The header routing reads for ``series``: the value most of its readable instances carry
         for each attribute. Raises :class:`_Unusable` when its instances disagree on Modality or
         SOP class, or none is readable."""
-        consensus = self._consensus(series.instances[uid] for uid in sorted(series.instances))
+        consensus = series_consensus(read_header_or_none(series.instances[uid]) for uid in sorted(series.instances))
         if consensus.problem:
             raise _Unusable(consensus.problem)
         if consensus.unreadable:
@@ -623,8 +632,8 @@ class Node:
         if len(studies) != 1:
             raise JobError(f"job {job.id}: its series come from studies {studies}; one study per job")
         try:
-            result, objects, withheld = process_inputs({slot: i.paths for slot, i in inputs.items()}, spec.name,
-                                                       self._runner(), self.info, self.dciodvfy)
+            result, objects, withheld, headers = process_inputs({slot: i.paths for slot, i in inputs.items()},
+                                                                spec.name, self._runner(), self.info, self.dciodvfy)
         except PipelineError as exc:
             raise JobError(exc.reason, retryable=exc.retryable) from exc
         if withheld:
@@ -634,7 +643,7 @@ class Node:
                                                          "missing in some instances filled (no value recorded)"})
             logger.warning("job %d: %d source attributes changed in the results: %s", job.id, len(withheld),
                            "; ".join(str(w) for w in withheld))
-        names = self._destination_names(job.model, inputs)
+        names = self._destination_names(job.model, headers, {slot: len(i.paths) for slot, i in inputs.items()})
         output_uids = [str(ds.SOPInstanceUID) for ds in objects]
         added = self.outbox.add(str(job.id), objects, names) if names else 0
         self.store.audit(job.id, "outbox", {
@@ -651,16 +660,15 @@ class Node:
                     [job.inputs[slot] for slot in slots], len(objects), names)
         return JobOutcome({"sop_instance_uids": output_uids, "destinations": names}, result.card.weights_sha256)
 
-    def _destination_names(self, model: str, inputs: Mapping[str, _Inputs]) -> list[str]:
-        """The destinations named by the first route matching each slot's series (in slot order,
-        without repeats); every configured destination when none names any."""
+    def _destination_names(self, model: str, headers: Mapping[str, pydicom.Dataset],
+                           counts: Mapping[str, int]) -> list[str]:
+        """The destinations named by the first route matching each slot's series (its routing
+        header and instance count; in slot order, without repeats); every configured
+        destination when none names any."""
         names: list[str] = []
-        for slot, found in inputs.items():
+        for slot, header in headers.items():
             routes = [r for r in self.routes if r.model == model and r.slot == slot]
-            header = self._consensus(sorted(found.paths)).header
-            if header is None:
-                continue
-            decision = match_series(header, len(found.paths), routes)
+            decision = match_series(header, counts[slot], routes)
             for name in decision.matched[0].destinations if decision.matched else ():
                 if name not in names:
                     names.append(name)

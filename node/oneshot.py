@@ -15,7 +15,7 @@ from pydicom.errors import InvalidDicomError
 
 from models import ModelRegistry
 
-from .route import series_consensus
+from .agreement import series_consensus
 from .app import PipelineError, build_routes, decide, encode_info, make_runner, multi_series_specs, process_inputs
 from .config import Config
 from .encode import find_dciodvfy
@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 def _series_files(paths: Iterable[Path]) -> dict[str, tuple[pydicom.Dataset, list[Path]]]:
     """Series UID → (the header routing reads, its files), from files or folders; the header is
-    the series' consensus (:func:`node.route.series_consensus`), or its first instance by
+    the series' consensus (:func:`node.agreement.series_consensus`), or its first instance by
     InstanceNumber when its instances disagree on Modality or SOP class."""
     files: list[Path] = []
     for p in map(Path, paths):
@@ -78,7 +78,7 @@ def run_files(paths: Iterable[Path], out_dir: Path, config: Config, registry: Mo
 
     def run(model: str, inputs: dict[str, list[Path]], what: str) -> None:
         try:
-            _, objects, withheld = process_inputs(inputs, model, runner, info, dciodvfy)
+            _, objects, withheld, _ = process_inputs(inputs, model, runner, info, dciodvfy)
         except PipelineError as exc:
             logger.error("%s, %s: %s", what, model, exc.reason)
             return

@@ -57,7 +57,7 @@ import sqlalchemy as sa
 from .app import Node
 from .assemble import CompleteSeries, CompleteStudy
 from .queue import utc_now
-from .receive import PARSE_ERRORS
+from .malformed import PARSE_ERRORS
 from .redact import describe_error
 from .spool import InvalidUIDError, SeriesStudyConflictError, SpoolError
 

@@ -47,17 +47,12 @@ from __future__ import annotations
 import ipaddress
 import logging
 import ssl
-import struct
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from io import BytesIO
 
-from pydicom.datadict import dictionary_has_tag, dictionary_VR
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -84,6 +79,7 @@ from pynetdicom.dsutils import decode
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification
 
+from node.malformed import MAX_SEQUENCE_DEPTH, PARSE_ERRORS, sequence_too_deep, truncated_element
 from node.redact import describe_error
 from node.spool import InvalidUIDError, SeriesStudyConflictError, Spool, SpoolFullError, describe_uid
 from node.upper_layer import Association, AssociationServer, Rejection
@@ -112,16 +108,6 @@ TRANSFER_SYNTAXES: tuple[str, ...] = (
     RLELossless,
 )
 
-# What a malformed data set can raise from pydicom's (lazy) decoding.
-# (pydicom raises OSError "No tag to read" for an element that never ends, and RecursionError for
-# sequences of undefined length nested a few hundred levels deep: it reads them recursively.)
-PARSE_ERRORS = (InvalidDicomError, ValueError, TypeError, KeyError, IndexError, EOFError, OSError,
-                 OverflowError, NotImplementedError, struct.error, zlib.error, UnicodeDecodeError,
-                 RecursionError, BytesLengthException)
-# Deeper sequence nesting than any IOD needs (the deepest standard ones, SR content trees and
-# functional groups, stay well below 20) is refused before anything recurses over it.
-MAX_SEQUENCE_DEPTH = 32
-_UNDEFINED_LENGTH = 0xFFFFFFFF
 PREAMBLE = b"\x00" * 128 + b"DICM"
 
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
@@ -184,52 +170,6 @@ def _check_ae_title(value: object, field: str) -> str:
     if not isinstance(value, str) or not 0 < len(value.strip()) <= 16 or "\\" in value:
         raise ValueError(f"{field} must be 1-16 characters without '\\', got {value!r}")
     return value.strip()
-
-
-def truncated_element(ds: Dataset, size: int | None = None) -> str | None:
-    """The first sign that ``ds`` was cut short, in words, or None.
-
-    pydicom reads a truncated stream without complaint: the last value just comes up short, and
-    a cut inside an element's header (fewer than 8 of its bytes) is dropped silently, so a data
-    set cut in the middle of its pixel data, or just before them, would otherwise be stored as if
-    whole. So: a top-level value shorter than its declared length; and, given ``size`` (the
-    bytes ``ds`` was read from, offsets counted from their start), bytes left after the last
-    element's value (a defined-length last element only).
-    """
-    last = None
-    for tag in ds.keys():
-        raw = ds.get_item(tag)
-        if isinstance(raw, RawDataElement) and raw.length != _UNDEFINED_LENGTH \
-                and raw.value is not None and len(raw.value) < raw.length:
-            return f"{raw.tag} holds {len(raw.value)} of {raw.length} bytes"
-        last = raw
-    if size is not None and isinstance(last, RawDataElement) and last.length != _UNDEFINED_LENGTH:
-        left = size - (last.value_tell + last.length)
-        if left > 0:
-            return f"{left} bytes after the last element {last.tag}: an element header cut short"
-    return None
-
-
-def sequence_too_deep(ds: Dataset, limit: int = MAX_SEQUENCE_DEPTH) -> bool:
-    """Whether ``ds`` nests sequences deeper than ``limit`` levels.
-
-    Walks the sequences iteratively (no recursion over the input's depth) and parses only
-    sequence elements; raises what pydicom raises for a sequence it cannot parse (one of
-    :data:`PARSE_ERRORS`).
-    """
-    stack: list[tuple[Dataset, int]] = [(ds, 0)]
-    while stack:
-        current, depth = stack.pop()
-        for tag in list(current.keys()):
-            raw = current.get_item(tag)
-            vr = raw.VR if raw.VR is not None else (dictionary_VR(tag) if dictionary_has_tag(tag) else None)
-            if vr != "SQ":
-                continue
-            items = current[tag].value
-            if items and depth + 1 > limit:
-                return True
-            stack.extend((item, depth + 1) for item in items)
-    return False
 
 
 def _failure(status: StoreStatus, comment: str) -> Dataset:

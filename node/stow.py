@@ -103,7 +103,8 @@ from pynetdicom import AllStoragePresentationContexts
 from node.dicomweb import env_secret
 from node.multipart import BOUNDARY, MultipartError, Part, split_multipart
 from node.config import DicomWebConfig
-from node.receive import MAX_SEQUENCE_DEPTH, PARSE_ERRORS, PREAMBLE, TRANSFER_SYNTAXES, sequence_too_deep, truncated_element
+from node.malformed import MAX_SEQUENCE_DEPTH, PARSE_ERRORS, sequence_too_deep, truncated_element
+from node.receive import PREAMBLE, TRANSFER_SYNTAXES
 from node.redact import describe_error
 from node.spool import InvalidUIDError, SeriesStudyConflictError, Spool, SpoolFullError, validate_uid
 

@@ -23,7 +23,8 @@ from pydicom.filewriter import dcmwrite
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from node.app import routing_records
-from node.receive import MAX_SEQUENCE_DEPTH, StoreStatus
+from node.malformed import MAX_SEQUENCE_DEPTH
+from node.receive import StoreStatus
 
 from node_process import (REPO, ServeNode, all_sent, copy_series, statuses, storescu, tail,
                           uids, wait_done, wait_for)

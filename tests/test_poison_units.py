@@ -18,9 +18,9 @@ from pydicom.uid import generate_uid
 from node.assemble import Assembler
 from node.encode.tolerant import copied_attributes, fill_series_level, withhold_invalid, withhold_invalid_all
 from node.quarantine import Quarantine
-from node.receive import MAX_SEQUENCE_DEPTH, sequence_too_deep
+from node.malformed import MAX_SEQUENCE_DEPTH, sequence_too_deep
 from node.redact import RedactValues, describe_error, install, redact
-from node.route import series_consensus
+from node.agreement import series_consensus
 from node.spool import InstanceRecord, SeriesStudyConflictError, Spool, describe_uid
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -256,7 +256,7 @@ def test_a_data_set_cut_inside_an_element_header_is_truncated():
     from pydicom.filewriter import write_dataset
     from pynetdicom.dsutils import decode
 
-    from node.receive import truncated_element
+    from node.malformed import truncated_element
 
     ds = Dataset()
     ds.PatientName, ds.Rows, ds.Columns, ds.BitsAllocated, ds.PixelData = "A", 4, 4, 16, b"\0" * 32
