@@ -464,7 +464,7 @@ def _delivery_lines(items: list[OutboxItem], kinds: dict[str, str]) -> list[str]
 def _cmd_quarantine(args: argparse.Namespace) -> int:
     import json
 
-    from node.quarantine import Quarantine, copy_tree_size
+    from node.quarantine import Quarantine
 
     config = _config(args)
     quarantine = Quarantine(config.storage.quarantine)
@@ -476,7 +476,7 @@ def _cmd_quarantine(args: argparse.Namespace) -> int:
     if not entries:
         print(f"the quarantine {quarantine.root} is empty")
         return 0
-    print(f"{len(entries)} files in the quarantine {quarantine.root} ({copy_tree_size(quarantine.root) / 1e6:.1f} MB), "
+    print(f"{len(entries)} files in the quarantine {quarantine.root} ({quarantine.size() / 1e6:.1f} MB), "
           "oldest first:")
     for q in entries:
         print(f"  {q.at:%Y-%m-%d %H:%M:%S} {q.path.relative_to(quarantine.root)}")

@@ -86,6 +86,10 @@ class Quarantine:
         logger.warning("%s: %s moved to the quarantine (%s): %s", stage, relative, self.root, reason)
         return target
 
+    def size(self) -> int:
+        """Bytes held in the quarantine (files and their reasons)."""
+        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file()) if self.root.is_dir() else 0
+
     def list(self) -> list[QuarantinedFile]:
         """Every quarantined file, oldest first."""
         if not self.root.is_dir():
@@ -119,9 +123,4 @@ def _remove_empty_parents(folder: Path, base: Path) -> None:
         folder = folder.parent
 
 
-def copy_tree_size(root: Path) -> int:
-    """Bytes held under ``root`` (the quarantine's size for ``neuroread quarantine list``)."""
-    return sum(p.stat().st_size for p in Path(root).rglob("*") if p.is_file()) if Path(root).is_dir() else 0
-
-
-__all__ = ["Quarantine", "QuarantinedFile", "REASON_SUFFIX", "copy_tree_size"]
+__all__ = ["Quarantine", "QuarantinedFile", "REASON_SUFFIX"]

@@ -237,7 +237,11 @@ class Spool:
 
     def check_series(self, study_uid: str, series_uid: str) -> None:
         """Raise :class:`SeriesStudyConflictError` if the series is held under another study."""
-        held = self.study_of(series_uid)
+        with self._lock:
+            self._check_series_locked(study_uid, series_uid)
+
+    def _check_series_locked(self, study_uid: str, series_uid: str) -> None:
+        held = self._study_of.get(series_uid)
         if held is not None and held != study_uid:
             raise SeriesStudyConflictError(series_uid, study_uid, held)
 
@@ -283,9 +287,7 @@ class Spool:
 
         try:
             with self._lock:  # check and claim the series for its study in one step
-                held = self._study_of.get(series_uid)
-                if held is not None and held != study_uid:
-                    raise SeriesStudyConflictError(series_uid, study_uid, held)
+                self._check_series_locked(study_uid, series_uid)
                 self._make_dirs(path.parent)
                 self._study_of[series_uid] = study_uid
             exists = path.exists()  # one stat on the receive path

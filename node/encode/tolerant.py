@@ -88,7 +88,7 @@ def _value_problem(vr: str, value: object) -> str | None:
     validator = VALIDATORS.get(vr)
     if validator is None:
         return None
-    ok, _ = validator(vr, str(value) if vr in ("PN",) else value)
+    ok, _ = validator(vr, str(value) if vr == "PN" else value)  # PersonName objects as text
     return None if ok else f"not a valid {vr} value"
 
 
@@ -103,11 +103,10 @@ def _element_problem(ds: Dataset, keyword: str, depth: int = 0) -> str | None:
             return None
         for number, item in enumerate(value or [], 1):
             for tag in list(item.keys()):
-                sub = item.get_item(tag)
                 sub_keyword = pydicom.datadict.keyword_for_tag(tag)
                 if not sub_keyword:
                     continue  # private or unknown: highdicom writes it as it came
-                problem = _element_problem(item, sub_keyword, depth + 1) if sub is not None else None
+                problem = _element_problem(item, sub_keyword, depth + 1)
                 if problem:
                     return f"item {number}: {sub_keyword} {_tag_text(sub_keyword)} {problem}"
         return None
@@ -148,7 +147,7 @@ SERIES_LEVEL = ("Modality",)
 def fill_series_level(datasets: list[Dataset]) -> list[Withheld]:
     """Give every instance of one series the series-level attributes (:data:`SERIES_LEVEL`) that
     some instances lack or leave empty, with the value most instances carry (routing decided on
-    the same agreement, :func:`node.route.series_consensus`). Returns one :class:`Withheld`
+    the same agreement, :func:`node.agreement.series_consensus`). Returns one :class:`Withheld`
     (action ``"filled from the series"``) per attribute filled; nothing when none is missing."""
     out = []
     for keyword in SERIES_LEVEL:
