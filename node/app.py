@@ -462,7 +462,7 @@ class Node:
             raise _Unusable("its Study/Series/SOP Instance UIDs do not match its place in the spool")
         return InstanceRecord(found["StudyInstanceUID"], found["SeriesInstanceUID"], found["SOPInstanceUID"],
                               found["SOPClassUID"], str(ds.file_meta.TransferSyntaxUID), path,
-                              path.stat().st_size, utc_now(), "duplicate")
+                              path.stat().st_size, utc_now(), "duplicate", header=ds)  # read once
 
     # -- routing ------------------------------------------------------------------------------------
     def _on_complete(self, item: object) -> None:
