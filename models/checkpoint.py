@@ -8,7 +8,7 @@ loads it)::
      "training_data": "...", "demo": true, "metrics": {...}}}
 
 ``config`` is what the model needs to rebuild its network (e.g. ``DrCT2Config.to_dict()``);
-``card`` becomes the :class:`~models.spec.ModelCard` with ``weights_sha256`` =
+``card`` becomes the :class:`~neuroread.models.spec.ModelCard` with ``weights_sha256`` =
 :func:`state_dict_sha256`: a hash of the tensors themselves (names, dtypes, shapes, bytes), so
 the same weights have the same hash however they were saved. (Not the file's hash: the bytes
 depend on how ``torch.save`` was called, e.g. it records the name of a path it writes to; saved

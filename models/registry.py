@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+from importlib import metadata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,22 +95,42 @@ def load_plugin(ref: str) -> list[ModelEntry]:
     value = getattr(module, attr)
     entries = [value] if isinstance(value, ModelEntry) else list(value) if isinstance(value, (list, tuple)) else None
     if entries is None or not all(isinstance(e, ModelEntry) for e in entries):
-        raise ValueError(f"plugin {ref!r}: {attr} must be a models.ModelEntry or a list of them, "
+        raise ValueError(f"plugin {ref!r}: {attr} must be a neuroread.models.ModelEntry or a list of them, "
                          f"got {type(value).__name__}")
     return entries
 
 
+ENTRY_POINT_GROUP = "neuroread.models"
+
+
+def product_entries() -> list[ModelEntry]:
+    """The product models: every entry of the ``neuroread.models`` entry-point group, declared in
+    ``pyproject.toml`` (``name = "package.module:NAME"``), so adding a model touches no code here.
+
+    Loaded when asked for, so that importing the contract does not import torch. Raises
+    ValueError when an entry point cannot be loaded or its name is not its spec's name.
+    """
+    entries: list[ModelEntry] = []
+    for point in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda p: p.name):
+        found = load_plugin(point.value)
+        if [e.spec.name for e in found] != [point.name]:
+            raise ValueError(f"entry point {point.name!r} ({point.value}) names models "
+                             f"{[e.spec.name for e in found]}, expected one named {point.name!r}")
+        entries += found
+    if not entries:
+        raise ValueError(f"no product models: the entry-point group {ENTRY_POINT_GROUP!r} is empty "
+                         "(is neuroread installed? pip install -e .)")
+    return entries
+
+
 def default_registry(plugins: Iterable[str] = ()) -> ModelRegistry:
-    """The product models (each model issue adds its entry here), plus the entries of each
-    plugin reference (see :func:`load_plugin`).
+    """The product models (:func:`product_entries`), plus the entries of each plugin reference
+    (see :func:`load_plugin`).
 
     Product models: ``ct-hemorrhage`` (DrCT2, RSNA's labels; its CQ500 variant is a plugin away,
-    see :mod:`models.ct_hemorrhage.model`). Imported here, when asked for, so that importing the
-    contract does not import torch.
+    see :mod:`neuroread.models.ct_hemorrhage.model`).
     """
-    from .ct_hemorrhage.model import ENTRY as CT_HEMORRHAGE
-
-    entries: list[ModelEntry] = [CT_HEMORRHAGE]
+    entries = product_entries()
     for ref in plugins:
         entries += load_plugin(ref)
     return ModelRegistry(entries)

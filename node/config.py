@@ -25,7 +25,7 @@ The file, with every section and its default::
     assemble:
       stable_age_s: 30             # a series is complete after this quiet period
       early_completion: true       # ... or sooner when its headers say it is complete
-    routes: []                     # passed untouched to node.route.load_routes
+    routes: []                     # passed untouched to neuroread.node.route.rules.load_routes
     models: {}                     # name: {weights: path|null, device: cpu, thresholds: {label: 0.4}}
     destinations: {}               # name: {type: dicom|folder|stowrs|orthanc, ...}, e.g.
                                    # pacs: {type: dicom, host: pacs, port: 104, called_ae: PACS}
@@ -40,7 +40,7 @@ The file, with every section and its default::
       broker: null                 # for the celery backend, once it exists
       workers: 1
       torch_threads: null          # null: torch's default
-    dicomweb: null                 # the STOW-RS receiver (node.stow); null: off. When on:
+    dicomweb: null                 # the STOW-RS receiver (neuroread.node.receive.stow); null: off. When on:
       # host: 127.0.0.1
       # port: 8080
       # base_path: /dicomweb       # POST <base_path>/studies[/<StudyInstanceUID>]
@@ -54,7 +54,7 @@ The file, with every section and its default::
       # tls: null                  # {cert: web.pem, key: web.key, ca: clients-ca.pem} (HTTPS)
       # peers: []                  # addresses/networks allowed to connect, e.g. [10.0.0.0/8]; empty: any
     plugins: []                    # extra models, 'package.module:NAME' where NAME is a
-                                   # models.ModelEntry or a list of them (your own networks;
+                                   # neuroread.models.ModelEntry or a list of them (your own networks;
                                    # the module must be importable, e.g. via PYTHONPATH)
 
 ``Config.to_dict()`` gives the effective configuration (defaults filled in) as plain data.
@@ -238,7 +238,7 @@ class QueueConfig:
 
 @dataclass(frozen=True)
 class DicomWebConfig:
-    """The STOW-RS receiver (:mod:`node.stow`): listen address, base path and who may store.
+    """The STOW-RS receiver (:mod:`neuroread.node.receive.stow`): listen address, base path and who may store.
 
     ``users`` (name -> password, HTTP basic) and ``tokens`` (HTTP bearer) are the credentials
     accepted; ``users_env`` (name -> environment variable) and ``tokens_env`` (environment
@@ -267,7 +267,7 @@ class DicomWebConfig:
 @dataclass(frozen=True)
 class Config:
     """The whole node configuration. ``routes`` and ``destinations`` stay plain data
-    (``node.route.load_routes`` and the deliver stage build their objects); treat them as
+    (``neuroread.node.route.rules.load_routes`` and the deliver stage build their objects); treat them as
     read-only."""
 
     node: NodeConfig

@@ -2,8 +2,8 @@
 configuration; see ``orthanc/orthanc.json`` and the README's "Run inside Orthanc").
 
 Series that become stable in Orthanc go through neuroread's own pipeline (spool → route →
-queue → infer → encode → validate → outbox → deliver: :class:`node.app.Node` without its
-DIMSE listener, fed by :class:`node.orthanc_intake.OrthancIntake`); the results are stored back
+queue → infer → encode → validate → outbox → deliver: :class:`neuroread.node.app.node.Node` without its
+DIMSE listener, fed by :class:`neuroread.node.intake.orthanc.OrthancIntake`); the results are stored back
 into this Orthanc through its REST API (in-process, no credentials needed) and, when
 configured, forwarded by Orthanc to its DICOM modalities or DICOMweb servers, and to the
 destinations of the node's YAML (C-STORE, STOW-RS, folder).
@@ -76,12 +76,12 @@ SETTINGS = _settings()
 sys.path[:0] = [p for p in SETTINGS.get("PythonPath", []) if p not in sys.path]
 
 try:  # only importable once PythonPath is on sys.path
-    from node.app import Node
-    from node.config import load_config
-    from node.deliver import OrthancDestination
-    from node.jobs_api import list_jobs, retry_job, show_job, unrouted
-    from node.orthanc_intake import OrthancGone, OrthancIntake, OrthancUnavailable
-    from models import default_registry
+    from neuroread.node.app.node import Node
+    from neuroread.node.config import load_config
+    from neuroread.node.deliver import OrthancDestination
+    from neuroread.node.app.job_queries import list_jobs, retry_job, show_job, unrouted
+    from neuroread.node.intake.orthanc import OrthancGone, OrthancIntake, OrthancUnavailable
+    from neuroread.models import default_registry
 except ImportError as exc:
     raise RuntimeError(f"neuroread plugin: cannot import {exc.name or exc}: {SECTION}.PythonPath must list "
                        "neuroread's environment (its .venv/lib/python3.11/site-packages) and its checkout; "

@@ -1,4 +1,6 @@
-"""Shared fixtures: small phantom sets and tiny ct-hemorrhage weights, made once per test session."""
+"""Shared fixtures (small phantom sets, tiny ct-hemorrhage weights, made once per test session) and
+the markers by folder: a test under ``tests/<kind>/`` is marked ``<kind>`` (unit, models,
+training, integration, e2e), so ``pytest -m unit`` and ``pytest tests/unit`` pick the same tests."""
 from __future__ import annotations
 
 import os
@@ -7,9 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from training.phantoms.registry import generate_set
+from neuroread.training.phantoms.registry import generate_set
 
+KINDS = ("unit", "models", "training", "integration", "e2e")
 SET_SEED = 7
+
+
+def pytest_collection_modifyitems(config, items):
+    tests = Path(__file__).parent
+    for item in items:
+        kind = Path(item.fspath).relative_to(tests).parts[0]
+        if kind not in KINDS:
+            raise pytest.UsageError(f"{item.nodeid}: a test lives under tests/<kind>/, kind one of {', '.join(KINDS)}")
+        item.add_marker(getattr(pytest.mark, kind))
 SET_N = 4
 
 
@@ -64,9 +76,9 @@ def ct_case(phantom_sets):
     import numpy as np
     import pydicom
 
-    from models import Code, Lesion
-    from node.infer import load_series
-    from tiny_model import ENTRY
+    from neuroread.models import Code, Lesion
+    from neuroread.node.infer.runner import load_series
+    from support.tiny_model import ENTRY
 
     study = sorted(p.parent for p in phantom_sets["ct-hemorrhage"].glob("*/truth.json"))[0]
     files = sorted((study / "S01").glob("*.dcm"))
@@ -90,9 +102,9 @@ TINY_DRCT2 = {"slices": 8, "key_slices": 6, "input_size": 32, "zoom_size": 64, "
 @pytest.fixture(scope="session")
 def weights(phantom_sets, tmp_path_factory) -> Path:
     """A tiny ct-hemorrhage checkpoint (DrCT2 at toy size) trained one epoch on the four session
-    phantoms by training.train, marked demo: real weights for the product model in seconds."""
-    from training.datasets import RSNA_LABELS, read_phantoms
-    from training.train import TrainConfig, train
+    phantoms by neuroread.training.train, marked demo: real weights for the product model in seconds."""
+    from neuroread.training.datasets import RSNA_LABELS, read_phantoms
+    from neuroread.training.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("weights") / "ct-hemorrhage-tiny.pt"
     records = read_phantoms(phantom_sets["ct-hemorrhage"], labels=RSNA_LABELS)
@@ -104,7 +116,7 @@ def weights(phantom_sets, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def module_storescp(tmp_path_factory):
     """A dcmtk storescp shared by a module's tests (e.g. a modality Orthanc forwards to)."""
-    from peers import StoreSCP
+    from support.peers import StoreSCP
 
     scp = StoreSCP(tmp_path_factory.mktemp("storescp"))
     yield scp
@@ -122,8 +134,8 @@ def head_ct(phantom_sets) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def results_scp():
-    """A pynetdicom storage SCP that counts every C-STORE it receives (node_process.ResultSCP)."""
-    from node_process import ResultSCP
+    """A pynetdicom storage SCP that counts every C-STORE it receives (support.node_process.ResultSCP)."""
+    from support.node_process import ResultSCP
 
     scp = ResultSCP().start()
     yield scp

@@ -2,13 +2,13 @@
 
 A :class:`StudyRecord` is one series with its study labels (0/1 per name of a configured
 label list) and, where the source has them, per-slice labels keyed by SOP Instance UID.
-Pixels are read only when the Dataset asks, by :func:`node.infer.load_series` (the node's
+Pixels are read only when the Dataset asks, by :func:`neuroread.node.infer.runner.load_series` (the node's
 own reader: same slice order, same HU), and per-slice labels are put in the volume's order
 through the SOP Instance UIDs, so no reader has to guess the order the volume will have.
 
 Readers (each returns a list of records, sorted by ``study_id``):
 
-- :func:`read_phantoms`: a folder of studies written by :mod:`training.phantoms` (one
+- :func:`read_phantoms`: a folder of studies written by :mod:`neuroread.training.phantoms` (one
   ``<case>/truth.json`` each); study and per-slice labels from the truth.
 - :func:`read_manifest`: the generic manifest CSV, format in its docstring.
 - :func:`read_rsna`: the RSNA Intracranial Hemorrhage Detection layout: ``stage_2_train.csv``
@@ -28,7 +28,7 @@ Label keys: :data:`RSNA_LABELS` (six) and :data:`CQ500_LABELS` (nine, the phanto
 
 :class:`SeriesDataset` yields ``(x [m, 3, size, size] float32 in [0, 1], study labels
 [n_labels] float32, per-slice labels of the sampled slices [m, n_labels] float32 or None)``
-through :mod:`models.ct_hemorrhage.preprocess`; with ``augment=True`` each series also
+through :mod:`neuroread.models.ct_hemorrhage.preprocess`; with ``augment=True`` each series also
 yields the sets built from its unsampled slices (the paper's data enhancement).
 :func:`collate` batches such items (``None`` per-slice labels stay ``None``).
 """
@@ -51,9 +51,9 @@ from pydicom.errors import InvalidDicomError
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from models import SeriesVolume
-from models.ct_hemorrhage.preprocess import WINDOWS, Window, augmentation_sets, sample_indices, to_input
-from node.infer import load_series
+from neuroread.models import SeriesVolume
+from neuroread.models.ct_hemorrhage.preprocess import WINDOWS, Window, augmentation_sets, sample_indices, to_input
+from neuroread.node.infer.runner import load_series
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ _HEADER_TAGS = ["SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "Pati
 class StudyRecord:
     """One series to learn from.
 
-    ``files``: the series' DICOM files (read by :func:`node.infer.load_series`); ``n_slices``:
+    ``files``: the series' DICOM files (read by :func:`neuroread.node.infer.runner.load_series`); ``n_slices``:
     the slices they hold; ``label_names``/``labels``: study labels, float32 0/1, one per name;
     ``slice_uids``/``slice_labels``: optional per-slice labels ``[len(slice_uids), n_labels]``,
     row k for the slice whose SOP Instance UID is ``slice_uids[k]``; ``group``: what must not be
@@ -152,7 +152,7 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 # --- phantoms ---------------------------------------------------------------------------------
 
 def read_phantoms(folder: Path, labels: Sequence[str] = CQ500_LABELS, series: str = "ct") -> list[StudyRecord]:
-    """Studies written by :func:`training.phantoms.writer.write_study` under ``folder``
+    """Studies written by :func:`neuroread.training.phantoms.writer.write_study` under ``folder``
     (``<case>/truth.json``); ``series`` is the truth's series key."""
     studies = sorted(Path(folder).glob("*/truth.json"))
     if not studies:
@@ -413,9 +413,9 @@ class SeriesDataset(Dataset):
     uniformly sampled slices, CT windows as channels); ``y`` float32 ``[n_labels]`` study
     labels; ``s`` float32 ``[m, n_labels]`` labels of the sampled slices, or ``None`` when the
     record has none. Items come per record in record order: the base sampling, then, with
-    ``augment``, every set of unsampled slices (:func:`~models.ct_hemorrhage.preprocess.augmentation_sets`,
+    ``augment``, every set of unsampled slices (:func:`~neuroread.models.ct_hemorrhage.preprocess.augmentation_sets`,
     shuffled by a generator seeded with ``(seed, record index)``, so the same seed gives the
-    same items). ``spacing_tol`` goes to :func:`node.infer.load_series`.
+    same items). ``spacing_tol`` goes to :func:`neuroread.node.infer.runner.load_series`.
     """
 
     def __init__(self, records: Sequence[StudyRecord], m: int, size: int, *, augment: bool = False,

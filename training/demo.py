@@ -1,12 +1,12 @@
 """Demo weights: a short, deterministic training on synthetic phantoms, on this CPU.
 
 ``neuroread train-demo ct-hemorrhage`` runs :func:`train_demo`: it makes (or reuses from its
-cache) a fixed set of small head-CT phantoms (:func:`training.phantoms.registry.generate_set`:
+cache) a fixed set of small head-CT phantoms (:func:`neuroread.training.phantoms.registry.generate_set`:
 fixed seed, hemorrhage and normal studies one to one), keeps a held-out fifth
-(:func:`training.folds.holdout_split`), trains :meth:`DrCT2Config.demo` on the rest with
-:func:`training.train.train` and writes the checkpoint, with the held-out metrics in its card
+(:func:`neuroread.training.folds.holdout_split`), trains :meth:`DrCT2Config.demo` on the rest with
+:func:`neuroread.training.train.train` and writes the checkpoint, with the held-out metrics in its card
 and ``demo`` set, to the path the model reads demo weights from
-(:func:`models.ct_hemorrhage.model.demo_weights_path`).
+(:func:`neuroread.models.ct_hemorrhage.model.demo_weights_path`).
 
 The plan (:data:`DEMO_PLAN`) is sized for at most 15 minutes on a 2-core CPU, from timings
 taken there (``time neuroread train-demo``, 2026-11-23: 14 min 55 s with four pre-training
@@ -22,7 +22,7 @@ at the 0.5 thresholds, macro AUC 0.89 (``any``: F1 0.88, AUC 0.92); key-slice ta
 difficult 0.92, comprehensive 0.77; 75 % of the five slices of highest attention hold a
 lesion. Trained end to end from scratch instead (64 phantoms, 8 epochs, the whole 13 minutes)
 the same network reached macro-F1 0.13 and AUC 0.46: hence the encoder's pre-training on
-slices (:mod:`training.encoder`). The macro-F1 stays far below the issue's 0.90 for two
+slices (:mod:`neuroread.training.encoder`). The macro-F1 stays far below the issue's 0.90 for two
 reasons. Rare subtypes are under-called at 0.5 although they are ranked well: EDH (17 of 256
 studies, 3 held out) has AUC 1.00 and F1 0; IVH 0.84 / 0.47, SDH 0.96 / 0.67. And thin
 subarachnoid blood along the sulci is barely visible at 128 px (1.8 mm pixels): SAH AUC 0.65,
@@ -42,10 +42,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.ct_hemorrhage.model import demo_weights_path
-from training.datasets import read_phantoms
-from training.phantoms.registry import generate_set
-from training.train import TrainConfig, TrainReport, train
+from neuroread.models.ct_hemorrhage.model import demo_weights_path
+from neuroread.training.datasets import read_phantoms
+from neuroread.training.phantoms.registry import generate_set
+from neuroread.training.train import TrainConfig, TrainReport, train
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def phantom_set(plan: DemoPlan, cache_dir: Path | None = None, *, progress: bool
 def train_demo(model_name: str, out_path: Path | None = None, *, progress: bool = True,
                cache_dir: Path | None = None, plan: DemoPlan = DEMO_PLAN) -> TrainReport:
     """Build the demo weights of ``model_name`` (``ct-hemorrhage`` or ``ct-hemorrhage-cq500``) at
-    ``out_path`` (default: :func:`~models.ct_hemorrhage.model.demo_weights_path`, which honours
+    ``out_path`` (default: :func:`~neuroread.models.ct_hemorrhage.model.demo_weights_path`, which honours
     ``$NEUROREAD_WEIGHTS``) and return the report (held-out metrics, SHA-256, path)."""
     config = plan.config(model_name)  # an unknown model name raises here, before any work
     out = Path(out_path) if out_path is not None else demo_weights_path(model_name)

@@ -14,7 +14,7 @@ end to end from scratch on a few hundred phantom series it did not learn (held-o
 - Frozen afterwards (or frozen from the start with ImageNet weights, the paper's setting), the
   encoder gives each slice the same vector in every epoch, so :func:`encode_records` runs it
   once per slice (at the input size and zoomed) and the DrCT2 training only runs
-  :meth:`~models.ct_hemorrhage.network.DrCT2.decode` per step: minutes instead of hours on a
+  :meth:`~neuroread.models.ct_hemorrhage.network.DrCT2.decode` per step: minutes instead of hours on a
   CPU, the same model (a test checks decode against forward).
 
 Memory: :func:`encode_records` reads one record at a time and keeps only its vectors (2 × 512
@@ -35,9 +35,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from models.ct_hemorrhage.network import DrCT2
-from models.ct_hemorrhage.preprocess import to_input
-from training.datasets import StudyRecord
+from neuroread.models.ct_hemorrhage.network import DrCT2
+from neuroread.models.ct_hemorrhage.preprocess import to_input
+from neuroread.training.datasets import StudyRecord
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def pretrain_encoder(model: DrCT2, stacks: Sequence[SliceStack], *, epochs: int,
                      desc: str = "pre-train encoder") -> list[float]:
     """Train ``model.backbone`` on the labelled slices of ``stacks``; return the mean loss per epoch.
 
-    Runs under the caller's torch seed (:func:`training.train.deterministic`); ``seed`` draws
+    Runs under the caller's torch seed (:func:`neuroread.training.train.deterministic`); ``seed`` draws
     the slice order and the flips. The backbone is left in eval mode, with gradients only if
     the configuration does not freeze it.
     """

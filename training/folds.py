@@ -5,7 +5,7 @@ Splits are stratified on one study-level class per study, in practice the ``any`
 has no multi-label (iterative) stratification (its stratified splitters refuse a label
 matrix), so the rarer labels are balanced only as far as ``any`` carries them; with as few
 positives of a label as folds, a fold may lack it and its AUC there is undefined (see
-:mod:`training.metrics`).
+:mod:`neuroread.training.metrics`).
 
 With ``groups`` (a patient id per study) no patient has studies on both sides of a split:
 scikit-learn's ``StratifiedGroupKFold``, which keeps groups whole and balances the strata

@@ -3,7 +3,7 @@
 Classification (:func:`classification_metrics`): per-label precision, recall, F1 and ROC AUC
 with scikit-learn, and their macro averages (the unweighted mean over labels, the paper's
 "Macro-F1"). A label is called present when its probability is ``>= threshold``, the same rule
-as :class:`models.result.Finding`. A value that is undefined on the data (precision of a
+as :class:`neuroread.models.result.Finding`. A value that is undefined on the data (precision of a
 label never predicted, recall or AUC of a label with no positive study, AUC of a label
 with no negative one) is NaN, never a made-up 0 or 1; the macro averages leave it out,
 and the result names the labels concerned.
@@ -86,7 +86,7 @@ class ClassificationMetrics:
     undefined: dict[str, tuple[str, ...]]
 
     def to_dict(self) -> dict[str, float]:
-        """Flat ``name -> value`` for :attr:`models.spec.ModelCard.metrics`.
+        """Flat ``name -> value`` for :attr:`neuroread.models.spec.ModelCard.metrics`.
 
         Keys: ``n_studies``, ``precision_macro``, ``recall_macro``, ``f1_macro``, ``auc_macro``,
         and per label ``threshold.<label>``, ``support.<label>``, ``precision.<label>``,
@@ -251,7 +251,7 @@ class KeySliceResult:
     top5_lesion_fraction: float
 
     def to_dict(self) -> dict[str, float]:
-        """Flat ``name -> value`` for :attr:`models.spec.ModelCard.metrics`, keys prefixed
+        """Flat ``name -> value`` for :attr:`neuroread.models.spec.ModelCard.metrics`, keys prefixed
         ``key_slice.``; an undefined (NaN) accuracy is left out, its ``.n`` count (0) stays."""
         out = {
             "key_slice.easy": self.easy,

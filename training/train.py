@@ -1,23 +1,23 @@
-"""Training the head-CT hemorrhage network (DrCT2) from :class:`~training.datasets.StudyRecord`\\ s.
+"""Training the head-CT hemorrhage network (DrCT2) from :class:`~neuroread.training.datasets.StudyRecord`\\ s.
 
 The paper's recipe (Wang et al., Medical Physics 2022, section VI.A.1): fixed-length
-sampling with the unsampled slices as extra training series (:class:`~training.datasets.SeriesDataset`
+sampling with the unsampled slices as extra training series (:class:`~neuroread.training.datasets.SeriesDataset`
 with ``augment``), Adam with 0.0005 for the primary and fusion networks and 0.0003 for the
-APS network (:func:`~models.ct_hemorrhage.network.make_optimizer`), the loss of eq. 11-13
-(:func:`~models.ct_hemorrhage.network.drct2_loss`), 100 epochs, k-fold cross-validation
+APS network (:func:`~neuroread.models.ct_hemorrhage.network.make_optimizer`), the loss of eq. 11-13
+(:func:`~neuroread.models.ct_hemorrhage.network.drct2_loss`), 100 epochs, k-fold cross-validation
 (k = 10 for CQ500, 5 for RSNA) and the macro-F1 as the main metric.
 
 - :func:`train_once`: one model from training records (its encoder first pre-trained on the
   per-slice labels when asked, and trained on vectors encoded once when frozen:
-  :mod:`training.encoder`), evaluated on validation records:
+  :mod:`neuroread.training.encoder`), evaluated on validation records:
   classification metrics of the fusion probabilities and, on records with per-slice labels,
   the paper's three key-slice tasks and the top-5 lesion fraction from the slice attention
   (:func:`evaluate`).
-- :func:`cross_validate`: :func:`train_once` on each fold of :func:`~training.folds.kfold_splits`
+- :func:`cross_validate`: :func:`train_once` on each fold of :func:`~neuroread.training.folds.kfold_splits`
   (stratified on the ``any`` label, patients kept whole); per-fold and mean metrics.
 - :func:`train`: metrics from cross-validation (the final model is then trained on every
   record) or from one held-out fifth (the model is the one trained on the rest), written
-  with :func:`models.checkpoint.save_checkpoint` with its model card.
+  with :func:`neuroread.models.checkpoint.save_checkpoint` with its model card.
 
 **Determinism.** Everything runs under :func:`deterministic`: torch's global generator
 seeded (and restored afterwards), deterministic algorithms on, a seeded DataLoader generator
@@ -41,21 +41,21 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from models import ModelRegistry
-from models.checkpoint import save_checkpoint
-from models.ct_hemorrhage.model import ENTRIES, paper_config
-from models.ct_hemorrhage.network import DrCT2, DrCT2Config, DrCT2Loss, DrCT2Output, drct2_loss, make_optimizer
-from training.datasets import SeriesDataset, StudyRecord, collate
-from training.encoder import encode_records, load_slices, pretrain_encoder
-from training.folds import Split, holdout_split, kfold_splits
-from training.metrics import ClassificationMetrics, KeySliceResult, classification_metrics, key_slice_tasks
+from neuroread.models import ModelRegistry
+from neuroread.models.checkpoint import save_checkpoint
+from neuroread.models.ct_hemorrhage.model import ENTRIES, paper_config
+from neuroread.models.ct_hemorrhage.network import DrCT2, DrCT2Config, DrCT2Loss, DrCT2Output, drct2_loss, make_optimizer
+from neuroread.training.datasets import SeriesDataset, StudyRecord, collate
+from neuroread.training.encoder import encode_records, load_slices, pretrain_encoder
+from neuroread.training.folds import Split, holdout_split, kfold_splits
+from neuroread.training.metrics import ClassificationMetrics, KeySliceResult, classification_metrics, key_slice_tasks
 
 log = logging.getLogger(__name__)
 
 PRESETS = ("paper", "demo")
 # Encoder pre-training epochs on per-slice labels by preset: the demo encoder has no ImageNet
 # weights to start from (DrCT2Config.demo); three epochs over ~5,000 phantom slices take about 4
-# minutes on 2 CPU cores and gave the held-out numbers in training.demo (four: 15 minutes in all).
+# minutes on 2 CPU cores and gave the held-out numbers in neuroread.training.demo (four: 15 minutes in all).
 PRETRAIN_EPOCHS = {"demo": 3}
 
 
@@ -71,19 +71,19 @@ class TrainConfig:
     ``model`` is the registered model the weights are for; it fixes the label set, in order
     (``ct-hemorrhage``: RSNA's six, ``ct-hemorrhage-cq500``: CQ500's nine), and every record
     must carry exactly these labels. ``network`` is a preset name (``"paper"``: the model's
-    :func:`~models.ct_hemorrhage.model.paper_config`, m = 28 or 32 as the paper pairs them;
+    :func:`~neuroread.models.ct_hemorrhage.model.paper_config`, m = 28 or 32 as the paper pairs them;
     ``"demo"``: :meth:`DrCT2Config.demo`) or a :meth:`DrCT2Config.to_dict`-style dict
     (``n_labels`` may be left out: it follows the labels). ``augment`` adds the series built
     from unsampled slices to every epoch. ``threads`` sets torch's CPU threads while training
     (``None``: torch's default). ``backbone_weights`` is a local torchvision VGG16 file (needed
     by a frozen backbone such as the paper's). ``pretrain_epochs`` > 0 first trains the encoder
     on the records' per-slice labels for that many epochs with Adam at ``pretrain_lr``
-    (:func:`~training.encoder.pretrain_encoder`; in place of ImageNet weights, or on top of
+    (:func:`~neuroread.training.encoder.pretrain_encoder`; in place of ImageNet weights, or on top of
     them); ``None`` takes the preset's (:data:`PRETRAIN_EPOCHS`: 3 for ``"demo"``, else 0).
     ``device`` is a torch device (``"cuda"`` trains on a GPU).
 
     With a frozen encoder every slice is encoded once and the epochs train the rest of the
-    network on those vectors (:mod:`training.encoder`); otherwise each step runs the whole network.
+    network on those vectors (:mod:`neuroread.training.encoder`); otherwise each step runs the whole network.
     """
 
     model: str = "ct-hemorrhage"
@@ -416,7 +416,7 @@ class CrossValidation:
 
 def cross_validate(records: Sequence[StudyRecord], k: int, config: TrainConfig, *,
                    progress: bool = True) -> CrossValidation:
-    """Train and evaluate on each of ``k`` folds (:func:`~training.folds.kfold_splits`, seeded by
+    """Train and evaluate on each of ``k`` folds (:func:`~neuroread.training.folds.kfold_splits`, seeded by
     ``config.seed``, stratified on the lesion label, patients (``StudyRecord.group``) kept whole)."""
     strata, groups = _strata(records)
     splits = kfold_splits(strata, k, config.seed, groups)
@@ -459,7 +459,7 @@ def train(records: Sequence[StudyRecord], config: TrainConfig, out: Path, *, sou
 
     ``folds >= 2``: ``folds``-fold cross-validation gives the card's metrics (means over the
     folds), then the saved model is trained on every record. ``folds == 1``: one held-out
-    fifth (:func:`~training.folds.holdout_split`) gives the metrics and the saved model is
+    fifth (:func:`~neuroread.training.folds.holdout_split`) gives the metrics and the saved model is
     the one trained on the other four fifths. ``source`` says where the records come from
     (e.g. ``"RSNA stage_2_train.csv + /data/rsna"``); the card's ``training_data`` adds the
     counts, prevalences, training settings and how the metrics were obtained.

@@ -1,11 +1,11 @@
 """Benchmark: DrCT2 inference per head-CT series, paper and demo configurations, on this machine.
 
-    python -m models.ct_hemorrhage.bench                        # both presets, 3 timed runs each
-    python -m models.ct_hemorrhage.bench --presets demo --repeats 5 --slices 40
+    python -m neuroread.models.ct_hemorrhage.bench                        # both presets, 3 timed runs each
+    python -m neuroread.models.ct_hemorrhage.bench --presets demo --repeats 5 --slices 40
 
 For each preset, in a fresh subprocess (so that its peak memory is its own): a network with
 random weights (seeded; the speed does not depend on the values) saved as a checkpoint and
-loaded by :class:`~models.ct_hemorrhage.model.HemorrhageModel`, then ``predict`` on one series of
+loaded by :class:`~neuroread.models.ct_hemorrhage.model.HemorrhageModel`, then ``predict`` on one series of
 ``--slices`` 512×512 slices of head-like HU noise: windows, sampling, the three networks, the
 spatial maps of the key slices, the result. One untimed warm-up run, then ``--repeats`` timed
 ones (median reported). Printed per preset:
@@ -53,7 +53,7 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
 
 def _series(slices: int):
     """One series of head-like HU noise on a 512×512 grid, 5 mm slices."""
-    from models.result import SeriesVolume
+    from neuroread.models.result import SeriesVolume
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:512, :512]
@@ -68,10 +68,10 @@ def run_preset(preset: str, slices: int, repeats: int) -> dict:
     """Time ``predict`` for one preset in this process; returns the figures as a dict."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from models.checkpoint import save_checkpoint
-    from models.ct_hemorrhage.model import SPEC, HemorrhageModel
-    from models.ct_hemorrhage.network import DrCT2, DrCT2Config
-    from models.ct_hemorrhage.preprocess import prepare
+    from neuroread.models.checkpoint import save_checkpoint
+    from neuroread.models.ct_hemorrhage.model import SPEC, HemorrhageModel
+    from neuroread.models.ct_hemorrhage.network import DrCT2, DrCT2Config
+    from neuroread.models.ct_hemorrhage.preprocess import prepare
 
     labels = [lb.name for lb in SPEC.labels]
     config = DrCT2Config.paper(len(labels)) if preset == "paper" else DrCT2Config.demo(len(labels))
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.repeats} timed runs after one warm-up", flush=True)
     rows = []
     for preset in args.presets:
-        done = subprocess.run([sys.executable, "-m", "models.ct_hemorrhage.bench", "--one", preset, "--slices",
+        done = subprocess.run([sys.executable, "-m", "neuroread.models.ct_hemorrhage.bench", "--one", preset, "--slices",
                                str(args.slices), "--repeats", str(args.repeats), "--threads", str(args.threads)],
                               capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
         if done.returncode != 0:

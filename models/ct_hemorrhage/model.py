@@ -8,7 +8,7 @@ Two models share one implementation, :class:`HemorrhageModel`:
   m = 32), a plugin line away (:data:`ENTRY_CQ500`).
 
 The architecture (m, sizes, backbone) is not part of the spec: it comes with the weights, in
-the checkpoint's ``config`` (:class:`~models.ct_hemorrhage.network.DrCT2Config`), so paper and
+the checkpoint's ``config`` (:class:`~neuroread.models.ct_hemorrhage.network.DrCT2Config`), so paper and
 demo weights run through the same code. :func:`paper_config` gives the paper's for a model.
 
 **Label codes.** Every label carries a coded concept. The label keys (:data:`RSNA_KEYS`,
@@ -32,7 +32,7 @@ demo weights run through the same code. :func:`paper_config` gives the paper's f
   of its repeats (a sum would rank a slice higher only because the sampling repeated it);
 - one ``attention`` heatmap on the series' own grid: on each key slice, that slice's spatial
   map (feature-attention-weighted last convolutional maps, scaled to [0, 1]) mapped back
-  through the square padding and resizing of :func:`~models.ct_hemorrhage.preprocess.prepare`;
+  through the square padding and resizing of :func:`~neuroread.models.ct_hemorrhage.preprocess.prepare`;
   zero on every other slice;
 - a ``slice attention`` table with one row per sampled position, so the report can show the
   attention of every sampled slice.
@@ -127,7 +127,7 @@ def _torch_device(device: str) -> torch.device:
 
 
 def _to_series_grid(maps: torch.Tensor, rows: int, cols: int) -> np.ndarray:
-    """Undo :func:`~models.ct_hemorrhage.preprocess.resize_square` for maps [k, S, S]: bilinear
+    """Undo :func:`~neuroread.models.ct_hemorrhage.preprocess.resize_square` for maps [k, S, S]: bilinear
     back to the padded square's side, then the centred padding cropped off → float32 [k, rows, cols].
 
     Bilinear resampling of values in [0, 1] stays in [0, 1]; the clip only removes rounding.
@@ -143,7 +143,7 @@ def _to_series_grid(maps: torch.Tensor, rows: int, cols: int) -> np.ndarray:
 class HemorrhageModel:
     """DrCT2 behind the model contract, for one of :data:`SPEC` and :data:`SPEC_CQ500`.
 
-    ``load`` reads a checkpoint (:mod:`models.checkpoint`) whose labels are the spec's, in
+    ``load`` reads a checkpoint (:mod:`neuroread.models.checkpoint`) whose labels are the spec's, in
     order; ``predict`` runs the network in eval mode without gradients. Torch's thread count
     is left as the caller set it (the node sets it per worker).
     """
@@ -237,9 +237,9 @@ class HemorrhageModel:
                            key_slices=key_slices, heatmaps=(heatmap,), tables=(table,))
 
 
-# The node registers ENTRY by default (models.registry.default_registry). Both models read the
+# The node registers ENTRY by default (neuroread.models.registry.default_registry). Both models read the
 # same head CTs, so registering both would run both on every one: a site that wants CQ500's nine
-# labels adds ENTRY_CQ500 as a plugin (``plugins: [models.ct_hemorrhage.model:ENTRY_CQ500]``)
+# labels adds ENTRY_CQ500 as a plugin (``plugins: [neuroread.models.ct_hemorrhage.model:ENTRY_CQ500]``)
 # with its own weights. Training knows both (ENTRIES).
 ENTRY = ModelEntry(SPEC, functools.partial(HemorrhageModel, SPEC))
 ENTRY_CQ500 = ModelEntry(SPEC_CQ500, functools.partial(HemorrhageModel, SPEC_CQ500))

@@ -158,11 +158,11 @@ class DrCT2Config:
         normalisation after each convolution (torchvision's VGG16-BN variant), fewer slices and
         a lower resolution (128 zoomed to 256: the paper's zoom-in, at about half the scale).
         No ImageNet weights exist for this narrow encoder, so it is pre-trained on labelled
-        phantom slices in their place (:func:`training.encoder.pretrain_encoder`) and then
+        phantom slices in their place (:func:`neuroread.training.encoder.pretrain_encoder`) and then
         frozen, as the paper freezes its ImageNet VGG16. Everything else is the paper's.
 
         (Trained end to end from scratch instead, on the same phantoms and CPU budget, it did not
-        learn: held-out macro-F1 0.13, AUC 0.46; see :mod:`training.demo`.)
+        learn: held-out macro-F1 0.13, AUC 0.46; see :mod:`neuroread.training.demo`.)
         """
         if not _is_int(width_divisor) or width_divisor < 1:
             raise ValueError(f"width_divisor must be a positive integer, got {width_divisor!r}")
@@ -397,7 +397,7 @@ class DrCT2(nn.Module):
         ``vectors``: [B, m, C], :meth:`encode_slices`' first output for the m sampled slices;
         ``zoomed_vectors``: [B, m, C], its second output for the same slices (only the key
         slices' rows are read). With a frozen encoder the vectors never change, so training can
-        encode every slice once and run only this part per step (:mod:`training.encoder`).
+        encode every slice once and run only this part per step (:mod:`neuroread.training.encoder`).
         ``conv_maps`` of the result is ``None``.
         """
         cfg = self.config

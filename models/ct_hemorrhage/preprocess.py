@@ -153,7 +153,7 @@ def prepare(volume_hu: np.ndarray, m: int, size: int,
             windows: Sequence[Window] = WINDOWS) -> tuple[torch.Tensor, np.ndarray]:
     """Inference input of one series: (tensor ``[m, 3, size, size]`` float32 in [0, 1], the m
     sampled slice indices into ``volume_hu``). ``volume_hu``: ``[slices, rows, cols]`` in HU
-    (RescaleSlope/Intercept applied, e.g. :func:`node.infer.load_series`' array)."""
+    (RescaleSlope/Intercept applied, e.g. :func:`neuroread.node.infer.runner.load_series`' array)."""
     volume = np.asarray(volume_hu)
     if volume.ndim != 3:
         raise ValueError(f"expected a HU volume [slices, rows, cols], got shape {volume.shape}")

@@ -20,7 +20,7 @@ Destinations (built from plain dicts as YAML gives them: :func:`destination_from
     The two HTTP kinds share ``username`` + ``password`` (HTTP basic) or ``token`` (bearer),
     each also as ``password_env`` / ``token_env`` (an environment variable's name, so secrets
     need not sit in the YAML), ``ca_file`` or ``verify: false`` for https, and ``timeout``;
-    the session is :func:`node.dicomweb.http_session`.
+    the session is :func:`neuroread.node.intake.dicomweb.http_session`.
     Extension point: a new kind is a frozen dataclass with ``name``, ``from_dict`` and
     ``send(items) -> list[Outcome]`` (the :class:`Destination` protocol), listed in
     :data:`DESTINATION_TYPES`.
@@ -81,8 +81,8 @@ PostgreSQL by URL: portable types only, one unique constraint, no dialect-specif
 it. Time is injected (``clock``, ``now``), so tests need no sleeps.
 """
 from .destinations import DicomDestination, Destination, FolderDestination, Outcome, OutboxItem, TlsSettings, write_file
-from .kinds import DESTINATION_TYPES, destination_from_dict
-from .web import OrthancDestination, RestCall, StowRsDestination, stow_outcomes
+from neuroread.node.deliver.from_config import DESTINATION_TYPES, destination_from_dict
+from neuroread.node.deliver.http_destinations import OrthancDestination, RestCall, StowRsDestination, stow_outcomes
 from .outbox import STATES, Backoff, Deliverer, DeliveryReport, Outbox, State
 
 __all__ = ["DESTINATION_TYPES", "STATES", "Backoff", "Deliverer", "DeliveryReport", "DicomDestination",

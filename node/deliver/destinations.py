@@ -1,8 +1,8 @@
 """Destinations of the deliver stage: the values they exchange with the outbox, C-STORE SCU and
-folder (the HTTP kinds, STOW-RS and Orthanc REST, are :mod:`node.deliver.web`).
+folder (the HTTP kinds, STOW-RS and Orthanc REST, are :mod:`neuroread.node.deliver.http_destinations`).
 
-See :mod:`node.deliver` for the contract and each kind's outcome mapping; a new kind
-implements :class:`Destination` and is listed in :data:`node.deliver.kinds.DESTINATION_TYPES`.
+See :mod:`neuroread.node.deliver` for the contract and each kind's outcome mapping; a new kind
+implements :class:`Destination` and is listed in :data:`neuroread.node.deliver.from_config.DESTINATION_TYPES`.
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ from pynetdicom._globals import STATUS_SUCCESS, STATUS_WARNING
 from pynetdicom.association import Association
 from pynetdicom.status import code_to_category
 
-from node.durable import Writer, atomic_write, make_dirs, write_all
-from node.spool import InvalidUIDError, validate_uid
+from neuroread.node.spool.atomic import Writer, atomic_write, make_dirs, write_all
+from neuroread.node.spool.store import InvalidUIDError, validate_uid
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def _layout(root: Path, study: str, series: str, sop: str) -> Path:
 
 
 def write_file(root: Path, target: Path, data: bytes, *, fsync: bool = True, writer: Writer = write_all) -> None:
-    """``target`` (below ``root``) written durably, its new folders included (node.durable)."""
+    """``target`` (below ``root``) written durably, its new folders included (neuroread.node.spool.atomic)."""
     make_dirs(target.parent, root, fsync=fsync)
     atomic_write(target, data, fsync=fsync, writer=writer, temp_prefix=TEMP_PREFIX, temp_suffix=".tmp")
 

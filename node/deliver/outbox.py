@@ -1,6 +1,6 @@
 """The durable outbox of the deliver stage (SQL through SQLAlchemy) and its delivery thread.
 
-See :mod:`node.deliver` for the states and the retry rules.
+See :mod:`neuroread.node.deliver` for the states and the retry rules.
 """
 from __future__ import annotations
 

@@ -22,9 +22,9 @@ import logging
 
 import pydicom
 
-from models import ModelResult, ModelSpec
+from neuroread.models import ModelResult, ModelSpec
 
-from .common import DEMO_TEXT, KINDS, EncodeInfo, Job, freeze_dates, source_stamp
+from neuroread.node.encode.context import DEMO_TEXT, KINDS, EncodeInfo, Job, freeze_dates, source_stamp
 from .ko import build_key_objects
 from .pm import build_parametric_maps
 from .sc import build_secondary_captures
@@ -77,7 +77,7 @@ def encode_result(result: ModelResult, spec: ModelSpec, sources: dict[str, list[
     """Every result object of ``result`` (SR, KOS, SEGs, PMs, SCs), ready to validate and send.
 
     ``sources[slot]`` are the instances of the series that filled ``slot``, sorted as the
-    model's :class:`models.SeriesVolume` slices (slice k made from ``sources[slot][k]``), with
+    model's :class:`neuroread.models.SeriesVolume` slices (slice k made from ``sources[slot][k]``), with
     pixel data (the Secondary Captures draw key slices). Raises ``ValueError`` naming what does
     not fit (unknown slot, several studies, key slice not matching its instance, wrong grid).
     """

@@ -11,7 +11,7 @@ import highdicom as hd
 import pydicom
 from pydicom.sr.codedict import codes
 
-from .common import Job, freeze_dimension_uid, ensure_laterality
+from neuroread.node.encode.context import Job, freeze_dimension_uid, ensure_laterality
 
 _KIND_TEXT = {"attention": "attention", "gradcam": "Grad-CAM", "lrp": "LRP relevance",
               "mask": "mask", "instance_weight": "MIL instance weight"}

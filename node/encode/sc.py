@@ -16,10 +16,10 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from models import SLICE_ATTENTION_TABLE
+from neuroread.models import SLICE_ATTENTION_TABLE
 
-from . import render
-from .common import DEMO_TEXT, Job, ensure_laterality
+from neuroread.node.encode import pictures as render
+from neuroread.node.encode.context import DEMO_TEXT, Job, ensure_laterality
 
 _AXIS_LETTERS = (("L", "R"), ("P", "A"), ("H", "F"))
 
@@ -45,7 +45,7 @@ def _heat_for(job: Job, series_uid: str) -> np.ndarray | None:
 
 
 def _sampled_slices(job: Job) -> list[render.SampledSlice] | None:
-    """The rows of the result's slice-attention table (:data:`models.SLICE_ATTENTION_TABLE`) as
+    """The rows of the result's slice-attention table (:data:`neuroread.models.SLICE_ATTENTION_TABLE`) as
     windowed source slices with their attention, in the table's order; None without one."""
     table = next((t for t in job.result.tables if t.name == SLICE_ATTENTION_TABLE), None)
     if table is None or not table.rows:

@@ -12,7 +12,7 @@ import highdicom as hd
 import pydicom
 from pydicom.sr.coding import Code
 
-from .common import Job, freeze_dimension_uid
+from neuroread.node.encode.context import Job, freeze_dimension_uid
 
 ABNORMAL_STRUCTURE = Code("49755003", "SCT", "Morphologically Abnormal Structure")
 

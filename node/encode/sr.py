@@ -24,9 +24,9 @@ import pydicom
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from models import Code as ModelCode
+from neuroread.models import Code as ModelCode
 
-from .common import DEMO_TEXT, PRIVATE_SCHEME, Job
+from neuroread.node.encode.context import DEMO_TEXT, PRIVATE_SCHEME, Job
 from .seg import lesion_tracking
 
 PROBABILITY = Code("PROBABILITY", PRIVATE_SCHEME, "Probability of finding")

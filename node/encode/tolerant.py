@@ -147,7 +147,7 @@ SERIES_LEVEL = ("Modality",)
 def fill_series_level(datasets: list[Dataset]) -> list[Withheld]:
     """Give every instance of one series the series-level attributes (:data:`SERIES_LEVEL`) that
     some instances lack or leave empty, with the value most instances carry (routing decided on
-    the same agreement, :func:`node.agreement.series_consensus`). Returns one :class:`Withheld`
+    the same agreement, :func:`neuroread.node.assemble.consensus.series_consensus`). Returns one :class:`Withheld`
     (action ``"filled from the series"``) per attribute filled; nothing when none is missing."""
     out = []
     for keyword in SERIES_LEVEL:

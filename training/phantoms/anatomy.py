@@ -8,7 +8,7 @@ subcutaneous fat, air) are built here from a signed distance to a smooth brain e
 
 Everything is expressed in DICOM patient coordinates (LPS, millimetres): the template
 space is MNI space with x and y negated. Nothing here depends on a particular subject; a
-subject is a warp of these maps (see :mod:`training.phantoms.geometry`).
+subject is a warp of these maps (see :mod:`neuroread.training.phantoms.geometry`).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Benchmark: how long phantom sets take on this machine.
 
-    python -m training.phantoms.bench                 # small: 20 studies per task, all cores
-    python -m training.phantoms.bench --size full --n 2
+    python -m neuroread.training.phantoms.bench                 # small: 20 studies per task, all cores
+    python -m neuroread.training.phantoms.bench --size full --n 2
 
 Prints seconds per task and in total, and studies per second. Not a timed test: the issue's
 target is the small set (20 per task, all five tasks) in under two minutes on two cores.

@@ -23,11 +23,11 @@ SIZES = ("small", "full")
 
 # name -> module defining TASK; imported on first use so that one task's cost is not paid by all.
 _TASK_MODULES = {
-    "ct-hemorrhage": "training.phantoms.ct_hemorrhage",
-    "ms-csvd": "training.phantoms.ms_csvd",
-    "cmb-svd": "training.phantoms.cmb_svd",
-    "axspa-sij": "training.phantoms.axspa_sij",
-    "ad-lrp": "training.phantoms.ad_lrp",
+    "ct-hemorrhage": "neuroread.training.phantoms.ct_hemorrhage",
+    "ms-csvd": "neuroread.training.phantoms.ms_csvd",
+    "cmb-svd": "neuroread.training.phantoms.cmb_svd",
+    "axspa-sij": "neuroread.training.phantoms.axspa_sij",
+    "ad-lrp": "neuroread.training.phantoms.ad_lrp",
 }
 
 

@@ -2,7 +2,7 @@
 
 A task generator returns a :class:`Study`: the series (voxels on their own grids plus the
 acquisition attributes a scanner would write), the masks (each on one series' grid) and
-the truth. :mod:`training.phantoms.writer` turns it into DICOM files, NIfTI masks and a
+the truth. :mod:`neuroread.training.phantoms.writer` turns it into DICOM files, NIfTI masks and a
 ``truth.json``.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A phantom :class:`~training.phantoms.study.Study` as files, the way a PACS exports it.
+"""A phantom :class:`~neuroread.training.phantoms.study.Study` as files, the way a PACS exports it.
 
 One folder per study: one folder per series with one DICOM file per instance (CT Image or
 MR Image storage, explicit VR little endian), ``truth.json`` and ``masks/*.nii.gz`` (each

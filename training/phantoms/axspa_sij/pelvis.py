@@ -13,7 +13,7 @@ fraction, psoas, iliacus, piriformis through the greater sciatic notch, gluteal 
 fat planes, multifidus, pelvic fat with bowel loops, rectum and internal iliac vessels,
 subcutaneous fat with the gluteal cleft. Each subject has its own shape parameters
 (:class:`Pelvis`, drawn by :func:`random_pelvis`) and a random smooth warp
-(:class:`~training.phantoms.geometry.SubjectWarp`, scale and tilt included);
+(:class:`~neuroread.training.phantoms.geometry.SubjectWarp`, scale and tilt included);
 :mod:`.tissues` turns them into tissue fractions.
 """
 from __future__ import annotations

@@ -1,0 +1,122 @@
+"""What came back: a short summary of the result objects in a folder (``neuroread results DIR``).
+
+A PACS or a ``storescp`` folder holds the node's results as plain DICOM files. This reads them
+back the way a viewer would: files grouped by study, counted by kind (SR, KOS, SC, PM, SEG),
+and each Structured Report's findings (TID 1501 groups: finding type, Present/Absent, the
+probability) read with highdicom's SR classes. Demo weights are flagged as the results say.
+No patient names are printed: studies are named by their UIDs.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import highdicom as hd
+import pydicom
+from pydicom import uid
+from pydicom.errors import InvalidDicomError
+from pydicom.sr.codedict import codes
+
+from neuroread.node.encode.context import DEMO_TEXT
+from neuroread.node.encode.sr import PROBABILITY
+
+logger = logging.getLogger(__name__)
+HIGHDICOM = str(hd.ContributingEquipment.for_highdicom().ManufacturerModelName)
+
+KIND_NAMES = {
+    uid.Comprehensive3DSRStorage: "SR",
+    uid.ComprehensiveSRStorage: "SR",
+    uid.EnhancedSRStorage: "SR",
+    uid.KeyObjectSelectionDocumentStorage: "KOS",
+    uid.SecondaryCaptureImageStorage: "SC",
+    uid.ParametricMapStorage: "PM",
+    uid.SegmentationStorage: "SEG",
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    meaning: str
+    present: bool | None
+    probability: float | None
+
+
+@dataclass
+class StudyResults:
+    """The result objects of one study found in a folder."""
+
+    study_uid: str
+    models: set[str] = field(default_factory=set)
+    kinds: Counter = field(default_factory=Counter)
+    findings: list[tuple[str, Finding]] = field(default_factory=list)  # (model, finding)
+    demo: bool = False
+    files: list[Path] = field(default_factory=list)
+
+
+def _findings(path: Path) -> list[Finding]:
+    """The TID 1501 findings of the TID 1500 report in the SR file ``path``, via highdicom."""
+    out = []
+    for group in hd.sr.srread(path).content.get_image_measurement_groups():
+        kind = group.finding_type
+        if kind is None:
+            continue
+        evaluations = group.get_qualitative_evaluations(name=kind)
+        present = evaluations[0].value.meaning.lower() in ("present", "yes") if evaluations else None
+        probability = next((float(m.value) for m in group.get_measurements(name=PROBABILITY)), None)
+        out.append(Finding(kind.meaning, present, probability))
+    return out
+
+
+def summarize(folder: Path) -> list[StudyResults]:
+    """Every study with result objects under ``folder`` (searched recursively), in UID order.
+    Files that are not DICOM, and DICOM objects that are not results, are skipped."""
+    studies: dict[str, StudyResults] = {}
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError) as exc:
+            logger.debug("skipping %s: %s", path, exc)
+            continue
+        kind = KIND_NAMES.get(str(ds.get("SOPClassUID", "")))
+        if kind is None:
+            continue
+        study = studies.setdefault(str(ds.StudyInstanceUID), StudyResults(str(ds.StudyInstanceUID)))
+        study.kinds[kind] += 1
+        study.files.append(path)
+        models = []
+        for item in ds.get("ContributingEquipmentSequence", []):  # the models: processing equipment
+            purpose = item.get("PurposeOfReferenceCodeSequence", [])
+            if (purpose and purpose[0].get("CodeValue") == codes.DCM.ProcessingEquipment.value
+                    and item.get("ManufacturerModelName") != HIGHDICOM):  # the library that wrote the object
+                models.append(str(item.get("ManufacturerModelName", "")))
+                study.demo |= DEMO_TEXT in str(item.get("ContributionDescription", ""))
+        study.models.update(m for m in models if m)
+        if kind == "SR":
+            study.findings += [(models[0] if models else "", f) for f in _findings(path)]
+    return [studies[k] for k in sorted(studies)]
+
+
+def _describe(finding: Finding) -> str:
+    return finding.meaning if finding.probability is None else f"{finding.meaning} ({finding.probability:.2f})"
+
+
+def render(studies: list[StudyResults], folder: Path) -> str:
+    """The summary as text: per study, its models, findings (present ones first) and file counts."""
+    if not studies:
+        return f"no result objects under {folder}"
+    lines = []
+    for study in studies:
+        counts = ", ".join(f"{study.kinds[k]} {k}" for k in ("SR", "KOS", "SC", "PM", "SEG") if study.kinds[k])
+        lines.append(f"study {study.study_uid}: {', '.join(sorted(study.models)) or 'no model named'} - {counts}")
+        if study.demo:
+            lines.append(f"  {DEMO_TEXT}")
+        present = [f for _, f in study.findings if f.present]
+        lines.append("  may have: " + (", ".join(map(_describe, present)) if present else "none of the findings"))
+        absent = [f for _, f in study.findings if not f.present]
+        if absent:
+            lines.append("  not found: " + ", ".join(map(_describe, absent)))
+        where = sorted({str(p.parent) for p in study.files})
+        lines.append(f"  files: {', '.join(where)}")
+    return "\n".join(lines)

@@ -1,0 +1,39 @@
+"""Result UIDs are a promise to the PACS: the same input and weights give the same UIDs, in
+this release and the next. The golden file was written by the code before the move into the
+``neuroread`` namespace (issue 13); a refactor that changes how a UID is derived fails here.
+
+The input is the first small ct-hemorrhage phantom (seed 7, deterministic UIDs) and the model
+is the tiny test network (weights from a fixed seed, so their hash is the same on every CPU).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pydicom
+
+from neuroread.models import ModelRegistry
+from neuroread.node.config import parse_config
+from neuroread.node.app.run_files import run_files
+from support.tiny_model import ENTRY
+
+GOLDEN = Path(__file__).parent / "data" / "result_uids.json"
+
+
+def _uids(files: list[Path]) -> list[list[str]]:
+    rows = []
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        rows.append([str(ds.SOPClassUID), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)])
+    return sorted(rows)
+
+
+def test_result_uids_match_the_golden_file(tmp_path, head_ct):
+    folder = head_ct[0].parent
+    config = parse_config({"storage": {"root": str(tmp_path / "data")}}, tmp_path)
+    got = _uids(run_files([folder], tmp_path / "out", config, ModelRegistry([ENTRY])))
+    assert len(got) >= 5
+    if os.environ.get("NEUROREAD_WRITE_GOLDEN") == "1":
+        GOLDEN.write_text(json.dumps(got, indent=1) + "\n")
+    assert got == json.loads(GOLDEN.read_text())

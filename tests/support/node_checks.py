@@ -1,0 +1,61 @@
+"""Checks shared by the tests that run the whole node: SOP classes of the results, sending with
+dcmtk's storescu, waiting, and what a result refers to."""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pydicom
+import pytest
+
+from neuroread.node.tools.dcmtk import dcmtk_tool
+
+SR = "1.2.840.10008.5.1.4.1.1.88.34"
+KO = "1.2.840.10008.5.1.4.1.1.88.59"
+SEG = "1.2.840.10008.5.1.4.1.1.66.4"
+PM = "1.2.840.10008.5.1.4.1.1.30"
+SC = "1.2.840.10008.5.1.4.1.1.7"
+KINDS = {SR, KO, SEG, PM, SC}
+
+def storescu(port: int, files) -> None:
+    proc = subprocess.run([dcmtk_tool("storescu"), "-aet", "STORESCU", "-aec", "NEUROREAD", "127.0.0.1", str(port),
+                           *map(str, files)], env={**os.environ, "TCP_NODELAY": "1"},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def wait_for(check, timeout: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.25)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def referenced_uids(ds: pydicom.Dataset) -> set[str]:
+    """Every UID value anywhere in ``ds`` (nested sequences included)."""
+    out: set[str] = set()
+    for elem in ds.iterall():
+        if elem.VR == "UI" and elem.value:
+            out.update(map(str, elem.value if elem.VM > 1 else [elem.value]))
+    return out
+
+
+def refers_to_source(ds: pydicom.Dataset, info: dict) -> bool:
+    refs = referenced_uids(ds)
+    return info["series_instance_uid"] in refs or bool(refs & set(info["sop_instance_uids"]))
+
+
+def delivered_outputs(node, storescp) -> list[pydicom.Dataset] | None:
+    """Every output the first job's outbox event lists, read from storescp once all were sent;
+    None before. storescp answers a C-STORE once its file is written, so "sent" means whole (a
+    file read while storescp still writes it can parse with pixel bytes taken for elements)."""
+    jobs = node.store.list()
+    outbox = [e for e in node.store.audit_trail(jobs[0].id) if e.event == "outbox"] if jobs else []
+    if not outbox or [i.state for i in node.outbox.status(str(jobs[0].id))] != ["sent"] * len(
+            outbox[0].detail["outputs"]):
+        return None
+    return [pydicom.dcmread(p) for p in storescp.files()]

@@ -1,0 +1,204 @@
+"""Encode: a tiny model's result on a phantom CT becomes valid, deterministic DICOM objects."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import io
+
+import numpy as np
+import pydicom
+import pytest
+
+from neuroread.models import Table
+from neuroread.node.encode import DEMO_TEXT, EncodeInfo, derive_uid, encode_result, validate
+
+from support.tiny_model import SPEC
+
+SC = "1.2.840.10008.5.1.4.1.1.7"
+SR = "1.2.840.10008.5.1.4.1.1.88.34"
+KO = "1.2.840.10008.5.1.4.1.1.88.59"
+SEG = "1.2.840.10008.5.1.4.1.1.66.4"
+PM = "1.2.840.10008.5.1.4.1.1.30"
+INFO = EncodeInfo(manufacturer="neuroread", device_name="neuroread test node", software_version="0.1.0")
+
+
+@pytest.fixture(scope="module")
+def case(ct_case):
+    """(result, sources sorted as the volume) for the first ct-hemorrhage phantom.
+
+    The tiny model's result (with the second lesion from ``ct_case``) gets a table too, so
+    that segment numbering and region groups are exercised.
+    """
+    vol, sources, result = ct_case
+    table = Table("relevance per region", ("region", "relevance", "voxels"), (("frontal", 0.4, 120), ("occipital", 0.1, 80)))
+    result = dataclasses.replace(result, tables=(table,))
+    result.check(SPEC, {"ct": vol})
+    return result, sources
+
+
+@pytest.fixture(scope="module")
+def objects(case):
+    result, sources = case
+    return encode_result(result, SPEC, {"ct": sources}, node_info=INFO)
+
+
+def _by_class(objects, uid):
+    return [ds for ds in objects if ds.SOPClassUID == uid]
+
+
+def _items(seq_owner):
+    for item in seq_owner.get("ContentSequence", []):
+        yield item
+        yield from _items(item)
+
+
+def _bytes(ds) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_every_kind_passes_dciodvfy(objects, dciodvfy):
+    kinds = {ds.SOPClassUID for ds in objects}
+    assert kinds == {SR, KO, SEG, PM, SC}
+    for ds in objects:
+        assert validate(ds, dciodvfy=dciodvfy) == [], ds.SOPClassUID.name
+
+
+def test_validate_reports_errors_of_a_broken_object(objects, dciodvfy):
+    broken = copy.deepcopy(_by_class(objects, KO)[0])
+    del broken.ContentSequence
+    del broken.SeriesInstanceUID
+    errors = validate(broken, dciodvfy=dciodvfy)
+    assert errors and all(e.startswith(("Error", "Abort")) for e in errors)
+
+
+def test_objects_join_the_source_study_one_series_per_kind(case, objects):
+    _, sources = case
+    src = sources[0]
+    series = {}
+    for ds in objects:
+        assert ds.StudyInstanceUID == src.StudyInstanceUID
+        assert ds.PatientID == src.PatientID and ds.PatientName == src.PatientName
+        assert ds.AccessionNumber == src.AccessionNumber
+        series.setdefault(ds.SOPClassUID, set()).add((ds.SeriesInstanceUID, ds.SeriesNumber))
+    assert all(len(v) == 1 for v in series.values())
+    assert len({next(iter(v))[0] for v in series.values()}) == 5
+    assert src.SeriesInstanceUID not in {next(iter(v))[0] for v in series.values()}
+    assert len({ds.SOPInstanceUID for ds in objects}) == len(objects)
+
+
+def test_objects_reference_the_right_source_instances(case, objects):
+    result, sources = case
+    source_uids = [ds.SOPInstanceUID for ds in sources]
+    (sr,) = _by_class(objects, SR)
+    evidence = {ref.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
+                for ser in s.ReferencedSeriesSequence for ref in ser.ReferencedSOPSequence}
+    assert set(source_uids) <= evidence
+    assert set(_by_class(objects, SEG)[0].SOPInstanceUID for _ in [0]) <= evidence
+    sr_refs = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in _items(sr) if i.ValueType == "IMAGE"}
+    assert {k.sop_instance_uid for k in result.key_slices} <= sr_refs
+
+    (ko,) = _by_class(objects, KO)
+    ko_refs = [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in ko.ContentSequence if i.ValueType == "IMAGE"]
+    assert ko_refs == [k.sop_instance_uid for k in sorted(result.key_slices, key=lambda k: k.rank)]
+    assert ko.ConceptNameCodeSequence[0].CodeValue == "113000"
+
+    (seg,) = _by_class(objects, SEG)
+    assert len(seg.SegmentSequence) == len(result.lesions)
+    covered = {source_uids[k] for les in result.lesions for k in np.flatnonzero(les.mask.any(axis=(1, 2)))}
+    frame_refs = {f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+                  for f in seg.PerFrameFunctionalGroupsSequence}
+    assert frame_refs == covered
+    assert [s.SegmentedPropertyTypeCodeSequence[0].CodeValue for s in seg.SegmentSequence] == \
+        [les.code.value for les in result.lesions]
+
+    (pm,) = _by_class(objects, PM)
+    pm_refs = [f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+               for f in pm.PerFrameFunctionalGroupsSequence]
+    assert sorted(pm_refs) == sorted(source_uids)
+    assert pm.FloatPixelData and pm.BitsAllocated == 32
+
+    overlays = [ds for ds in _by_class(objects, SC) if "SourceImageSequence" in ds]
+    assert [ds.SourceImageSequence[0].ReferencedSOPInstanceUID for ds in overlays] == ko_refs
+
+
+def test_sr_carries_findings_lesion_volumes_tables_and_algorithm(case, objects):
+    result, _ = case
+    (sr,) = _by_class(objects, SR)
+    items = list(_items(sr))
+    nums = [(i.ConceptNameCodeSequence[0].CodeMeaning, float(i.MeasuredValueSequence[0].NumericValue),
+             i.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue)
+            for i in items if i.ValueType == "NUM"]
+    for les in result.lesions:
+        assert any(m == "Volume" and u == "mm3" and v == pytest.approx(les.volume_mm3, rel=1e-6) for m, v, u in nums)
+    finding = result.findings[0]
+    assert any(u == "{probability}" and v == pytest.approx(finding.probability, rel=1e-6) for _, v, u in nums)
+    assert sum(m == "relevance" for m, _, _ in nums) == 2
+    codes = [(i.ConceptNameCodeSequence[0].CodeValue, i.ConceptCodeSequence[0].CodeMeaning)
+             for i in items if i.ValueType == "CODE"]
+    assert (finding.code.value, "Present" if finding.present else "Absent") in codes
+    texts = [i.TextValue for i in items if i.ValueType == "TEXT"]
+    assert "tiny-test" in texts and "0.1.0" in texts  # TID 4019 algorithm name and version
+    refs = [i for i in items if i.ValueType == "IMAGE" and i.ReferencedSOPSequence[0].ReferencedSOPClassUID == SEG]
+    assert sorted(i.ReferencedSOPSequence[0].ReferencedSegmentNumber for i in refs) == [1, 2]
+    algorithm = [(e.ManufacturerModelName, e.SoftwareVersions) for e in sr.ContributingEquipmentSequence
+                 if e.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"]  # Processing Equipment
+    assert ("tiny-test", "0.1.0") in algorithm
+
+
+def test_demo_weights_are_stated_in_the_sr_and_burned_into_the_pictures(case, objects):
+    result, sources = case
+    (sr,) = _by_class(objects, SR)
+    texts = [i.TextValue for i in _items(sr) if i.ValueType == "TEXT"]
+    assert any(DEMO_TEXT in t and "synthetic" in t for t in texts)
+    scs = _by_class(objects, SC)
+    assert all(ds.BurnedInAnnotation == "YES" for ds in scs)
+
+    real = dataclasses.replace(result, card=dataclasses.replace(result.card, demo=False))
+    again = encode_result(real, SPEC, {"ct": sources}, node_info=INFO)
+    (sr2,) = _by_class(again, SR)
+    assert not any(DEMO_TEXT in i.TextValue for i in _items(sr2) if i.ValueType == "TEXT")
+    pages = [ds.pixel_array for ds in scs], [ds.pixel_array for ds in _by_class(again, SC)]
+    for demo_pixels, plain_pixels in zip(*pages):
+        assert not np.array_equal(demo_pixels, plain_pixels)
+
+
+def test_encoding_twice_gives_identical_objects(case, objects):
+    result, sources = case
+    again = encode_result(result, SPEC, {"ct": list(sources)}, node_info=INFO)
+    assert [ds.SOPInstanceUID for ds in again] == [ds.SOPInstanceUID for ds in objects]
+    assert [_bytes(ds) for ds in again] == [_bytes(ds) for ds in objects]  # no wall-clock dates
+    src = sources[0]
+    written = [pydicom.dcmread(io.BytesIO(_bytes(ds))) for ds in objects]
+    assert {(ds.InstanceCreationDate, ds.InstanceCreationTime) for ds in written} == {(src.ContentDate, src.ContentTime)}
+    assert {(ds.SeriesDate, ds.SeriesTime) for ds in written} == {(src.ContentDate, src.ContentTime)}  # viewers sort by it
+
+
+def test_uids_depend_on_every_input_and_fit_dicom():
+    base = derive_uid(["1.2.3", "1.2.4"], "m", "1.0.0", "sr", "instance", 0)
+    assert base == derive_uid(["1.2.4", "1.2.3"], "m", "1.0.0", "sr", "instance", 0)
+    others = {derive_uid(["1.2.3"], "m", "1.0.0", "sr", "instance", 0),
+              derive_uid(["1.2.3", "1.2.4"], "m", "1.0.1", "sr", "instance", 0),
+              derive_uid(["1.2.3", "1.2.4"], "m", "1.0.0", "ko", "instance", 0),
+              derive_uid(["1.2.3", "1.2.4"], "m", "1.0.0", "sr", "instance", 1)}
+    assert base not in others and len(others) == 4
+    assert base.startswith("2.25.") and len(base) <= 64
+    with pytest.raises(ValueError, match="invalid UID"):
+        derive_uid(["../x"], "m", "1.0.0", "sr", "instance")
+
+
+def test_encode_refuses_sources_that_do_not_fit(case):
+    result, sources = case
+    with pytest.raises(ValueError, match="sorted as the model's volume"):
+        encode_result(result, SPEC, {"ct": sources[::-1]}, node_info=INFO)
+    with pytest.raises(ValueError, match="no input slot 't1'"):
+        encode_result(result, SPEC, {"t1": sources}, node_info=INFO)
+    with pytest.raises(ValueError, match="is not its series' grid"):
+        h = result.heatmaps[0]
+        bad = dataclasses.replace(result, heatmaps=(dataclasses.replace(h, array=h.array[:, :-1]),))
+        encode_result(bad, SPEC, {"ct": sources}, node_info=INFO)
+    with pytest.raises(ValueError, match="EncodeInfo.manufacturer"):
+        EncodeInfo(manufacturer="")
+    with pytest.raises(ValueError, match="EncodeInfo.device_name"):
+        EncodeInfo(device_name="x" * 65)
