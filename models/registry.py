@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from importlib import metadata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 

@@ -171,8 +171,8 @@ def bare_pynetdicom_scp(port: int, folder: Path) -> None:
     from pynetdicom import AE, AllStoragePresentationContexts, evt
     from pynetdicom.sop_class import Verification
 
-    from neuroread.node.spool.atomic import atomic_write
-    from neuroread.node.receive.dimse import TRANSFER_SYNTAXES
+    from neuroread.node.receive import TRANSFER_SYNTAXES
+    from neuroread.node.spool import atomic_write
 
     def store(event: evt.Event) -> int:
         atomic_write(folder / f"{event.request.AffectedSOPInstanceUID}.dcm", event.encoded_dataset(), fsync=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from neuroread.node.deliver.destinations import OutboxItem
+    from neuroread.node.deliver import OutboxItem
 
 logger = logging.getLogger("neuroread")
 
@@ -203,7 +203,7 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
     import yaml
 
     from neuroread.node.deliver import destination_from_dict
-    from neuroread.node.route.rules import load_routes
+    from neuroread.node.route import load_routes
 
     config = _config(args)
     registry = _registry(config)
@@ -218,8 +218,8 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_route_explain(args: argparse.Namespace) -> int:
-    from neuroread.node.app.node import build_routes
-    from neuroread.node.route.rules import explain_path
+    from neuroread.node.app import build_routes
+    from neuroread.node.route import explain_path
 
     config = _config(args)
     print(explain_path(Path(args.path), build_routes(config, _registry(config))))
@@ -230,7 +230,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from neuroread.node.app.node import Node
+    from neuroread.node.app import Node
 
     config = _config(args)
     registry = _registry(config)
@@ -269,8 +269,9 @@ def _pull(args: argparse.Namespace, folder: Path) -> None:
     """Fetch every --study from --dicomweb into ``folder`` (neuroread.node.intake.dicomweb.pull_study)."""
     import os
 
-    from neuroread.node.intake.dicomweb import HttpAuth, pull_study
-    from neuroread.node.spool.store import validate_uid
+    from neuroread.node.http import HttpAuth
+    from neuroread.node.intake import pull_study
+    from neuroread.node.spool import validate_uid
 
     studies = [validate_uid(uid, "--study") for uid in dict.fromkeys(args.study)]  # all, before any pull
     if args.user is not None:
@@ -292,8 +293,8 @@ def _pull(args: argparse.Namespace, folder: Path) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     import tempfile
 
-    from neuroread.node.intake.dicomweb import DicomWebError
-    from neuroread.node.app.run_files import run_files
+    from neuroread.node.app import run_files
+    from neuroread.node.intake import DicomWebError
 
     if bool(args.paths) == bool(args.dicomweb):
         raise ValueError("give either PATH... (files or folders) or --dicomweb URL with --study UID, not both")
@@ -328,7 +329,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_jobs(args: argparse.Namespace) -> int:
     from sqlalchemy.engine import make_url
 
-    from neuroread.node.jobs.store import JobStore
+    from neuroread.node.jobs import JobStore
 
     config = _config(args)
     url = config.queue.database
@@ -348,7 +349,7 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
                       f"attempts={job.attempts}  {job.updated:%Y-%m-%d %H:%M:%S}{reason}")
             return 0
         if args.action == "unrouted":
-            from neuroread.node.app.node import routing_records
+            from neuroread.node.app import routing_records
 
             series, studies = routing_records(store.engine)
             if not series and not studies:
@@ -464,7 +465,7 @@ def _delivery_lines(items: list[OutboxItem], kinds: dict[str, str]) -> list[str]
 def _cmd_quarantine(args: argparse.Namespace) -> int:
     import json
 
-    from neuroread.node.spool.quarantine import Quarantine
+    from neuroread.node.spool import Quarantine
 
     config = _config(args)
     quarantine = Quarantine(config.storage.quarantine)

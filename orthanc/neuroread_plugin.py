@@ -20,11 +20,14 @@ REST routes (Orthanc's authentication applies):
     GET  /neuroread/unrouted              series no model took, with the reasons
 
 The plugin runs in Orthanc's embedded Python (Debian: the system Python 3.11), so the
-``NeuroRead.PythonPath`` setting names neuroread's environment (its site-packages) and
-checkout, added to ``sys.path`` before anything of neuroread is imported.
+``NeuroRead.PythonPath`` setting names neuroread's environment (its site-packages), added as a
+site directory (``site.addsitedir``: its ``.pth`` files, e.g. an editable install's, are
+honoured) before anything of neuroread is imported. The checkout itself is not put on the
+path: only the ``neuroread`` namespace enters Orthanc's shared interpreter.
 """
 import json
 import logging
+import site
 import sys
 
 import orthanc
@@ -72,27 +75,36 @@ def _error_status(exc):
     return 500
 
 
+def _add_site_dirs(paths):
+    """Each folder as a site directory, ahead of Orthanc's own: its ``.pth`` files are honoured
+    (an editable install of neuroread is one, a finder that maps ``neuroread.*`` to the
+    checkout), and its packages win over the system's (the environment's pinned numpy, torch)."""
+    before = list(sys.path)
+    for path in paths:
+        site.addsitedir(path)
+    added = [p for p in sys.path if p not in before]
+    sys.path[:] = added + before
+
+
 SETTINGS = _settings()
-sys.path[:0] = [p for p in SETTINGS.get("PythonPath", []) if p not in sys.path]
+_add_site_dirs(SETTINGS.get("PythonPath", []))
 
 try:  # only importable once PythonPath is on sys.path
-    from neuroread.node.app.node import Node
+    from neuroread.models import default_registry
+    from neuroread.node.app import Node, list_jobs, retry_job, show_job, unrouted
     from neuroread.node.config import load_config
     from neuroread.node.deliver import OrthancDestination
-    from neuroread.node.app.job_queries import list_jobs, retry_job, show_job, unrouted
-    from neuroread.node.intake.orthanc import OrthancGone, OrthancIntake, OrthancUnavailable
-    from neuroread.models import default_registry
+    from neuroread.node.intake import OrthancGone, OrthancIntake, OrthancUnavailable
 except ImportError as exc:
     raise RuntimeError(f"neuroread plugin: cannot import {exc.name or exc}: {SECTION}.PythonPath must list "
-                       "neuroread's environment (its .venv/lib/python3.11/site-packages) and its checkout; "
-                       "`neuroread orthanc-config` writes both") from exc
+                       "neuroread's environment (its .venv/lib/python3.11/site-packages), where neuroread "
+                       "is installed; `neuroread orthanc-config` writes it") from exc
 
 logger = logging.getLogger("neuroread.orthanc")
 _handler = _OrthancLog()
 _handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-for _name in ("node", "models", "neuroread"):
-    logging.getLogger(_name).addHandler(_handler)
-    logging.getLogger(_name).setLevel(logging.INFO)
+logging.getLogger("neuroread").addHandler(_handler)  # one logger tree: neuroread.*
+logging.getLogger("neuroread").setLevel(logging.INFO)
 
 
 def _get(path):

@@ -77,7 +77,7 @@ def ct_case(phantom_sets):
     import pydicom
 
     from neuroread.models import Code, Lesion
-    from neuroread.node.infer.runner import load_series
+    from neuroread.models.volume import load_series
     from support.tiny_model import ENTRY
 
     study = sorted(p.parent for p in phantom_sets["ct-hemorrhage"].glob("*/truth.json"))[0]

@@ -53,7 +53,7 @@ from tqdm import tqdm
 
 from neuroread.models import SeriesVolume
 from neuroread.models.ct_hemorrhage.preprocess import WINDOWS, Window, augmentation_sets, sample_indices, to_input
-from neuroread.node.infer.runner import load_series
+from neuroread.models.volume import load_series
 
 log = logging.getLogger(__name__)
 

@@ -44,7 +44,14 @@ from tqdm import tqdm
 from neuroread.models import ModelRegistry
 from neuroread.models.checkpoint import save_checkpoint
 from neuroread.models.ct_hemorrhage.model import ENTRIES, paper_config
-from neuroread.models.ct_hemorrhage.network import DrCT2, DrCT2Config, DrCT2Loss, DrCT2Output, drct2_loss, make_optimizer
+from neuroread.models.ct_hemorrhage.network import (
+    DrCT2,
+    DrCT2Config,
+    DrCT2Loss,
+    DrCT2Output,
+    drct2_loss,
+    make_optimizer,
+)
 from neuroread.training.datasets import SeriesDataset, StudyRecord, collate
 from neuroread.training.encoder import encode_records, load_slices, pretrain_encoder
 from neuroread.training.folds import Split, holdout_split, kfold_splits

@@ -21,9 +21,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from neuroread.node.app.node import routing_records
 from neuroread.node.deliver import Outbox
-from neuroread.node.jobs.store import STATES, Job, JobStateError, JobStore
+from neuroread.node.jobs import STATES, Job, JobStateError, JobStore
+
+from .routing import routing_records
 
 
 def _time(value: datetime | None) -> str | None:

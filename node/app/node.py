@@ -16,7 +16,7 @@ encode → validate → outbox → deliver), and the same pipeline on files with
       from the study's series and enqueues one job per (study, model) (rules below);
     * a :class:`~neuroread.node.jobs.store.WorkerPool` runs each job: :func:`~neuroread.node.infer.runner.load_series` for
       every slot, :meth:`ModelRunner.run` on {slot: volume}, :func:`~neuroread.node.encode.encode_result`
-      with every slot's sources, :func:`~neuroread.node.encode.validate` on every object (one error: the
+      with every slot's sources, :func:`~neuroread.node.encode.dciodvfy` on every object (one error: the
       job fails, nothing is sent), then :meth:`Outbox.add` to the destinations its routes name
       (the union over its slots, in slot order; every configured destination when none names
       any) and an ``outbox`` audit event (every slot's series → model, version, weights →
@@ -47,224 +47,54 @@ Threshold overrides (``models: {name: {thresholds: {label: t}}}``) are applied b
 the findings' ``present`` flags, the SR and the report page carry the configured thresholds.
 
 The same route → infer → encode → validate path on files, without a network, is
-:func:`neuroread.node.app.run_files.run_files` (``neuroread run``); it shares this module's building blocks
+:func:`neuroread.node.app.offline.run_files` (``neuroread run``); it shares this module's building blocks
 (:func:`build_routes`, :func:`make_runner`, :func:`decide`, :func:`process_inputs`).
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-import ssl
 import threading
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import pydicom
 import sqlalchemy as sa
 
-from neuroread.models import ModelRegistry, ModelResult, ModelSpec
-
-from neuroread.node.assemble.assembler import Assembler, CompleteSeries, CompleteStudy
-from neuroread.node.config import Config, TLSConfig
-from neuroread.node.deliver import Backoff, Deliverer, Outbox, destination_from_dict
-from neuroread.node.deliver.destinations import Destination
-from neuroread.node.encode import EncodeInfo, encode_result, find_dciodvfy, validate
-from neuroread.node.encode.tolerant import Withheld, fill_series_level, withhold_invalid_all
-from neuroread.node.infer.runner import ModelRunner, SeriesError, load_series
-from neuroread.node.jobs.store import Job, JobError, JobOutcome, JobStore, WorkerPool, utc_now
-from neuroread.node.spool.quarantine import Quarantine
+from neuroread.models import ModelRegistry
+from neuroread.node.assemble import Assembler, CompleteSeries, CompleteStudy, read_header_or_none, series_consensus
+from neuroread.node.config import Config
+from neuroread.node.deliver import Backoff, Deliverer, Destination, Outbox
+from neuroread.node.encode import find_dciodvfy
+from neuroread.node.infer import ModelRunner
+from neuroread.node.jobs import Job, JobOutcome, JobStore, WorkerPool
 from neuroread.node.malformed import MAX_SEQUENCE_DEPTH, PARSE_ERRORS, sequence_too_deep
-from neuroread.node.receive.dimse import Peer, StorageSCP
+from neuroread.node.receive import Peer, StorageSCP, StowReceiver
 from neuroread.node.redact import describe_error, redact
 from neuroread.node.redact import install as install_log_redaction
-from neuroread.node.assemble.consensus import read_header_or_none, series_consensus
-from neuroread.node.route.rules import Route, RouteDecision, default_routes, load_routes, match_series
-from neuroread.node.route.study_slots import Candidate, fill_slots
-from neuroread.node.spool.store import InstanceRecord, SeriesStudyConflictError, Spool, validate_uid
-from neuroread.node.receive.stow import StowReceiver
+from neuroread.node.route import Candidate, fill_slots
+from neuroread.node.schema import utc_now
+from neuroread.node.spool import InstanceRecord, Quarantine, SeriesStudyConflictError, Spool, validate_uid
+
+from .build import (
+    build_destinations,
+    build_routes,
+    decide,
+    encode_info,
+    make_runner,
+    multi_series_specs,
+    server_ssl_context,
+)
+from .job import JobContext, run_job
+from .routing import RoutingRecords
 
 logger = logging.getLogger(__name__)
-
-_routing_metadata = sa.MetaData()
-routing_table = sa.Table(
-    "routing", _routing_metadata,
-    sa.Column("series_uid", sa.String(64), primary_key=True),
-    sa.Column("study_uid", sa.String(64), nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),  # routed | unrouted
-    sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
-)
-study_routing_table = sa.Table(
-    "study_routing", _routing_metadata,
-    sa.Column("study_uid", sa.String(64), primary_key=True),
-    sa.Column("model", sa.String(64), primary_key=True),
-    sa.Column("state", sa.String(16), nullable=False),  # routed (job_id set) | incomplete
-    sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("job_id", sa.Integer, nullable=True),
-    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
-)
-
-
-def routing_records(engine: sa.Engine) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """What did not become a job, newest first: series recorded ``unrouted`` and (study, model)
-    pairs recorded ``incomplete``, each with its reason (``neuroread jobs unrouted``)."""
-    if not sa.inspect(engine).has_table(routing_table.name):
-        return [], []  # a database the node has not run on yet
-    with engine.connect() as conn:
-        series = conn.execute(routing_table.select().where(routing_table.c.state == "unrouted")
-                              .order_by(routing_table.c.at.desc())).mappings().all()
-        studies = conn.execute(study_routing_table.select().where(study_routing_table.c.state == "incomplete")
-                               .order_by(study_routing_table.c.at.desc())).mappings().all()
-    return [dict(r) for r in series], [dict(r) for r in studies]
-
-
-class PipelineError(Exception):
-    """One job that could not go through the pipeline; the message says why (UIDs, no names)."""
-
-    def __init__(self, reason: str, *, retryable: bool = False) -> None:
-        super().__init__(reason)
-        self.reason, self.retryable = reason, retryable
-
-
-# -- routing and slot filling, shared by the node and run_files --------------------------------------
-def build_routes(config: Config, registry: ModelRegistry) -> tuple[Route, ...]:
-    """Configured routes first (checked against the registry and destinations), then each
-    registry model's default routes (sorted by priority in :func:`match_series`)."""
-    specs = {name: registry.spec(name) for name in registry.names()}
-    routes = load_routes(list(config.routes), specs, destinations=list(config.destinations))
-    for spec in specs.values():
-        routes += default_routes(spec)
-    return routes
-
-
-def build_destinations(config: Config) -> list[Destination]:
-    """The configured destinations as deliver-stage objects (config keys mapped to theirs)."""
-    out = []
-    for name, raw in config.destinations.items():
-        cfg = {k: v for k, v in raw.items()}
-        cfg["name"] = name
-        if cfg.get("type") == "dicom":
-            if "ae_title" in cfg and "called_ae" not in cfg:  # older configuration key
-                cfg["called_ae"] = cfg.pop("ae_title")
-            cfg.setdefault("calling_ae", config.node.ae_title)
-        elif cfg.get("type") == "folder":
-            cfg["path"] = Path(cfg["path"])
-        out.append(destination_from_dict(cfg, f"destinations.{name}"))
-    return out
-
-
-def make_runner(config: Config, registry: ModelRegistry) -> ModelRunner:
-    """A runner with each configured model's weights, device and threshold overrides."""
-    return ModelRunner(registry, weights={n: m.weights for n, m in config.models.items()},
-                       device={n: m.device for n, m in config.models.items()},
-                       torch_threads=config.queue.torch_threads,
-                       thresholds={n: m.thresholds for n, m in config.models.items()})
-
-
-def decide(header: pydicom.Dataset, instances: int, routes: Iterable[Route],
-           registry: ModelRegistry) -> tuple[RouteDecision, list[Route], list[Route]]:
-    """The route decision and its assignments split by kind of model: single-series models
-    (a job per series) and multi-series ones (slots filled per study)."""
-    decision = match_series(header, instances, routes)
-    single = [r for r in decision.assignments if len(registry.spec(r.model).slots) == 1]
-    multi = [r for r in decision.assignments if len(registry.spec(r.model).slots) > 1]
-    return decision, single, multi
-
-
-class Processed(NamedTuple):
-    """What :func:`process_inputs` made: the result, its validated objects, the source attributes
-    changed in them (:class:`Withheld`), and each slot's routing header (the consensus of the
-    sources it read, so the caller need not read the files again)."""
-
-    result: ModelResult
-    objects: list[pydicom.Dataset]
-    withheld: list[Withheld]
-    headers: dict[str, pydicom.Dataset]
-
-
-def process_inputs(paths: Mapping[str, Sequence[Path]], model: str, runner: ModelRunner, info: EncodeInfo,
-                   dciodvfy: str) -> Processed:
-    """Load one series per input slot of ``model``, infer, encode with every slot's sources and validate.
-
-    The spec is the runner's (threshold overrides applied). Before encoding, the attributes the
-    results copy from the sources are checked (:mod:`neuroread.node.encode.tolerant`): an invalid value is
-    left out of the results and returned as a :class:`Withheld` (keyword and tag, no value), and
-    the job goes on. Raises :class:`PipelineError` (not retryable) for slots that do not match,
-    a series the model cannot use, an encoding that does not fit, or any dciodvfy error: nothing
-    is returned to send then. No reason quotes an element value.
-    """
-    spec = runner.spec(model)
-    min_slices = {s.name: s.min_slices for s in spec.slots}
-    if set(paths) != set(min_slices):
-        raise PipelineError(f"model {model}: inputs {sorted(paths)} do not fill its slots {sorted(min_slices)}")
-    volumes = {}
-    for slot, files in paths.items():
-        try:
-            volumes[slot] = load_series(files, min_slices=min_slices[slot])
-        except SeriesError as exc:
-            raise PipelineError(f"series unusable for slot {slot}: {redact(str(exc))}") from exc
-    try:
-        result = runner.run(model, volumes)
-    except ValueError as exc:  # contract checks (slot sizes, result shape)
-        raise PipelineError(f"model {model}: {exc}") from exc
-    sources = {}
-    for slot, files in paths.items():
-        by_uid: dict[str, Path] = {}
-        for p in files:
-            try:
-                ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
-            except PARSE_ERRORS as exc:
-                raise PipelineError(f"cannot read {p.name}: {describe_error(exc)}") from exc
-            by_uid[str(ds.SOPInstanceUID)] = p
-        sources[slot] = [pydicom.dcmread(by_uid[uid]) for uid in volumes[slot].sop_instance_uids]
-    headers = {slot: series_consensus(sorted(instances, key=lambda ds: str(ds.SOPInstanceUID))).header
-               for slot, instances in sources.items()}
-    withheld = [w for instances in sources.values() for w in fill_series_level(instances)]
-    withheld += withhold_invalid_all([ds for instances in sources.values() for ds in instances])
-    try:
-        objects = encode_result(result, spec, sources, node_info=info)
-    except (KeyError, ValueError, TypeError) as exc:
-        raise PipelineError(f"encoding failed: {describe_error(exc)}") from exc
-    for ds in objects:
-        errors = validate(ds, dciodvfy=dciodvfy)
-        if errors:
-            raise PipelineError(f"{ds.Modality} {ds.SOPInstanceUID} fails dciodvfy: "
-                                f"{'; '.join(redact(e) for e in errors[:3])}")
-    return Processed(result, objects, withheld, headers)
-
-
-
-def server_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
-    """A server-side TLS context (DICOM-TLS or HTTPS) from ``tls``; ``ca`` set: peers must
-    present a certificate it signed."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(tls.cert, tls.key)
-    if tls.ca is not None:
-        context.load_verify_locations(tls.ca)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
-def encode_info(config: Config) -> EncodeInfo:
-    return EncodeInfo(device_name=f"neuroread node {config.node.ae_title}")
-
-
-def multi_series_specs(registry: ModelRegistry) -> list[ModelSpec]:
-    return [registry.spec(n) for n in registry.names() if len(registry.spec(n).slots) > 1]
-
 
 # -- the node -------------------------------------------------------------------------------------
 class _Unusable(ValueError):
     """A spool file that is readable but cannot be assembled; the message says why (no values)."""
-
-
-@dataclass(frozen=True)
-class _Inputs:
-    study_uid: str
-    paths: list[Path]
 
 
 class Node:
@@ -304,7 +134,7 @@ class Node:
         self.dciodvfy = find_dciodvfy()
         Path(config.storage.root).mkdir(parents=True, exist_ok=True)  # the default database lives there
         self.store = JobStore(config.queue.database)
-        _routing_metadata.create_all(self.store.engine)
+        self.records = RoutingRecords(self.store.engine)
         d = config.deliver
         self.outbox = Outbox(self.store.engine, config.storage.outbox, self.destinations,
                              backoff=Backoff(d.retry_base_s, d.retry_cap_s, d.retry_factor))
@@ -564,12 +394,7 @@ class Node:
         return jobs
 
     def _record_routing(self, series: CompleteSeries, state: str, reason: str) -> None:
-        values = dict(study_uid=series.study_uid, state=state, reason=reason, at=utc_now())
-        with self.store.engine.begin() as conn:
-            n = conn.execute(routing_table.update().where(routing_table.c.series_uid == series.series_uid)
-                             .values(**values)).rowcount
-            if n == 0:
-                conn.execute(routing_table.insert().values(series_uid=series.series_uid, **values))
+        self.records.record_series(series.series_uid, series.study_uid, state, reason)
         row = self.store.series(series.series_uid)
         if row is not None and state == "unrouted":
             self.store.record_series(row["study_uid"], series.series_uid, row["instances"], row["first_received"],
@@ -577,24 +402,15 @@ class Node:
 
     def routing(self, series_uid: str) -> dict[str, Any] | None:
         """The routing record of a series: state (routed/unrouted) and reason; None if not seen."""
-        with self.store.engine.connect() as conn:
-            row = conn.execute(routing_table.select().where(routing_table.c.series_uid == series_uid)).mappings().first()
-        return dict(row) if row else None
+        return self.records.series(series_uid)
 
     def _record_study(self, study_uid: str, model: str, state: str, reason: str, job_id: int | None) -> None:
-        values = dict(state=state, reason=reason, job_id=job_id, at=utc_now())
-        key = (study_routing_table.c.study_uid == study_uid) & (study_routing_table.c.model == model)
-        with self.store.engine.begin() as conn:
-            if conn.execute(study_routing_table.update().where(key).values(**values)).rowcount == 0:
-                conn.execute(study_routing_table.insert().values(study_uid=study_uid, model=model, **values))
+        self.records.record_study(study_uid, model, state, reason, job_id)
 
     def study_routing(self, study_uid: str) -> dict[str, dict[str, Any]]:
         """Per multi-series model, the study's last slot filling: state (routed/incomplete),
         reason (each slot's series, or what is missing) and job id; empty if none was made."""
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(study_routing_table.select()
-                                .where(study_routing_table.c.study_uid == study_uid)).mappings().all()
-        return {row["model"]: dict(row) for row in rows}
+        return self.records.study(study_uid)
 
     # -- jobs ---------------------------------------------------------------------------------------
     def _runner(self) -> ModelRunner:
@@ -603,73 +419,9 @@ class Node:
             runner = self._runners.runner = make_runner(self.config, self.registry)
         return runner
 
-    def _inputs(self, series_uid: str, sop_uids: Sequence[str]) -> _Inputs:
-        row = self.store.series(series_uid)
-        if row is not None:
-            study = row["study_uid"]
-        else:
-            found = list(Path(self.config.storage.spool).glob(f"*/{series_uid}"))
-            if not found:
-                raise JobError(f"series {series_uid} is not in the spool")
-            study = found[0].parent.name
-        paths = [self.spool.path_for(study, series_uid, uid) for uid in sop_uids]
-        missing = [p.stem for p in paths if not p.exists()]
-        if missing:
-            raise JobError(f"series {series_uid}: {len(missing)} instances missing from the spool "
-                           f"(e.g. {missing[0]})")
-        return _Inputs(study, paths)
-
     def _run_job(self, job: Job) -> JobOutcome:
-        spec = self.registry.spec(job.model)
-        if spec.version != job.model_version:
-            raise JobError(f"job for {job.model} {job.model_version}, registry has {spec.version}")
-        slots = [s.name for s in spec.slots]
-        if set(job.inputs) != set(slots):
-            raise JobError(f"job {job.id}: inputs for slots {sorted(job.inputs)}, {spec.name} {spec.version} "
-                           f"has slots {sorted(slots)}")
-        inputs = {slot: self._inputs(job.inputs[slot], job.instances[slot]) for slot in slots}
-        studies = sorted({i.study_uid for i in inputs.values()})
-        if len(studies) != 1:
-            raise JobError(f"job {job.id}: its series come from studies {studies}; one study per job")
-        try:
-            result, objects, withheld, headers = process_inputs({slot: i.paths for slot, i in inputs.items()},
-                                                                spec.name, self._runner(), self.info, self.dciodvfy)
-        except PipelineError as exc:
-            raise JobError(exc.reason, retryable=exc.retryable) from exc
-        if withheld:
-            self.store.audit(job.id, "withheld", {"attributes": [w.as_dict() for w in withheld],
-                                                  "why": "what the results copy from the sources, changed: values "
-                                                         "not valid for their VR left out, series-level values "
-                                                         "missing in some instances filled (no value recorded)"})
-            logger.warning("job %d: %d source attributes changed in the results: %s", job.id, len(withheld),
-                           "; ".join(str(w) for w in withheld))
-        names = self._destination_names(job.model, headers, {slot: len(i.paths) for slot, i in inputs.items()})
-        output_uids = [str(ds.SOPInstanceUID) for ds in objects]
-        added = self.outbox.add(str(job.id), objects, names) if names else 0
-        self.store.audit(job.id, "outbox", {
-            "inputs": {slot: {"series": job.inputs[slot], "instances": len(job.instances[slot])} for slot in slots},
-            "study": studies[0], "model": spec.name, "version": spec.version,
-            "weights_sha256": result.card.weights_sha256, "demo_weights": result.card.demo,
-            "outputs": output_uids, "destinations": names, "new_rows": added,
-        })
-        if not names:
-            logger.warning("job %d: no destination configured; %d objects kept only in the outbox audit",
-                           job.id, len(objects))
-        self.deliverer.wake()
-        logger.info("job %d: %s %s on %s → %d objects → %s", job.id, spec.name, spec.version,
-                    [job.inputs[slot] for slot in slots], len(objects), names)
-        return JobOutcome({"sop_instance_uids": output_uids, "destinations": names}, result.card.weights_sha256)
-
-    def _destination_names(self, model: str, headers: Mapping[str, pydicom.Dataset],
-                           counts: Mapping[str, int]) -> list[str]:
-        """The destinations named by the first route matching each slot's series (its routing
-        header and instance count; in slot order, without repeats); every configured
-        destination when none names any."""
-        names: list[str] = []
-        for slot, header in headers.items():
-            routes = [r for r in self.routes if r.model == model and r.slot == slot]
-            decision = match_series(header, counts[slot], routes)
-            for name in decision.matched[0].destinations if decision.matched else ():
-                if name not in names:
-                    names.append(name)
-        return names or [d.name for d in self.destinations]
+        """The job function (:func:`~neuroread.node.app.job.run_job`) with this node's parts; the
+        model runner is per worker thread."""
+        return run_job(job, JobContext(self.registry, self.routes, [d.name for d in self.destinations], self.store,
+                                       self.spool, self.outbox, self._runner(), self.info, self.dciodvfy,
+                                       on_outbox=self.deliverer.wake))

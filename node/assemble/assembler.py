@@ -56,7 +56,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from neuroread.node.redact import describe_error
-from neuroread.node.spool.store import InstanceRecord, SeriesStudyConflictError
+from neuroread.node.spool import InstanceRecord, SeriesStudyConflictError
 
 logger = logging.getLogger(__name__)
 

@@ -80,9 +80,9 @@ PostgreSQL by URL: portable types only, one unique constraint, no dialect-specif
 :class:`Deliverer` runs :meth:`Outbox.deliver_due` in a thread; or the node's worker loop calls
 it. Time is injected (``clock``, ``now``), so tests need no sleeps.
 """
-from .destinations import DicomDestination, Destination, FolderDestination, Outcome, OutboxItem, TlsSettings, write_file
-from neuroread.node.deliver.from_config import DESTINATION_TYPES, destination_from_dict
-from neuroread.node.deliver.http_destinations import OrthancDestination, RestCall, StowRsDestination, stow_outcomes
+from .destinations import Destination, DicomDestination, FolderDestination, OutboxItem, Outcome, TlsSettings, write_file
+from .from_config import DESTINATION_TYPES, destination_from_dict
+from .http_destinations import OrthancDestination, RestCall, StowRsDestination, stow_outcomes
 from .outbox import STATES, Backoff, Deliverer, DeliveryReport, Outbox, State
 
 __all__ = ["DESTINATION_TYPES", "STATES", "Backoff", "Deliverer", "DeliveryReport", "DicomDestination",

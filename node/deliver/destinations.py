@@ -24,12 +24,10 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
-from pynetdicom._globals import STATUS_SUCCESS, STATUS_WARNING
 from pynetdicom.association import Association
-from pynetdicom.status import code_to_category
+from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category  # the categories code_to_category names
 
-from neuroread.node.spool.atomic import Writer, atomic_write, make_dirs, write_all
-from neuroread.node.spool.store import InvalidUIDError, validate_uid
+from neuroread.node.spool import InvalidUIDError, Writer, atomic_write, make_dirs, validate_uid, write_all
 
 logger = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ import difflib
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from neuroread.node.deliver.destinations import Destination, DicomDestination, FolderDestination
-from neuroread.node.deliver.http_destinations import OrthancDestination, StowRsDestination
+from .destinations import Destination, DicomDestination, FolderDestination
+from .http_destinations import OrthancDestination, StowRsDestination
 
 DESTINATION_TYPES: Mapping[str, type] = MappingProxyType({
     "dicom": DicomDestination, "folder": FolderDestination, "stowrs": StowRsDestination, "orthanc": OrthancDestination})

@@ -21,9 +21,9 @@ from dicomweb_client import DICOMwebClient
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from neuroread.node.intake.dicomweb import HttpAuth, check_url, describe_failure, excerpt, http_session, http_status
+from neuroread.node.http import HttpAuth, check_url, describe_failure, excerpt, http_session, http_status
 
-from neuroread.node.deliver.destinations import OutboxItem, Outcome, _check_name, _check_positive, _from_dict, _log_summary
+from .destinations import OutboxItem, Outcome, _check_name, _check_positive, _from_dict, _log_summary
 
 logger = logging.getLogger(__name__)
 

@@ -17,40 +17,14 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from pydicom.dataset import Dataset
 
-from .destinations import Destination, Outcome, OutboxItem, _check_positive, _layout, _part10, write_file
+from neuroread.node.schema import create_all, outbox_jobs_table, outbox_table
+
+from .destinations import Destination, OutboxItem, Outcome, _check_positive, _layout, _part10, write_file
 
 logger = logging.getLogger(__name__)
 
 State = Literal["pending", "sent", "rejected", "retrying"]
 STATES: tuple[str, ...] = ("pending", "sent", "rejected", "retrying")
-
-# -- schema (a description only; engines and connections belong to each Outbox) -----------------
-_METADATA = sa.MetaData()
-ITEMS = sa.Table(
-    "deliver_outbox", _METADATA,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("destination", sa.String(64), nullable=False),
-    sa.Column("sop_instance_uid", sa.String(64), nullable=False),
-    sa.Column("sop_class_uid", sa.String(64), nullable=False),
-    sa.Column("transfer_syntax_uid", sa.String(64), nullable=False),
-    sa.Column("study_uid", sa.String(64), nullable=False),
-    sa.Column("series_uid", sa.String(64), nullable=False),
-    sa.Column("path", sa.Text, nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),
-    sa.Column("attempts", sa.Integer, nullable=False),
-    sa.Column("next_attempt_at", sa.Float, nullable=False),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("sent_at", sa.Float),
-    sa.Column("status_code", sa.Integer),
-    sa.Column("last_error", sa.Text),
-    sa.UniqueConstraint("destination", "sop_instance_uid", name="uq_deliver_outbox_dest_sop"),
-    sa.Index("ix_deliver_outbox_due", "state", "next_attempt_at"),
-)
-JOB_ITEMS = sa.Table(
-    "deliver_outbox_jobs", _METADATA,
-    sa.Column("job_id", sa.String(128), primary_key=True),
-    sa.Column("item_id", sa.Integer, sa.ForeignKey("deliver_outbox.id"), primary_key=True),
-)
 
 # -- the outbox ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -134,7 +108,7 @@ class Outbox:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.backoff, self.batch_size, self.clock, self.fsync = backoff, batch_size, clock, fsync
         self._lock = threading.Lock()
-        _METADATA.create_all(self.engine)
+        create_all(self.engine)
 
     # -- adding --------------------------------------------------------------------------------
     def add(self, job_id: str, datasets: Iterable[Dataset], destinations: Iterable[str | Destination]) -> int:
@@ -182,15 +156,15 @@ class Outbox:
 
     @staticmethod
     def _add_row(conn: sa.Connection, job_id: str, row: dict[str, Any]) -> bool:
-        item_id = conn.execute(sa.select(ITEMS.c.id).where(
-            ITEMS.c.destination == row["destination"], ITEMS.c.sop_instance_uid == row["sop_instance_uid"])).scalar()
+        item_id = conn.execute(sa.select(outbox_table.c.id).where(
+            outbox_table.c.destination == row["destination"], outbox_table.c.sop_instance_uid == row["sop_instance_uid"])).scalar()
         created = item_id is None
         if created:
-            item_id = conn.execute(sa.insert(ITEMS).values(**row)).inserted_primary_key[0]
-        linked = conn.execute(sa.select(JOB_ITEMS.c.item_id).where(
-            JOB_ITEMS.c.job_id == job_id, JOB_ITEMS.c.item_id == item_id)).first()
+            item_id = conn.execute(sa.insert(outbox_table).values(**row)).inserted_primary_key[0]
+        linked = conn.execute(sa.select(outbox_jobs_table.c.item_id).where(
+            outbox_jobs_table.c.job_id == job_id, outbox_jobs_table.c.item_id == item_id)).first()
         if linked is None:
-            conn.execute(sa.insert(JOB_ITEMS).values(job_id=job_id, item_id=item_id))
+            conn.execute(sa.insert(outbox_jobs_table).values(job_id=job_id, item_id=item_id))
         return created
 
     # -- delivering ----------------------------------------------------------------------------
@@ -198,8 +172,8 @@ class Outbox:
         """Rows waiting (pending or retrying) whose next attempt time has come."""
         now = self.clock() if now is None else now
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(ITEMS).where(ITEMS.c.state.in_(("pending", "retrying")),
-                                                       ITEMS.c.next_attempt_at <= now).order_by(ITEMS.c.id))
+            rows = conn.execute(sa.select(outbox_table).where(outbox_table.c.state.in_(("pending", "retrying")),
+                                                       outbox_table.c.next_attempt_at <= now).order_by(outbox_table.c.id))
             return [_row_item(r) for r in rows]
 
     def deliver_due(self, now: float | None = None) -> DeliveryReport:
@@ -239,23 +213,23 @@ class Outbox:
                 else:
                     values.update(state="retrying", next_attempt_at=now + self.backoff.delay(attempts))
                 counts[values["state"]] += 1
-                conn.execute(sa.update(ITEMS).where(ITEMS.c.id == item.id).values(**values))
+                conn.execute(sa.update(outbox_table).where(outbox_table.c.id == item.id).values(**values))
         return counts
 
     # -- audit trail ---------------------------------------------------------------------------
     def status(self, job_id: str) -> list[OutboxItem]:
         """Every output of ``job_id`` per destination: state, attempts, DIMSE status, last error."""
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(ITEMS).join(JOB_ITEMS, JOB_ITEMS.c.item_id == ITEMS.c.id)
-                                .where(JOB_ITEMS.c.job_id == job_id).order_by(ITEMS.c.id))
+            rows = conn.execute(sa.select(outbox_table).join(outbox_jobs_table, outbox_jobs_table.c.item_id == outbox_table.c.id)
+                                .where(outbox_jobs_table.c.job_id == job_id).order_by(outbox_table.c.id))
             return [_row_item(r) for r in rows]
 
     def requeue(self, job_id: str, *, now: float | None = None) -> int:
         """Make a job's rejected and retrying rows due again now (an operator's retry)."""
         now = self.clock() if now is None else now
         with self.engine.begin() as conn:
-            ids = sa.select(JOB_ITEMS.c.item_id).where(JOB_ITEMS.c.job_id == job_id)
-            result = conn.execute(sa.update(ITEMS).where(ITEMS.c.id.in_(ids), ITEMS.c.state.in_(("rejected", "retrying")))
+            ids = sa.select(outbox_jobs_table.c.item_id).where(outbox_jobs_table.c.job_id == job_id)
+            result = conn.execute(sa.update(outbox_table).where(outbox_table.c.id.in_(ids), outbox_table.c.state.in_(("rejected", "retrying")))
                                   .values(state="pending", next_attempt_at=now))
         return result.rowcount
 

@@ -16,7 +16,7 @@ from pydicom.valuerep import DA, DT, TM
 
 from neuroread.models import ModelResult, ModelSpec
 
-from neuroread.node.encode.uids import UidFactory
+from .uids import UidFactory
 
 # Kinds of result object, in the order series numbers are given (base + 1 + position).
 KINDS = ("sr", "ko", "seg", "pm", "sc")

@@ -5,7 +5,7 @@ import highdicom as hd
 import pydicom
 from pydicom.sr.codedict import codes
 
-from neuroread.node.encode.context import Job
+from .context import Job
 
 
 def build_key_objects(job: Job) -> list[pydicom.Dataset]:

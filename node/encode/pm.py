@@ -6,12 +6,12 @@ attention, Grad-CAM or relevance, not a physical quantity).
 """
 from __future__ import annotations
 
-import numpy as np
 import highdicom as hd
+import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
 
-from neuroread.node.encode.context import Job, freeze_dimension_uid, ensure_laterality
+from .context import Job, ensure_laterality, freeze_dimension_uid
 
 _KIND_TEXT = {"attention": "attention", "gradcam": "Grad-CAM", "lrp": "LRP relevance",
               "mask": "mask", "instance_weight": "MIL instance weight"}

@@ -18,8 +18,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from neuroread.models import SLICE_ATTENTION_TABLE
 
-from neuroread.node.encode import pictures as render
-from neuroread.node.encode.context import DEMO_TEXT, Job, ensure_laterality
+from . import pictures as render
+from .context import DEMO_TEXT, Job, ensure_laterality
 
 _AXIS_LETTERS = (("L", "R"), ("P", "A"), ("H", "F"))
 

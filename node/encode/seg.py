@@ -7,12 +7,12 @@ type is the lesion's code; its category is "Morphologically abnormal structure".
 """
 from __future__ import annotations
 
-import numpy as np
 import highdicom as hd
+import numpy as np
 import pydicom
 from pydicom.sr.coding import Code
 
-from neuroread.node.encode.context import Job, freeze_dimension_uid
+from .context import Job, freeze_dimension_uid
 
 ABNORMAL_STRUCTURE = Code("49755003", "SCT", "Morphologically Abnormal Structure")
 

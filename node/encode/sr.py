@@ -19,14 +19,14 @@ import hashlib
 import numbers
 
 import highdicom as hd
-from highdicom.coding_schemes import CodingSchemeIdentificationItem
 import pydicom
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from neuroread.models import Code as ModelCode
 
-from neuroread.node.encode.context import DEMO_TEXT, PRIVATE_SCHEME, Job
+from .context import DEMO_TEXT, PRIVATE_SCHEME, Job
 from .seg import lesion_tracking
 
 PROBABILITY = Code("PROBABILITY", PRIVATE_SCHEME, "Probability of finding")

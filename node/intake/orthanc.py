@@ -12,11 +12,11 @@ change                          what the intake does
 ==============================  ==========================================================
 ``StableSeries``                copies the series' instances that the spool lacks
                                 (``/instances/{id}/file``, bytes as Orthanc stored them) into
-                                the node's spool, then :meth:`Node.route_series`: one job per
+                                the node's spool, then :meth:`Pipeline.route_series`: one job per
                                 (model, slot), idempotent, or ``unrouted`` with its reason
 ``StableStudy``                 when a registered model takes several series (e.g. T1 + STIR):
                                 every series of the study into the spool, then
-                                :meth:`Node.route_study`
+                                :meth:`Pipeline.route_study`
 a series the node wrote         skipped (its Manufacturer is ours): results stored back into
                                 Orthanc are never routed again
 ``NewSeries``                   noted as unstable (in the node's database) until its
@@ -49,35 +49,37 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import pydicom
 import sqlalchemy as sa
 
-from neuroread.node.app.node import Node
-from neuroread.node.assemble.assembler import CompleteSeries, CompleteStudy
-from neuroread.node.jobs.store import utc_now
+from neuroread.node.assemble import CompleteSeries, CompleteStudy
+from neuroread.node.encode import EncodeInfo
+from neuroread.node.jobs import Job, JobStore
 from neuroread.node.malformed import PARSE_ERRORS
 from neuroread.node.redact import describe_error
-from neuroread.node.spool.store import InvalidUIDError, SeriesStudyConflictError, SpoolError
+from neuroread.node.schema import create_all, orthanc_cursor_table, orthanc_unstable_table, utc_now
+from neuroread.node.spool import InvalidUIDError, SeriesStudyConflictError, Spool, SpoolError
 
 logger = logging.getLogger(__name__)
 
-_metadata = sa.MetaData()
-cursor_table = sa.Table(
-    "orthanc_intake", _metadata,
-    sa.Column("name", sa.String(64), primary_key=True),
-    sa.Column("last_seq", sa.Integer, nullable=False),
-    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
-)
 
+class Pipeline(Protocol):
+    """What the intake hands series to: a node built without listeners
+    (:class:`neuroread.node.app.Node` with ``listen=False`` is one). The intake writes into its
+    spool, keeps its cursor in its job store's database and skips series with its manufacturer."""
 
-unstable_table = sa.Table(
-    "orthanc_intake_unstable", _metadata,
-    sa.Column("name", sa.String(64), primary_key=True),
-    sa.Column("series_id", sa.String(64), primary_key=True),  # Orthanc's series id
-    sa.Column("seq", sa.Integer, nullable=False),  # of its NewSeries change
-)
+    spool: Spool
+    store: JobStore
+    info: EncodeInfo
+
+    @property
+    def multi_series(self) -> bool: ...
+
+    def route_series(self, series: CompleteSeries) -> list[Job]: ...
+
+    def route_study(self, study: CompleteStudy) -> list[Job]: ...
 
 
 class OrthancGone(LookupError):
@@ -110,7 +112,7 @@ class OrthancIntake:
     often the thread looks without a wake-up.
     """
 
-    def __init__(self, node: Node, get: Callable[[str], bytes], *, name: str = "orthanc",
+    def __init__(self, node: Pipeline, get: Callable[[str], bytes], *, name: str = "orthanc",
                  own_manufacturer: str | None = None, start_at: Literal["last", "first"] = "last",
                  batch: int = 100, poll_s: float = 5.0) -> None:
         if start_at not in ("last", "first"):
@@ -122,7 +124,7 @@ class OrthancIntake:
         self.node, self._get, self.name = node, get, name
         self.own_manufacturer = own_manufacturer if own_manufacturer is not None else node.info.manufacturer
         self.start_at, self.batch, self.poll_s = start_at, batch, float(poll_s)
-        _metadata.create_all(node.store.engine)
+        create_all(node.store.engine)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()  # one run_once at a time (the thread, or a caller)
@@ -166,14 +168,14 @@ class OrthancIntake:
     def cursor(self) -> int | None:
         """The last change handled (None before the first run)."""
         with self.node.store.engine.connect() as conn:
-            row = conn.execute(sa.select(cursor_table.c.last_seq).where(cursor_table.c.name == self.name)).first()
+            row = conn.execute(sa.select(orthanc_cursor_table.c.last_seq).where(orthanc_cursor_table.c.name == self.name)).first()
         return None if row is None else int(row[0])
 
     def _save_cursor(self, seq: int) -> None:
         values = dict(last_seq=seq, at=utc_now())
         with self.node.store.engine.begin() as conn:
-            if conn.execute(cursor_table.update().where(cursor_table.c.name == self.name).values(**values)).rowcount == 0:
-                conn.execute(cursor_table.insert().values(name=self.name, **values))
+            if conn.execute(orthanc_cursor_table.update().where(orthanc_cursor_table.c.name == self.name).values(**values)).rowcount == 0:
+                conn.execute(orthanc_cursor_table.insert().values(name=self.name, **values))
 
     def _json(self, path: str) -> Any:
         data = self._get(path)
@@ -209,10 +211,10 @@ class OrthancIntake:
     def _take_orphans(self, before_start: int, counts: dict[str, int]) -> None:
         """Series noted unstable before this process started that Orthanc now calls stable
         (see the module docstring): handled as a ``StableSeries``."""
-        key = unstable_table.c.name == self.name
+        key = orthanc_unstable_table.c.name == self.name
         with self.node.store.engine.connect() as conn:
-            rows = conn.execute(sa.select(unstable_table.c.series_id)
-                                .where(key & (unstable_table.c.seq <= before_start))).scalars().all()
+            rows = conn.execute(sa.select(orthanc_unstable_table.c.series_id)
+                                .where(key & (orthanc_unstable_table.c.seq <= before_start))).scalars().all()
         for series_id in rows:
             try:
                 stable = bool(self._json(f"/series/{series_id}").get("IsStable", False))
@@ -227,14 +229,14 @@ class OrthancIntake:
 
     def _note_unstable(self, series_id: str, seq: int) -> None:
         with self.node.store.engine.begin() as conn:
-            key = (unstable_table.c.name == self.name) & (unstable_table.c.series_id == series_id)
-            if conn.execute(unstable_table.update().where(key).values(seq=seq)).rowcount == 0:
-                conn.execute(unstable_table.insert().values(name=self.name, series_id=series_id, seq=seq))
+            key = (orthanc_unstable_table.c.name == self.name) & (orthanc_unstable_table.c.series_id == series_id)
+            if conn.execute(orthanc_unstable_table.update().where(key).values(seq=seq)).rowcount == 0:
+                conn.execute(orthanc_unstable_table.insert().values(name=self.name, series_id=series_id, seq=seq))
 
     def _forget(self, series_id: str) -> None:
         with self.node.store.engine.begin() as conn:
-            conn.execute(unstable_table.delete().where((unstable_table.c.name == self.name)
-                                                       & (unstable_table.c.series_id == series_id)))
+            conn.execute(orthanc_unstable_table.delete().where((orthanc_unstable_table.c.name == self.name)
+                                                       & (orthanc_unstable_table.c.series_id == series_id)))
 
     def _handle(self, change: dict[str, Any], counts: dict[str, int]) -> None:
         kind, resource = change.get("ChangeType"), str(change.get("ID", ""))

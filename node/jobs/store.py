@@ -36,90 +36,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Mapping
 
-from sqlalchemy import (JSON, Column, DateTime, Index, Integer, MetaData, String, Table, Text,
-                        TypeDecorator, create_engine, event, insert, or_, select, update)
+from sqlalchemy import create_engine, event, insert, or_, select, update
 from sqlalchemy.engine import Engine, RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
-from neuroread.node.redact import describe_error
+from neuroread.node.schema import audit_table, create_all, jobs_table, series_table, utc_now
 
 logger = logging.getLogger(__name__)
 
 STATES = ("received", "queued", "running", "done", "failed", "retrying")
 CLAIMABLE = ("queued", "retrying")
 Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-class UTCDateTime(TypeDecorator):
-    """Aware UTC datetimes on every backend (SQLite keeps naive text, PostgreSQL timestamptz)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value!r}: the job store keeps aware UTC times")
-        value = value.astimezone(timezone.utc)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
-
-
-metadata = MetaData()
-
-series_table = Table(
-    "series", metadata,
-    Column("series_uid", String(64), primary_key=True),
-    Column("study_uid", String(64), nullable=False, index=True),
-    Column("instances", Integer, nullable=False),
-    Column("first_received", UTCDateTime, nullable=False),
-    Column("last_received", UTCDateTime, nullable=False),
-    Column("state", String(16), nullable=False),
-)
-
-jobs_table = Table(
-    "jobs", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("job_key", String(64), nullable=False, unique=True),
-    Column("model", String(64), nullable=False),
-    Column("model_version", String(64), nullable=False),
-    Column("inputs", JSON, nullable=False),
-    Column("instances", JSON, nullable=False),
-    Column("state", String(16), nullable=False),
-    Column("reason", Text, nullable=False, default=""),
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("next_attempt_at", UTCDateTime, nullable=True),
-    Column("lease_owner", String(128), nullable=True),
-    Column("lease_expires", UTCDateTime, nullable=True),
-    Column("outputs", JSON, nullable=True),
-    Column("created", UTCDateTime, nullable=False),
-    Column("updated", UTCDateTime, nullable=False),
-    Index("ix_jobs_state_next", "state", "next_attempt_at"),
-)
-
-audit_table = Table(
-    "audit", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("job_id", Integer, nullable=False, index=True),
-    Column("at", UTCDateTime, nullable=False),
-    Column("event", String(32), nullable=False),
-    Column("detail", JSON, nullable=False),
-)
 
 
 class JobStateError(ValueError):
@@ -246,7 +178,7 @@ class JobStore:
         self.backoff_s = float(backoff_s)
         self.backoff_max_s = float(backoff_max_s)
         self.engine = _make_engine(url, busy_timeout_s)
-        metadata.create_all(self.engine)
+        create_all(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -470,109 +402,3 @@ class JobStore:
     def _audit(self, conn: Any, job_id: int, event_name: str, detail: Mapping[str, Any]) -> None:
         conn.execute(insert(audit_table).values(job_id=job_id, at=self.clock(), event=event_name,
                                                 detail=json.loads(json.dumps(dict(detail), default=str))))
-
-
-class Worker:
-    """Claims jobs from ``store`` and runs ``run_job`` on them, one at a time.
-
-    ``run_job(job) -> JobOutcome``; it raises :class:`JobError` for failures it knows about.
-    While it runs, a heartbeat thread extends the lease every ``lease_s / 3`` seconds.
-    """
-
-    def __init__(self, store: JobStore, run_job: Callable[[Job], JobOutcome], worker_id: str,
-                 *, lease_s: float = 60.0) -> None:
-        if not callable(run_job):
-            raise ValueError(f"Worker.run_job must be callable, got {run_job!r}")
-        if not worker_id:
-            raise ValueError("Worker.worker_id must be non-empty")
-        if lease_s <= 0:
-            raise ValueError(f"Worker.lease_s must be > 0, got {lease_s!r}")
-        self.store, self.run_job, self.worker_id, self.lease_s = store, run_job, worker_id, lease_s
-
-    def run_once(self) -> Job | None:
-        """Claim one job and run it to done/retrying/failed; None when nothing was claimable."""
-        job = self.store.claim(self.worker_id, self.lease_s)
-        if job is None:
-            return None
-        stop = threading.Event()
-        beat = threading.Thread(target=self._beat, args=(job.id, stop), name=f"{self.worker_id}-heartbeat",
-                                daemon=True)
-        beat.start()
-        try:
-            return self._run(job)
-        finally:
-            stop.set()
-            beat.join()
-
-    def _run(self, job: Job) -> Job | None:
-        try:
-            try:
-                outcome = self.run_job(job)
-            except JobError as e:
-                return self.store.fail(job.id, self.worker_id, e.reason, retry=e.retryable)
-            except Exception as e:  # noqa: BLE001 -- last resort, see below
-                # A bug in a job function must not kill the worker thread, and must not vanish:
-                # the job is recorded failed (not retried: a bug repeats) with the exception, and
-                # the traceback is logged. Nothing else is caught anywhere in this loop.
-                logger.exception("job %d: unexpected %s in the job function", job.id, type(e).__name__)
-                return self.store.fail(job.id, self.worker_id, f"internal error: {describe_error(e)}",
-                                       retry=False)
-            return self.store.complete(job.id, self.worker_id, outcome.outputs, outcome.weights_hash)
-        except LeaseLostError as e:
-            logger.warning("%s", e)
-            return None
-
-    def _beat(self, job_id: int, stop: threading.Event) -> None:
-        while not stop.wait(self.lease_s / 3):
-            try:
-                self.store.heartbeat(job_id, self.worker_id, self.lease_s)
-            except LeaseLostError as e:
-                logger.warning("%s", e)
-                return
-
-
-class WorkerPool:
-    """``n_workers`` in-process worker threads polling ``store`` every ``poll_s`` when idle.
-
-    :meth:`start` first runs :meth:`JobStore.recover` so that jobs of a killed node resume.
-    """
-
-    def __init__(self, store: JobStore, run_job: Callable[[Job], JobOutcome], n_workers: int = 1,
-                 poll_s: float = 1.0, *, lease_s: float = 60.0, name: str = "worker") -> None:
-        if not isinstance(n_workers, int) or n_workers < 1:
-            raise ValueError(f"WorkerPool.n_workers must be an int >= 1, got {n_workers!r}")
-        if poll_s <= 0:
-            raise ValueError(f"WorkerPool.poll_s must be > 0, got {poll_s!r}")
-        self.store, self.poll_s = store, poll_s
-        self.workers = [Worker(store, run_job, f"{name}-{i}", lease_s=lease_s) for i in range(n_workers)]
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-
-    def start(self) -> "WorkerPool":
-        if self._threads:
-            raise JobStateError("WorkerPool already started")
-        self.store.recover()
-        self._stop.clear()
-        self._threads = [threading.Thread(target=self._loop, args=(w,), name=w.worker_id, daemon=True)
-                         for w in self.workers]
-        for t in self._threads:
-            t.start()
-        return self
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Ask the workers to stop after their current job and wait for them."""
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout)
-        self._threads = []
-
-    def __enter__(self) -> "WorkerPool":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _loop(self, worker: Worker) -> None:
-        while not self._stop.is_set():
-            if worker.run_once() is None:
-                self._stop.wait(self.poll_s)

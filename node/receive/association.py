@@ -71,7 +71,7 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
-from neuroread.node.receive.pdu import c_store_rsp
+from .pdu import c_store_rsp
 
 logger = logging.getLogger(__name__)
 

@@ -54,26 +54,26 @@ from io import BytesIO
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
+    JPEG2000MC,
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
-    HTJ2K,
     HTJ2KLossless,
     HTJ2KLosslessRPCL,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
-    JPEG2000MC,
     JPEG2000MCLossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
-    JPEGLosslessSV1,
     JPEGLossless,
+    JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
     RLELossless,
 )
-from pydicom.uid import UID
 from pynetdicom import AllStoragePresentationContexts
 from pynetdicom.dsutils import decode
 from pynetdicom.presentation import PresentationContext, build_context
@@ -81,9 +81,10 @@ from pynetdicom.sop_class import Verification
 
 from neuroread.node.malformed import MAX_SEQUENCE_DEPTH, PARSE_ERRORS, sequence_too_deep, truncated_element
 from neuroread.node.redact import describe_error
-from neuroread.node.spool.store import InvalidUIDError, SeriesStudyConflictError, Spool, SpoolFullError, describe_uid
-from neuroread.node.receive.association import Association, AssociationServer, Rejection
-from neuroread.node.receive.pdu import file_meta
+from neuroread.node.spool import InvalidUIDError, SeriesStudyConflictError, Spool, SpoolFullError, describe_uid
+
+from .association import Association, AssociationServer, Rejection
+from .pdu import file_meta
 
 logger = logging.getLogger(__name__)
 

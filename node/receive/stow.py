@@ -100,13 +100,14 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pynetdicom import AllStoragePresentationContexts
 
-from neuroread.node.intake.dicomweb import env_secret
-from neuroread.node.receive.multipart import BOUNDARY, MultipartError, Part, split_multipart
 from neuroread.node.config import DicomWebConfig
+from neuroread.node.http import env_secret
 from neuroread.node.malformed import MAX_SEQUENCE_DEPTH, PARSE_ERRORS, sequence_too_deep, truncated_element
-from neuroread.node.receive.dimse import PREAMBLE, TRANSFER_SYNTAXES
 from neuroread.node.redact import describe_error
-from neuroread.node.spool.store import InvalidUIDError, SeriesStudyConflictError, Spool, SpoolFullError, validate_uid
+from neuroread.node.spool import InvalidUIDError, SeriesStudyConflictError, Spool, SpoolFullError, validate_uid
+
+from .dimse import PREAMBLE, TRANSFER_SYNTAXES
+from .multipart import BOUNDARY, MultipartError, Part, split_multipart
 
 logger = logging.getLogger(__name__)
 

@@ -43,9 +43,9 @@ from pydicom.datadict import dictionary_VR, keyword_dict
 from pydicom.dataset import Dataset
 
 from neuroread.models.spec import ModelSpec
+from neuroread.node.assemble import read_header_or_none, series_consensus
 
-from neuroread.node.assemble.consensus import read_header_or_none, series_consensus
-from neuroread.node.route.mr_sequence import SequenceClass, classify
+from .mr_sequence import SequenceClass, classify
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@
   again, or reported again after a restart, makes no new job.
 
 :func:`fill_slots` is used by the node (:class:`neuroread.node.app.node.Node`, when the assembler reports a
-study complete) and by the one-shot pipeline on files (:func:`neuroread.node.app.run_files.run_files`).
+study complete) and by the one-shot pipeline on files (:func:`neuroread.node.app.offline.run_files`).
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ import pydicom
 
 from neuroread.models import ModelSpec
 
-from neuroread.node.route.rules import Route
+from .rules import Route
 
 CHOICE_RULE = "best route priority, most instances, highest SeriesNumber, highest SeriesInstanceUID"
 

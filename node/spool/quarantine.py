@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from neuroread.node.spool.atomic import atomic_write, fsync_dir, make_dirs
+from .atomic import atomic_write, fsync_dir, make_dirs
 
 logger = logging.getLogger(__name__)
 

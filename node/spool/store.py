@@ -57,7 +57,7 @@ from typing import BinaryIO, Callable, Literal
 from pydicom import Dataset
 from pydicom.uid import UID
 
-from neuroread.node.spool.atomic import atomic_write, make_dirs, write_all
+from .atomic import atomic_write, make_dirs, write_all
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 The hand-written sample is ``orthanc/orthanc.json``; this module writes the same settings with
 this checkout's own paths filled in (the plugin script, the environment's site-packages, the
-checkout), so a new user can start ``Orthanc <file>`` right away.
+plugin's Python path), so a new user can start ``Orthanc <file>`` right away.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # the checkout: node/tools/ → ..
 PLUGINS = Path("/usr/share/orthanc/plugins")
 
 
@@ -38,7 +38,7 @@ def orthanc_configuration(storage: Path, *, node_config: Path | None = None, htt
             raise ValueError(f"{name} must be 1-65535, got {port}")
     storage = Path(storage).resolve()
     neuroread: dict[str, Any] = {
-        "PythonPath": [str(site_packages()), str(REPO)],
+        "PythonPath": [str(site_packages())],  # neuroread is installed there (editable: its .pth)
         "StoreResults": True,
         "ForwardToModalities": list(forward_modalities),
         "ForwardToDicomWebServers": [],

@@ -19,8 +19,7 @@ from pydicom import uid
 from pydicom.errors import InvalidDicomError
 from pydicom.sr.codedict import codes
 
-from neuroread.node.encode.context import DEMO_TEXT
-from neuroread.node.encode.sr import PROBABILITY
+from neuroread.node.encode import DEMO_TEXT, PROBABILITY
 
 logger = logging.getLogger(__name__)
 HIGHDICOM = str(hd.ContributingEquipment.for_highdicom().ManufacturerModelName)

@@ -45,8 +45,19 @@ from pynetdicom import _config as pynetdicom_config
 
 from neuroread.node.receive.dimse import StoreStatus
 from neuroread.node.spool.store import TEMP_PREFIX
-
-from support.node_process import AET, REPO, SCU_AET, ServeNode, copy_series, statuses, storescu, tail, uids, wait_done, wait_for
+from support.node_process import (
+    AET,
+    REPO,
+    SCU_AET,
+    ServeNode,
+    copy_series,
+    statuses,
+    storescu,
+    tail,
+    uids,
+    wait_done,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Invalid value for VR")]  # on purpose
 

@@ -31,7 +31,6 @@ from pynetdicom.dsutils import split_dataset
 
 from neuroread.node.receive.dimse import StoreStatus
 from neuroread.node.spool.store import TEMP_PREFIX, TEMP_SUFFIX
-
 from support.node_process import AET, SCU_AET, ServeNode
 
 pytestmark = pytest.mark.slow

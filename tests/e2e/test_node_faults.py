@@ -35,9 +35,22 @@ from pynetdicom.sop_class import CTImageStorage
 from neuroread.node.deliver import OutboxItem
 from neuroread.node.receive.dimse import StoreStatus
 from neuroread.node.spool.store import TEMP_PREFIX
-
-from support.node_process import (AET, SCU_AET, ResultSCP, ServeNode, all_sent, assert_spool_complete, copy_series,
-                          dcmtk_tool, statuses, storescu, tail, uids, wait_done, wait_for)
+from support.node_process import (
+    AET,
+    SCU_AET,
+    ResultSCP,
+    ServeNode,
+    all_sent,
+    assert_spool_complete,
+    copy_series,
+    dcmtk_tool,
+    statuses,
+    storescu,
+    tail,
+    uids,
+    wait_done,
+    wait_for,
+)
 from support.tiny_model import HOLD_ENV
 
 # A storage SOP class the node does not accept: retired Ultrasound Image Storage. (storescu

@@ -18,16 +18,25 @@ import pytest
 import sqlalchemy as sa
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.tag import Tag
 from pydicom.filewriter import dcmwrite
+from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from neuroread.node.app.node import routing_records
+from neuroread.node.app import routing_records
 from neuroread.node.malformed import MAX_SEQUENCE_DEPTH
 from neuroread.node.receive.dimse import StoreStatus
-
-from support.node_process import (REPO, ServeNode, all_sent, copy_series, statuses, storescu, tail,
-                          uids, wait_done, wait_for)
+from support.node_process import (
+    REPO,
+    ServeNode,
+    all_sent,
+    copy_series,
+    statuses,
+    storescu,
+    tail,
+    uids,
+    wait_done,
+    wait_for,
+)
 
 BIRTH_DATE = "1950-01-12"   # a common non-standard DA (DICOM's is 19500112)
 WEIGHT = "heavyish"          # not a DS

@@ -2,7 +2,7 @@
 ``.ci/ohif``) in Debian's headless Chromium, served against a real Orthanc's DICOMweb.
 
 The head-CT model (tiny DrCT2 weights trained here, or the checkpoint named by
-``NEUROREAD_VIEWER_WEIGHTS``) processes a phantom head CT with ``neuroread.node.app.run_files.run_files``; the
+``NEUROREAD_VIEWER_WEIGHTS``) processes a phantom head CT with ``neuroread.node.app.offline.run_files``; the
 source series, its SR, KOS, Secondary Captures (key-slice overlays and the report page) and
 Parametric Map, and the Segmentation the tiny test model makes of the same series, go into
 Orthanc. The browser then opens OHIF's basic viewer on the study and checks what a reader sees:
@@ -39,10 +39,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 from neuroread.models import ModelRegistry, default_registry
+from neuroread.node.app.offline import run_files
 from neuroread.node.config import parse_config
-from neuroread.node.app.run_files import run_files
 from neuroread.training.phantoms.baseline import load_truth
-
 from support.ohif import OhifServer, headless_chromium, ohif_dist
 from support.orthanc_peer import OrthancServer
 from support.tiny_model import ENTRY as TINY_TEST

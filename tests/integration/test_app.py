@@ -2,9 +2,7 @@
 the results, dciodvfy checks them; plus unusable series, a restart mid-job, and run_files."""
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -13,16 +11,15 @@ import pytest
 from pydicom.uid import generate_uid
 
 from neuroread.models import ModelRegistry
-from neuroread.node.tools.dcmtk import DcmtkMissing, dcmtk_tool
 from neuroread.node.app.node import Node
-from neuroread.node.app.run_files import run_files
+from neuroread.node.app.offline import run_files
 from neuroread.node.assemble.assembler import CompleteSeries
 from neuroread.node.config import parse_config
 from neuroread.node.encode import validate
 from neuroread.node.jobs.store import JobStore
 from neuroread.node.spool.store import Spool
+from neuroread.node.tools.dcmtk import DcmtkMissing, dcmtk_tool
 from neuroread.training.phantoms.baseline import load_truth
-
 from support.node_checks import KINDS, SC, SR, delivered_outputs, referenced_uids, refers_to_source, storescu, wait_for
 from support.peers import StoreSCP
 from support.tiny_model import ENTRY

@@ -14,19 +14,19 @@ from pydicom.uid import generate_uid
 
 from neuroread.models import ModelRegistry
 from neuroread.node.app.node import Node
+from neuroread.node.app.offline import run_files
 from neuroread.node.assemble.assembler import CompleteSeries, CompleteStudy
 from neuroread.node.config import parse_config
 from neuroread.node.encode import validate
 from neuroread.node.infer.runner import ModelRunner
-from neuroread.node.app.run_files import run_files
 from neuroread.node.route.rules import Route, default_routes, parse_condition
 from neuroread.node.route.study_slots import Candidate, fill_slots
 from neuroread.training.phantoms.baseline import load_truth
-
-from support.peers import StoreSCP
 from support.node_checks import referenced_uids, storescu, wait_for
+from support.peers import StoreSCP
 from support.tiny_model import ENTRY as TINY
-from support.tiny_pair_model import ENTRY as PAIR, SPEC as PAIR_SPEC
+from support.tiny_pair_model import ENTRY as PAIR
+from support.tiny_pair_model import SPEC as PAIR_SPEC
 
 SR, KO, SEG, PM, SC = ("1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.59",
                        "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.30", "1.2.840.10008.5.1.4.1.1.7")

@@ -14,11 +14,11 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from neuroread.node.tools.dcmtk import dcmtk_tool
 from neuroread.node.deliver import Backoff, DicomDestination, FolderDestination, Outbox
 from neuroread.node.jobs.store import JobStore
 from neuroread.node.receive.dimse import StorageSCP
 from neuroread.node.spool.store import Spool
+from neuroread.node.tools.dcmtk import dcmtk_tool
 from support.peers import free_port
 
 SR = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR Storage

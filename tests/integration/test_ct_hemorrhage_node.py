@@ -24,9 +24,9 @@ from neuroread.node.config import parse_config
 from neuroread.node.encode import DEMO_TEXT, validate
 from neuroread.node.tools.results_summary import summarize
 from neuroread.training.phantoms.baseline import load_truth
-
-from support.peers import StoreSCP
 from support.node_checks import KO, PM, SC, SR, delivered_outputs, referenced_uids, storescu, wait_for
+from support.peers import StoreSCP
+
 
 @pytest.fixture
 def storescp(tmp_path):

@@ -18,15 +18,21 @@ import pytest
 import requests
 from dicomweb_client import DICOMwebClient
 
-from neuroread.models import ModelRegistry
 from neuroread.cli import main
+from neuroread.models import ModelRegistry
+from neuroread.node.app.offline import run_files
 from neuroread.node.config import parse_config
-from neuroread.node.deliver import (Backoff, OrthancDestination, Outbox, OutboxItem, StowRsDestination, destination_from_dict,
-                          stow_outcomes)
+from neuroread.node.deliver import (
+    Backoff,
+    OrthancDestination,
+    Outbox,
+    OutboxItem,
+    StowRsDestination,
+    destination_from_dict,
+    stow_outcomes,
+)
 from neuroread.node.intake.dicomweb import DicomWebError, HttpAuth, StudyNotFoundError, http_session, pull_study
-from neuroread.node.app.run_files import run_files
 from neuroread.training.phantoms.baseline import load_truth
-
 from support.orthanc_peer import OrthancServer
 from support.peers import free_port
 from support.tiny_model import ENTRY

@@ -22,9 +22,8 @@ from dicomweb_client.api import DICOMwebClient
 from neuroread.node.tools.dcmtk import dcmtk_tool
 from neuroread.node.tools.orthanc_config import orthanc_configuration
 from neuroread.training.phantoms.baseline import load_truth
-
-from support.orthanc_peer import OrthancServer
 from support.node_checks import wait_for
+from support.orthanc_peer import OrthancServer
 from support.tiny_model import FAIL_ENV, HOLD_ENV, SPEC
 
 REPO = Path(__file__).resolve().parents[2]
@@ -270,7 +269,7 @@ def test_a_series_already_held_under_another_study_does_not_stop_the_intake(orth
 
 
 @pytest.mark.parametrize("section, message", [
-    ({"PythonPath": []}, "cannot import node: NeuroRead.PythonPath must list neuroread's environment"),
+    ({"PythonPath": []}, "cannot import neuroread: NeuroRead.PythonPath must list neuroread's environment"),
     ({"PythonPath": [], "Confg": "x.yaml"}, "NeuroRead.Confg: unknown key"),
     (None, "Orthanc's configuration has no 'NeuroRead' section"),
 ])

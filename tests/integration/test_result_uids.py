@@ -14,8 +14,8 @@ from pathlib import Path
 import pydicom
 
 from neuroread.models import ModelRegistry
+from neuroread.node.app.offline import run_files
 from neuroread.node.config import parse_config
-from neuroread.node.app.run_files import run_files
 from support.tiny_model import ENTRY
 
 GOLDEN = Path(__file__).parent / "data" / "result_uids.json"

@@ -25,9 +25,9 @@ from dicomweb_client.session_utils import create_session_from_user_pass
 from pydicom.uid import generate_uid
 
 from neuroread.node.config import ConfigError, DicomWebConfig, parse_config
-from neuroread.node.spool.store import Spool
 from neuroread.node.receive.multipart import MultipartError, split_multipart
 from neuroread.node.receive.stow import DICOM_JSON, FailureReason, StowReceiver
+from neuroread.node.spool.store import Spool
 
 USER, PASSWORD, TOKEN = "pacs", "s3cret-pw", "tok-9f8e7d"
 BOUNDARY = "b0undary-42"
@@ -573,8 +573,8 @@ def test_a_pacs_pushing_over_stow_rs_to_the_node_gets_results_back(tmp_path, fil
     spooled, assembled, routed to the test model, and its results reach a dcmtk storescp."""
     from neuroread.models import ModelRegistry
     from neuroread.node.app.node import Node
-    from support.peers import StoreSCP
     from support.node_checks import delivered_outputs, wait_for
+    from support.peers import StoreSCP
     from support.tiny_model import ENTRY
 
     scp = StoreSCP(tmp_path / "storescp")

@@ -16,11 +16,18 @@ from pydicom.sr.codedict import codes
 from neuroread.models import ModelRegistry
 from neuroread.models.checkpoint import load_checkpoint, save_checkpoint, state_dict_sha256
 from neuroread.models.ct_hemorrhage import model as cth
-from neuroread.models.ct_hemorrhage.model import ENTRIES, SPEC, SPEC_CQ500, HemorrhageModel, demo_weights_path, paper_config
+from neuroread.models.ct_hemorrhage.model import (
+    ENTRIES,
+    SPEC,
+    SPEC_CQ500,
+    HemorrhageModel,
+    demo_weights_path,
+    paper_config,
+)
 from neuroread.models.ct_hemorrhage.network import DrCT2, DrCT2Config
 from neuroread.models.ct_hemorrhage.preprocess import resize_square, sample_indices
+from neuroread.models.volume import load_series
 from neuroread.node.encode import EncodeInfo, encode_result, validate
-from neuroread.node.infer.runner import load_series
 from neuroread.node.route.rules import default_routes, match_series
 from neuroread.training.datasets import CQ500_LABELS, RSNA_LABELS
 

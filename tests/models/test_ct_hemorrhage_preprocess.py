@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from neuroread.models.ct_hemorrhage.preprocess import (
-    WINDOWS, Window, apply_windows, augmentation_sets, prepare, resize_square, sample_indices, to_input,
+    WINDOWS,
+    Window,
+    apply_windows,
+    augmentation_sets,
+    prepare,
+    resize_square,
+    sample_indices,
+    to_input,
 )
 
 

@@ -7,7 +7,6 @@ import pytest
 
 from neuroread.models import Code, InputSlot, Label, ModelRegistry, ModelSpec, default_registry
 from neuroread.models.registry import load_plugin
-
 from support.tiny_model import ENTRY, SPEC
 
 

@@ -29,11 +29,10 @@ import yaml
 from pydicom.uid import generate_uid
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 
-from neuroread.node.tools.dcmtk import DcmtkMissing
-from neuroread.node.tools.dcmtk import dcmtk_tool as _dcmtk_tool
 from neuroread.node.deliver import Outbox, OutboxItem
 from neuroread.node.jobs.store import Job, JobStore
-
+from neuroread.node.tools.dcmtk import DcmtkMissing
+from neuroread.node.tools.dcmtk import dcmtk_tool as _dcmtk_tool
 from support.peers import free_port
 
 REPO = Path(__file__).resolve().parents[2]

@@ -21,7 +21,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from neuroread.models import Code, Finding, Heatmap, InputSlot, KeySlice, Label, Lesion, ModelCard, ModelEntry, ModelResult, ModelSpec, SeriesVolume
+from neuroread.models import (
+    Code,
+    Finding,
+    Heatmap,
+    InputSlot,
+    KeySlice,
+    Label,
+    Lesion,
+    ModelCard,
+    ModelEntry,
+    ModelResult,
+    ModelSpec,
+    SeriesVolume,
+)
 
 SPEC = ModelSpec(
     name="tiny-test",

@@ -16,7 +16,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from neuroread.models import Code, Finding, Heatmap, InputSlot, KeySlice, Label, Lesion, ModelCard, ModelEntry, ModelResult, ModelSpec, SeriesVolume
+from neuroread.models import (
+    Code,
+    Finding,
+    Heatmap,
+    InputSlot,
+    KeySlice,
+    Label,
+    Lesion,
+    ModelCard,
+    ModelEntry,
+    ModelResult,
+    ModelSpec,
+    SeriesVolume,
+)
 from support.tiny_model import _Net
 
 SPEC = ModelSpec(

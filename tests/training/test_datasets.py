@@ -17,7 +17,15 @@ from torch.utils.data import DataLoader
 
 from neuroread.models.ct_hemorrhage.preprocess import augmentation_sets, prepare, sample_indices
 from neuroread.training.datasets import (
-    CQ500_LABELS, RSNA_LABELS, SeriesDataset, StudyRecord, collate, read_cq500, read_manifest, read_phantoms, read_rsna,
+    CQ500_LABELS,
+    RSNA_LABELS,
+    SeriesDataset,
+    StudyRecord,
+    collate,
+    read_cq500,
+    read_manifest,
+    read_phantoms,
+    read_rsna,
 )
 from neuroread.training.phantoms.ct_hemorrhage import LABELS as PHANTOM_LABELS
 

@@ -126,8 +126,8 @@ def test_mask_has_one_id_per_microbleed_and_no_mimic(studies):
         key, mask = st.masks[cmb_svd.MASK]
         assert key == "swi" and st.mask_contrast[cmb_svd.MASK] == "darker"
         lesions = st.truth["lesions"]
-        assert [l["id"] for l in lesions] == list(range(1, len(lesions) + 1))
-        assert set(np.unique(mask)) - {0} == {l["id"] for l in lesions}
+        assert [les["id"] for les in lesions] == list(range(1, len(lesions) + 1))
+        assert set(np.unique(mask)) - {0} == {les["id"] for les in lesions}
         assert st.truth["subtype"] == label
         assert all(m["in_mask"] is False for m in st.truth["mimics"])
         assert sum(st.truth["microbleed_counts"][c] for c in ("lobar", "deep", "infratentorial")) == len(lesions)

@@ -13,8 +13,8 @@ import sys
 import pytest
 import torch
 
-from neuroread.models.checkpoint import load_checkpoint
 from neuroread.cli import main
+from neuroread.models.checkpoint import load_checkpoint
 from neuroread.models.ct_hemorrhage.network import DrCT2, make_optimizer
 from neuroread.training.datasets import RSNA_LABELS, SeriesDataset, collate, read_phantoms
 from neuroread.training.demo import DemoPlan, train_demo

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import errno
-import shutil
 import socket
 import time
 from pathlib import Path
@@ -14,12 +13,18 @@ import sqlalchemy as sa
 from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
-from neuroread.node.deliver import (Backoff, Deliverer, DicomDestination, FolderDestination, Outbox,
-                          destination_from_dict)
+from neuroread.node.deliver import (
+    Backoff,
+    Deliverer,
+    DicomDestination,
+    FolderDestination,
+    Outbox,
+    destination_from_dict,
+)
 from neuroread.node.encode import EncodeInfo, encode_result
 from neuroread.node.receive.dimse import StorageSCP
 from neuroread.node.spool.store import Spool
-
+from neuroread.node.tools.dcmtk import DcmtkMissing, dcmtk_tool
 from support.peers import StoreSCP, free_port
 from support.tiny_model import SPEC
 
@@ -34,8 +39,10 @@ BACKOFF = Backoff(base=10.0, cap=40.0)
 
 @pytest.fixture(scope="module", autouse=True)
 def _tools():
-    if shutil.which("storescp") is None:
-        pytest.fail("dcmtk storescp is required (Debian package dcmtk)")
+    try:
+        dcmtk_tool("storescp")  # dcmtk's, not pynetdicom's namesake
+    except DcmtkMissing as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="module")

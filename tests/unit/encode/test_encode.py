@@ -11,7 +11,6 @@ import pytest
 
 from neuroread.models import Table
 from neuroread.node.encode import DEMO_TEXT, EncodeInfo, derive_uid, encode_result, validate
-
 from support.tiny_model import SPEC
 
 SC = "1.2.840.10008.5.1.4.1.1.7"

@@ -15,12 +15,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 from pydicom.encaps import encapsulate
-from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless, UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from neuroread.models import Heatmap, ModelEntry, ModelRegistry
-from neuroread.node.infer.runner import ModelRunner, SeriesError, load_series
-from support.tiny_model import ENTRY, SPEC, TinyModel
+from neuroread.node.infer import ModelRunner, SeriesError, load_series
 from neuroread.training.phantoms.baseline import load_truth, read_series
+from support.tiny_model import ENTRY, SPEC, TinyModel
 
 SERIES = [("ct-hemorrhage", "ct"), ("axspa-sij", "t1"), ("axspa-sij", "fs"), ("ad-lrp", "t1")]
 

@@ -14,7 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from neuroread.node.jobs.store import JobError, JobOutcome, JobStateError, JobStore, LeaseLostError, Worker, WorkerPool, job_key
+from neuroread.node.jobs import (
+    JobError,
+    JobOutcome,
+    JobStateError,
+    JobStore,
+    LeaseLostError,
+    Worker,
+    WorkerPool,
+    job_key,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
@@ -232,7 +241,7 @@ def test_concurrent_claims_threads_each_job_once(tmp_path):
 
 _PROC_WORKER = """
 import os, sys, time
-from neuroread.node.jobs.store import JobStore, JobOutcome, WorkerPool
+from neuroread.node.jobs import JobStore, JobOutcome, WorkerPool
 url, log, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 store = JobStore(url)
 def run(job):
@@ -264,7 +273,7 @@ def test_concurrent_claims_two_processes_one_sqlite_file(tmp_path):
 _KILLED_WORKER = """
 import sys, time
 from pathlib import Path
-from neuroread.node.jobs.store import JobStore, Worker
+from neuroread.node.jobs import JobStore, Worker
 store = JobStore(sys.argv[1])
 def run(job):
     Path(sys.argv[2]).write_text(str(job.id))

@@ -15,13 +15,21 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
-from pynetdicom import AE, _config as pynetdicom_config
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+)
+from pynetdicom import AE
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.dsutils import encode, split_dataset
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 
 from neuroread.node.receive.dimse import Peer, StorageSCP, StoreStatus
 from neuroread.node.spool.store import Spool
+from neuroread.node.tools.dcmtk import DcmtkMissing, dcmtk_tool
 
 AET = "NEUROREAD"
 TOOLS = ("storescu", "echoscu", "dcmcjpls", "dcmcrle")
@@ -29,9 +37,11 @@ TOOLS = ("storescu", "echoscu", "dcmcjpls", "dcmcrle")
 
 @pytest.fixture(scope="module", autouse=True)
 def _tools():
-    missing = [t for t in TOOLS if shutil.which(t) is None]
-    if missing:
-        pytest.fail(f"dcmtk tools missing: {', '.join(missing)} (Debian package dcmtk)")
+    for tool in TOOLS:  # dcmtk's, even with the environment (and pynetdicom's namesakes) on PATH
+        try:
+            dcmtk_tool(tool)
+        except DcmtkMissing as exc:
+            pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +89,7 @@ def make_node(tmp_path):
 
 def storescu(port: int, files, *args: str, aec: str = AET, aet: str = "STORESCU"):
     env = {**os.environ, "TCP_NODELAY": "1"}
-    return subprocess.run(["storescu", "-aet", aet, "-aec", aec, *args, "127.0.0.1", str(port),
+    return subprocess.run([dcmtk_tool("storescu"), "-aet", aet, "-aec", aec, *args, "127.0.0.1", str(port),
                            *map(str, files)], env=env, capture_output=True, text=True, timeout=60)
 
 
@@ -184,7 +194,7 @@ def test_deflated_stored_as_received(make_node, series):
 
 def test_echo_with_dcmtk_and_pynetdicom(make_node):
     node = make_node()
-    run = subprocess.run(["echoscu", "-aec", AET, "127.0.0.1", str(node.scp.port)],
+    run = subprocess.run([dcmtk_tool("echoscu"), "-aec", AET, "127.0.0.1", str(node.scp.port)],
                          capture_output=True, text=True, timeout=30)
     assert run.returncode == 0, run.stderr
     assoc = _associate(node.scp.port, contexts=(Verification,))

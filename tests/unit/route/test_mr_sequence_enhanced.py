@@ -11,8 +11,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from neuroread.models.spec import Code, InputSlot, Label, ModelSpec
-from neuroread.node.route.rules import Route, default_routes, explain, match_series
 from neuroread.node.route.mr_sequence import HeaderReader, classify
+from neuroread.node.route.rules import Route, default_routes, explain, match_series
 
 ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
 LEGACY_CONVERTED_MR = "1.2.840.10008.5.1.4.1.1.4.4"

@@ -11,14 +11,22 @@ import yaml
 from pydicom.dataset import Dataset
 
 from neuroread.models.spec import Code, InputSlot, Label, ModelSpec
-from neuroread.node.route.rules import (
-    AllOf, Leaf, Route, default_routes, explain, explain_path, load_routes, match_series, read_series_headers,
-)
 from neuroread.node.route.mr_sequence import SequenceClass, classify
-from support.tiny_model import SPEC as TINY_SPEC
+from neuroread.node.route.rules import (
+    AllOf,
+    Leaf,
+    Route,
+    default_routes,
+    explain,
+    explain_path,
+    load_routes,
+    match_series,
+    read_series_headers,
+)
 from neuroread.training.phantoms.acquisition import mr_attributes
 from neuroread.training.phantoms.geometry import Grid
 from neuroread.training.phantoms.study import Scanner
+from support.tiny_model import SPEC as TINY_SPEC
 
 MR_TASKS = ("ms-csvd", "cmb-svd", "axspa-sij", "ad-lrp")
 

@@ -32,7 +32,7 @@ from ..registry import TaskSpec
 from ..study import Series, Study
 from .lesions import KINDS, SUBTYPES, Lesion, make_lesions
 from .pelvis import Pelvis, random_pelvis
-from .tissues import _Texture, _anatomy
+from .tissues import _anatomy, _Texture
 
 CLASSES = ("axspa", "non_axspa")
 # Which way each lesion kind differs from its surroundings on each series (osteophytes are

@@ -36,3 +36,6 @@ from .lesions import Microbleed
 from .sites import _sites, lobe_of  # noqa: F401  (_sites: the tests inspect the site maps)
 from .study import MASK, TASK, TASK_NAME, baseline, generate
 from .subject import CLASSES, Subject, plan_subject
+
+__all__ = ["CLASSES", "MASK", "TASK", "TASK_NAME", "Microbleed", "Subject", "baseline", "generate", "lobe_of",
+           "plan_subject"]

@@ -9,7 +9,6 @@ from .. import anatomy, head
 from ..geometry import Grid, SubjectWarp
 from .field import _LesionField, _sample_aligned
 
-
 _BRAIN_CENTRE = np.array([0.0, 17.0, 6.0])  # template LPS mm, the middle of the brain
 _VERTEX_Z = 82.0  # template z of the top of the brain
 

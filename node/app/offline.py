@@ -14,12 +14,13 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from neuroread.models import ModelRegistry
-
-from neuroread.node.assemble.consensus import series_consensus
-from neuroread.node.app.node import PipelineError, build_routes, decide, encode_info, make_runner, multi_series_specs, process_inputs
+from neuroread.node.assemble import series_consensus
 from neuroread.node.config import Config
 from neuroread.node.encode import find_dciodvfy
-from neuroread.node.route.study_slots import Candidate, fill_slots
+from neuroread.node.route import Candidate, fill_slots
+
+from .build import build_routes, decide, encode_info, make_runner, multi_series_specs
+from .job import PipelineError, process_inputs
 
 logger = logging.getLogger(__name__)
 
