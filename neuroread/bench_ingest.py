@@ -13,7 +13,7 @@ each round in a rotated order and each receiver into a fresh, empty folder:
 * **storescp**: dcmtk ``storescp -od DIR`` (writes files, no fsync: the practical ceiling);
 * **pynetdicom**: pynetdicom's own server (``AE.start_server``) with a handler that only writes
   the received bytes durably as neuroread's spool does (temporary file, fsync, rename, folder
-  fsync): what the receive stage would reach on pynetdicom's reactors (see node/upper_layer.py).
+  fsync): what the receive stage would reach on pynetdicom's reactors (see neuroread.node.receive.association).
 
 The series is a head-CT phantom from ``neuroread.training.phantoms`` with ``--slices`` thin slices of
 512×512, made once (a few minutes) and kept under ``out/bench/``. Instances per second is the

@@ -9,8 +9,8 @@ from .build import build_destinations, build_routes, decide, encode_info, make_r
 from .job import JobContext, PipelineError, Processed, process_inputs, run_job
 from .job_queries import job_json, list_jobs, retry_job, show_job, unrouted
 from .node import Node
-from .routing import RoutingRecords, routing_records
 from .offline import run_files
+from .routing import RoutingRecords, routing_records
 
 __all__ = [
     "JobContext",

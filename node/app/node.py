@@ -1,5 +1,5 @@
 """The node: every stage wired together (receive → spool → assemble → route → queue → infer →
-encode → validate → outbox → deliver), and the same pipeline on files with no network.
+encode → validate → outbox → deliver).
 
 :class:`Node` (``with Node(config, registry) as node: ...``)
     * a :class:`~neuroread.node.receive.dimse.StorageSCP` on ``config.node`` host/port (port 0: a free one,
@@ -47,8 +47,9 @@ Threshold overrides (``models: {name: {thresholds: {label: t}}}``) are applied b
 the findings' ``present`` flags, the SR and the report page carry the configured thresholds.
 
 The same route → infer → encode → validate path on files, without a network, is
-:func:`neuroread.node.app.offline.run_files` (``neuroread run``); it shares this module's building blocks
-(:func:`build_routes`, :func:`make_runner`, :func:`decide`, :func:`process_inputs`).
+:func:`neuroread.node.app.offline.run_files` (``neuroread run``); both use the building blocks of
+:mod:`.build` (:func:`build_routes`, :func:`make_runner`, :func:`decide`) and :mod:`.job`
+(:func:`process_inputs`; the job function :func:`run_job`, which the workers call).
 """
 from __future__ import annotations
 

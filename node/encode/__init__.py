@@ -25,6 +25,7 @@ import pydicom
 from neuroread.models import ModelResult, ModelSpec
 
 from .context import DEMO_TEXT, KINDS, EncodeInfo, Job, freeze_dates, source_stamp
+from .dciodvfy import find_dciodvfy, validate
 from .ko import build_key_objects
 from .pm import build_parametric_maps
 from .sc import build_secondary_captures
@@ -32,7 +33,6 @@ from .seg import build_segmentations
 from .sr import PROBABILITY, build_report
 from .tolerant import Withheld, fill_series_level, withhold_invalid, withhold_invalid_all
 from .uids import UidFactory, derive_uid
-from .dciodvfy import find_dciodvfy, validate
 
 __all__ = ["DEMO_TEXT", "KINDS", "PROBABILITY", "EncodeInfo", "UidFactory", "Withheld", "derive_uid", "encode_result", "fill_series_level",
            "find_dciodvfy", "validate", "withhold_invalid", "withhold_invalid_all"]

@@ -9,7 +9,7 @@ one DataElement per attribute, value validation): about 1 ms for the file meta
 (``C_STORE_RSP.primitive_to_message`` + ``encode_msg``) on the development machine, measured
 with a 300-instance loop. At 100-200 instances/s over one association that is a fifth to a
 third of the time per instance. The structures are fixed (PS3.10 7.1, PS3.7 9.3.1.2), so they
-are packed here with :mod:`struct`; ``tests/test_wire.py`` checks the bytes against pydicom's
+are packed here with :mod:`struct`; ``tests/unit/receive/test_pdu.py`` checks the bytes against pydicom's
 and pynetdicom's own encoders for every variant we send.
 """
 from __future__ import annotations
