@@ -82,7 +82,7 @@ def test_route_explain_prints_only_its_explanation(phantom_sets):
     for line in (res.stdout + res.stderr).splitlines():
         assert " INFO " not in line and not LOG_LINE.search(line), line
     verbose = _cli("-v", "route", "explain", str(study))  # -v still gives the node's log, on stderr
-    assert " INFO node." in verbose.stderr and " INFO " not in verbose.stdout
+    assert " INFO neuroread.node." in verbose.stderr and " INFO " not in verbose.stdout
 
 
 T0 = 1_700_000_000.0

@@ -18,7 +18,7 @@ from neuroread.node.app.offline import run_files
 from neuroread.node.config import parse_config
 from support.tiny_model import ENTRY
 
-GOLDEN = Path(__file__).parent / "data" / "result_uids.json"
+GOLDEN = Path(__file__).resolve().parents[1] / "data" / "result_uids.json"
 
 
 def _uids(files: list[Path]) -> list[list[str]]:
