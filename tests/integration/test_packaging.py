@@ -52,7 +52,7 @@ def test_the_wheel_installs_only_the_neuroread_namespace(wheel):
         entry_points = next(z.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
     top = {n.split("/")[0] for n in names}
     assert top == {"neuroread", next(t for t in top if t.endswith(".dist-info"))}, sorted(top)
-    for module in ("neuroread/cli.py", "neuroread/__main__.py", "neuroread/node/app/node.py",
+    for module in ("neuroread/cli/__init__.py", "neuroread/cli/jobs.py", "neuroread/__main__.py", "neuroread/node/app/node.py",
                    "neuroread/node/receive/dimse.py", "neuroread/models/ct_hemorrhage/network.py",
                    "neuroread/training/phantoms/cmb_svd/study.py"):
         assert module in names
