@@ -78,7 +78,6 @@ import hmac
 import ipaddress
 import json
 import logging
-import re
 import socket
 import socketserver
 import ssl
@@ -87,51 +86,26 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from email.message import Message
-from enum import IntEnum
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from io import BytesIO
-
-from pydicom import dcmread
-from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import DeflatedExplicitVRLittleEndian
-from pynetdicom import AllStoragePresentationContexts
 
 from neuroread.node.config import DicomWebConfig
 from neuroread.node.http import env_secret
-from neuroread.node.malformed import MAX_SEQUENCE_DEPTH, PARSE_ERRORS, sequence_too_deep, truncated_element
-from neuroread.node.redact import describe_error
 from neuroread.node.spool import InvalidUIDError, SeriesStudyConflictError, Spool, SpoolFullError, validate_uid
 
-from .dimse import PREAMBLE, TRANSFER_SYNTAXES
+from .dimse import PREAMBLE
 from .multipart import BOUNDARY, MultipartError, Part, split_multipart
+from .stow_instances import DICOM, FailureReason, check_part, quote, response, uid_or_empty
 
 logger = logging.getLogger(__name__)
 
-DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
-STORAGE_SOP_CLASSES = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
 _CHUNK = 1 << 20
 _RETRY_AFTER_S = 30
 _LINGER_S = 1.0  # after an early answer, how long unread body bytes are drained (see _linger)
 _LINGER_BYTES = 4 << 20
 _MAX_WARNINGS = 20
-_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float Pixel Data
-_UNPRINTABLE = re.compile(r'[^\x20-\x7e]|["\\]')
-
-
-class FailureReason(IntEnum):
-    """Failure Reason (0008,1197) values this receiver answers (PS3.18 Table I.2-2)."""
-
-    PROCESSING_FAILURE = 0x0110
-    SOP_CLASS_NOT_SUPPORTED = 0x0122
-    OUT_OF_RESOURCES = 0xA700
-    DATASET_DOES_NOT_MATCH = 0xA900
-    CANNOT_UNDERSTAND = 0xC000
-    TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
 
 
 class _Refusal(Exception):
@@ -140,123 +114,6 @@ class _Refusal(Exception):
     def __init__(self, status: HTTPStatus, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers or {}
-
-
-@dataclass
-class _Instance:
-    """One part of a request: either valid (``failure is None``) or failed with a reason."""
-
-    part: int  # 1-based
-    data: memoryview | bytes = b""  # the PS3.10 file as received
-    header: Dataset | None = None
-    sop_class_uid: str = ""
-    sop_instance_uid: str = ""
-    study_uid: str = ""
-    series_uid: str = ""
-    transfer_syntax_uid: str = ""
-    failure: FailureReason | None = None
-    why: str = ""
-    outcome: str = ""  # the spool's, once stored
-
-    def fail(self, reason: FailureReason, why: str) -> "_Instance":
-        self.failure, self.why, self.data, self.header = reason, why, b"", None
-        return self
-
-
-def _quote(text: str, limit: int = 200) -> str:
-    """``text`` made safe for a quoted header value (printable ASCII, no quotes), shortened."""
-    return _UNPRINTABLE.sub("?", text)[:limit]
-
-
-def _uid_or_empty(value: str) -> str:
-    """``value`` if it is a valid UID (so it may be echoed in the response), else ``""``."""
-    try:
-        return validate_uid(value, "UID")
-    except InvalidUIDError:
-        return ""
-
-
-def _check_part(number: int, part: Part, study_uid: str | None, spool: Spool) -> _Instance:
-    """Check one body part (see the module docstring); ``study_uid``: the one in the path.
-
-    A part without a Content-Type is taken as ``application/dicom``, the request's ``type``.
-    """
-    inst = _Instance(number)
-    if part.headers.get("Content-Type") is not None and part.headers.get_content_type() != DICOM:
-        return inst.fail(FailureReason.CANNOT_UNDERSTAND,
-                         f"part Content-Type {_quote(part.headers.get_content_type(), 80)} is not {DICOM}")
-    data = part.content
-    if not data:
-        return inst.fail(FailureReason.CANNOT_UNDERSTAND, "empty part")
-    try:
-        ds = dcmread(BytesIO(data))  # no force: a PS3.10 file (preamble, DICM, file meta) is required
-        deflated = str(ds.file_meta.get("TransferSyntaxUID", "")) == DeflatedExplicitVRLittleEndian
-        truncated = truncated_element(ds, None if deflated else len(data))
-        too_deep = sequence_too_deep(ds)
-        meta = ds.file_meta
-        uids = {kw: ds.get(kw) for kw in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")}
-        meta_uids = (meta.get("TransferSyntaxUID"), meta.get("MediaStorageSOPClassUID"),
-                     meta.get("MediaStorageSOPInstanceUID"))
-    except InvalidDicomError:
-        return inst.fail(FailureReason.CANNOT_UNDERSTAND, "not a DICOM PS3.10 file (no preamble and 'DICM' prefix)")
-    except PARSE_ERRORS as exc:
-        return inst.fail(FailureReason.CANNOT_UNDERSTAND,
-                         f"not a readable DICOM PS3.10 file ({describe_error(exc)})")
-    if truncated:
-        return inst.fail(FailureReason.CANNOT_UNDERSTAND, f"data set truncated: {truncated}")
-    if too_deep:
-        return inst.fail(FailureReason.CANNOT_UNDERSTAND, f"sequences nested deeper than {MAX_SEQUENCE_DEPTH} levels")
-    inst.sop_class_uid, inst.sop_instance_uid, inst.study_uid, inst.series_uid = (str(v or "") for v in uids.values())
-    missing = [kw for kw, v in uids.items() if not v]
-    if missing:
-        return inst.fail(FailureReason.CANNOT_UNDERSTAND, f"data set lacks {', '.join(missing)}")
-    ts, meta_class, meta_instance = (None if v is None else str(v) for v in meta_uids)
-    try:
-        validate_uid(inst.sop_class_uid, "SOPClassUID")
-        validate_uid(ts, "TransferSyntaxUID")
-        spool.path_for(inst.study_uid, inst.series_uid, inst.sop_instance_uid)
-    except InvalidUIDError as exc:
-        return inst.fail(FailureReason.CANNOT_UNDERSTAND, str(exc))
-    inst.transfer_syntax_uid = ts
-    if ts not in TRANSFER_SYNTAXES:
-        return inst.fail(FailureReason.TRANSFER_SYNTAX_NOT_SUPPORTED, f"transfer syntax {ts} is not accepted")
-    if inst.sop_class_uid not in STORAGE_SOP_CLASSES:
-        return inst.fail(FailureReason.SOP_CLASS_NOT_SUPPORTED,
-                         f"SOP class {inst.sop_class_uid} is not a storage SOP class")
-    if meta_class is not None and meta_class != inst.sop_class_uid:
-        return inst.fail(FailureReason.DATASET_DOES_NOT_MATCH,
-                         f"file meta SOP class {_quote(meta_class, 64)} differs from the data set's "
-                         f"{inst.sop_class_uid}")
-    if meta_instance is not None and meta_instance != inst.sop_instance_uid:
-        return inst.fail(FailureReason.CANNOT_UNDERSTAND, f"file meta SOP instance {_quote(meta_instance, 64)} "
-                                                          f"differs from the data set's {inst.sop_instance_uid}")
-    if study_uid is not None and inst.study_uid != study_uid:
-        return inst.fail(FailureReason.DATASET_DOES_NOT_MATCH,
-                         f"instance of study {inst.study_uid}, not of {study_uid} named in the path")
-    for tag in _PIXEL_TAGS:  # the header handed on needs no pixels; the bytes are stored whole
-        ds.pop(tag, None)
-    inst.data, inst.header = data, ds
-    return inst
-
-
-def _response(instances: list[_Instance]) -> Dataset:
-    """The Store Instances Response (PS3.18 §10.5.3): stored ones referenced, the others failed."""
-    stored, failed = [], []
-    for inst in instances:
-        item = Dataset()
-        item.ReferencedSOPClassUID = _uid_or_empty(inst.sop_class_uid)
-        item.ReferencedSOPInstanceUID = _uid_or_empty(inst.sop_instance_uid)
-        if inst.failure is None:
-            stored.append(item)
-        else:
-            item.FailureReason = int(inst.failure)
-            failed.append(item)
-    ds = Dataset()
-    if stored:
-        ds.ReferencedSOPSequence = stored
-    if failed:
-        ds.FailedSOPSequence = failed
-    return ds
 
 
 class _Server(ThreadingHTTPServer):
@@ -382,7 +239,7 @@ class _Handler(BaseHTTPRequestHandler):
             for i, token in enumerate(tokens, 1):
                 if hmac.compare_digest(credentials.encode(), token.encode()):
                     return f"token #{i}"
-        raise _Refusal(HTTPStatus.UNAUTHORIZED, f"wrong credentials ({_quote(scheme, 20)} authorization refused)",
+        raise _Refusal(HTTPStatus.UNAUTHORIZED, f"wrong credentials ({quote(scheme, 20)} authorization refused)",
                        {"WWW-Authenticate": ", ".join(challenges)})
 
     def _route(self) -> str | None:
@@ -393,11 +250,11 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         head, _, uid = path.rpartition("/")
         if head != prefix or not uid:
-            raise _Refusal(HTTPStatus.NOT_FOUND, f"no such resource: {_quote(path)} (STOW-RS is {prefix})")
+            raise _Refusal(HTTPStatus.NOT_FOUND, f"no such resource: {quote(path)} (STOW-RS is {prefix})")
         try:
             return validate_uid(uid, "StudyInstanceUID in the path")
         except InvalidUIDError as exc:
-            raise _Refusal(HTTPStatus.BAD_REQUEST, _quote(str(exc))) from exc
+            raise _Refusal(HTTPStatus.BAD_REQUEST, quote(str(exc))) from exc
 
     def _check_content_type(self) -> str:
         """The boundary of a ``multipart/related; type="application/dicom"`` body, else 415."""
@@ -411,14 +268,14 @@ class _Handler(BaseHTTPRequestHandler):
         kind = str(header.get_param("type", "")).split(";")[0].strip().lower()
         if media != "multipart/related" or kind != DICOM:
             raise _Refusal(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-                           f'Content-Type {_quote(value)} is not multipart/related; type="{DICOM}" '
+                           f'Content-Type {quote(value)} is not multipart/related; type="{DICOM}" '
                            "(instances must be sent as DICOM PS3.10 files)")
         boundary = header.get_boundary()
         if not boundary:
             raise _Refusal(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "Content-Type has no boundary parameter")
         if not BOUNDARY.fullmatch(boundary):
             raise _Refusal(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-                           f"boundary {_quote(boundary, 80)!r} is not an RFC 2046 boundary "
+                           f"boundary {quote(boundary, 80)!r} is not an RFC 2046 boundary "
                            "(1-70 of 0-9A-Za-z'()+_,-./:=? and space, not ending in a space)")
         return boundary
 
@@ -428,7 +285,7 @@ class _Handler(BaseHTTPRequestHandler):
         if raw is None:
             raise _Refusal(HTTPStatus.LENGTH_REQUIRED, "Content-Length required (chunked bodies are not accepted)")
         if not raw.strip().isdigit():
-            raise _Refusal(HTTPStatus.BAD_REQUEST, f"Content-Length {_quote(raw, 40)!r} is not a number")
+            raise _Refusal(HTTPStatus.BAD_REQUEST, f"Content-Length {quote(raw, 40)!r} is not a number")
         length = int(raw)
         if length > limit:
             raise _Refusal(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
@@ -458,7 +315,7 @@ class _Handler(BaseHTTPRequestHandler):
     # -- storing and answering -----------------------------------------------------------------
     def _store(self, parts: list[Part], study_uid: str | None, principal: str, started: float) -> None:
         receiver = self.server.receiver
-        instances = [_check_part(number, part, study_uid, receiver.spool) for number, part in enumerate(parts, 1)]
+        instances = [check_part(number, part, study_uid, receiver.spool) for number, part in enumerate(parts, 1)]
         storage_error: tuple[FailureReason, str] | None = None  # once set, nothing more is stored
         for inst in instances:
             if inst.failure is not None:
@@ -494,11 +351,11 @@ class _Handler(BaseHTTPRequestHandler):
             status = HTTPStatus.ACCEPTED
         else:
             status = HTTPStatus.CONFLICT
-        warnings = [f'299 neuroread "part {i.part}: {_quote(i.why)}"' for i in failed[:_MAX_WARNINGS]]
+        warnings = [f'299 neuroread "part {i.part}: {quote(i.why)}"' for i in failed[:_MAX_WARNINGS]]
         if len(failed) > _MAX_WARNINGS:
             warnings.append(f'299 neuroread "{len(failed) - _MAX_WARNINGS} more parts failed"')
         headers = {"Retry-After": str(_RETRY_AFTER_S)} if storage_error is not None else {}
-        body = json.dumps(_response(instances).to_json_dict()).encode("utf-8")
+        body = json.dumps(response(instances).to_json_dict()).encode("utf-8")
         self._send(status, DICOM_JSON, body, headers, warnings)
         new = sum(i.outcome == "new" for i in stored)
         studies = sorted({i.study_uid for i in stored})
@@ -508,7 +365,7 @@ class _Handler(BaseHTTPRequestHandler):
                     extra={"peer_address": self.client_address[0], "instances": len(stored), "failed": len(failed)})
         for inst in failed:
             logger.warning("STOW-RS from %s: part %d (SOP instance %s) failed, 0x%04X: %s", self.client_address[0],
-                           inst.part, _uid_or_empty(inst.sop_instance_uid) or "?", inst.failure, inst.why)
+                           inst.part, uid_or_empty(inst.sop_instance_uid) or "?", inst.failure, inst.why)
 
     def _send(self, status: HTTPStatus, content_type: str, body: bytes, headers: dict[str, str],
               warnings: Sequence[str] = ()) -> None:
