@@ -2,8 +2,7 @@
 importable, no module of the project naming ``node``, ``models`` or ``training`` bare, and the
 import contracts of pyproject.toml kept (and able to fail).
 
-The wheel is built from a copy of the working tree with pip (no build isolation: the
-environment's setuptools), as ``.ci/lint`` builds it.
+The wheel is built by ``.ci/wheel`` (from a copy of the working tree, as ``.ci/lint`` builds it).
 """
 from __future__ import annotations
 
@@ -25,14 +24,8 @@ SOURCES = ("neuroread", "node", "models", "training", "orthanc", "tests")
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("wheel")
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True,
-                           check=True).stdout.split("\n")
-    for rel in filter(None, files):
-        if (REPO / rel).is_file():
-            (tmp / "src" / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, tmp / "src" / rel)
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                           str(tmp / "dist"), str(tmp / "src")], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(["bash", str(REPO / ".ci" / "wheel"), str(tmp / "dist")], capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     (found,) = (tmp / "dist").glob("neuroread-*.whl")
     return found
