@@ -5,7 +5,12 @@ loads it)::
 
     {"format": "neuroread-checkpoint/1", "model": "ct-hemorrhage", "config": {...},
      "labels": ["any", ...], "state_dict": {...}, "card": {"architecture": {...},
-     "training_data": "...", "demo": true, "metrics": {...}}}
+     "training_data": "...", "demo": true, "metrics": {...}, "thresholds": {...}}}
+
+``labels`` are the outputs in the network's order (a multi-label model's labels, a
+multi-class model's classes). ``card.thresholds`` (optional) are per-label operating points
+chosen on validation data. Floating-point tensors may be stored in float16 to keep a
+committed file small (``save_checkpoint(..., half=True)``); they are read back as float32.
 
 ``config`` is what the model needs to rebuild its network (e.g. ``DrCT2Config.to_dict()``);
 ``card`` becomes the :class:`~neuroread.models.spec.ModelCard` with ``weights_sha256`` =
@@ -55,14 +60,30 @@ def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
 
 def save_checkpoint(path: Path, *, model: str, config: dict[str, Any], labels: list[str] | tuple[str, ...],
                     state_dict: dict[str, torch.Tensor], architecture: dict[str, Any], training_data: str,
-                    demo: bool, metrics: dict[str, float] | None = None) -> str:
-    """Write a checkpoint atomically (temporary file, rename); returns :func:`state_dict_sha256`."""
+                    demo: bool, metrics: dict[str, float] | None = None,
+                    thresholds: dict[str, float] | None = None, half: bool = False) -> str:
+    """Write a checkpoint atomically (temporary file, rename); returns :func:`state_dict_sha256`
+    of what is stored (``half``: float tensors as float16)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+
+    def stored(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach().cpu().contiguous()
+        return t.half() if half and t.is_floating_point() else t
+
     blob = {"format": FORMAT, "model": model, "config": dict(config), "labels": list(labels),
-            "state_dict": {k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
+            "state_dict": {k: stored(v) for k, v in state_dict.items()},
             "card": {"architecture": dict(architecture), "training_data": training_data, "demo": bool(demo),
-                     "metrics": {k: float(v) for k, v in (metrics or {}).items()}}}
+                     "metrics": {k: float(v) for k, v in (metrics or {}).items()},
+                     "thresholds": dict(thresholds or {})}}
+    unknown = sorted(set(blob["card"]["thresholds"]) - set(labels))
+    if unknown:
+        raise ValueError(f"save_checkpoint: thresholds for {unknown}, which are not among the outputs {list(labels)}")
+    # The card is validated before anything is written: a file load_checkpoint would refuse is never made.
+    ModelCard(architecture=blob["card"]["architecture"], weights_sha256=state_dict_sha256(blob["state_dict"]),
+              training_data=training_data, demo=bool(demo), metrics=blob["card"]["metrics"],
+              thresholds=blob["card"]["thresholds"])
+    blob["card"]["thresholds"] = {k: float(v) for k, v in blob["card"]["thresholds"].items()}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -93,9 +114,13 @@ def load_checkpoint(path: Path, model: str) -> Checkpoint:
     if blob["model"] != model:
         raise ValueError(f"weights file {path} holds weights for {blob['model']!r}, not {model!r}")
     card = blob["card"]
+    try:
+        model_card = ModelCard(architecture=dict(card["architecture"]),
+                               weights_sha256=state_dict_sha256(blob["state_dict"]),
+                               training_data=card["training_data"], demo=bool(card["demo"]),
+                               metrics=dict(card.get("metrics", {})), thresholds=dict(card.get("thresholds", {})))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"weights file {path}: its card is not valid: {exc}") from exc
+    state = {k: v.float() if v.dtype == torch.float16 else v for k, v in blob["state_dict"].items()}
     return Checkpoint(model=blob["model"], config=dict(blob["config"]), labels=tuple(blob["labels"]),
-                      state_dict=dict(blob["state_dict"]),
-                      card=ModelCard(architecture=dict(card["architecture"]),
-                                     weights_sha256=state_dict_sha256(blob["state_dict"]),
-                                     training_data=card["training_data"], demo=bool(card["demo"]),
-                                     metrics=dict(card.get("metrics", {}))))
+                      state_dict=state, card=model_card)

@@ -22,24 +22,29 @@ from .spec import ModelSpec
 class Model(Protocol):
     """What the node needs of a model.
 
-    ``load(weights, device)`` reads weights from a local file (``None``: the model's demo
-    weights); ``predict(inputs)`` takes one :class:`SeriesVolume` per input slot name and
-    returns a :class:`ModelResult` that satisfies ``ModelResult.check(spec, inputs)``.
+    ``load(weights, device)`` reads a weights file (the runner resolves which:
+    :func:`neuroread.models.weights.resolve_weights`) onto a torch device; ``predict(inputs)``
+    takes one :class:`SeriesVolume` per input slot name and returns a :class:`ModelResult` that
+    satisfies ``ModelResult.check(spec, inputs)``, its findings at the spec's thresholds.
+    ``card`` is the loaded weights' card (``None`` before ``load``).
     """
 
     spec: ModelSpec
 
-    def load(self, weights: Path | None, device: str = "cpu") -> None: ...
+    def load(self, weights: Path, device: str = "cpu") -> None: ...
 
     def predict(self, inputs: dict[str, SeriesVolume]) -> ModelResult: ...
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered model: its spec, known without loading anything, and its factory."""
+    """A registered model: its spec, known without loading anything, its factory and the
+    weights file it runs with when the configuration names none (its committed demo weights;
+    ``None``: the model has none and needs configured weights)."""
 
     spec: ModelSpec
     factory: Callable[[], Model]
+    demo_weights: Path | None = None
 
 
 class ModelRegistry:
@@ -65,6 +70,9 @@ class ModelRegistry:
 
     def spec(self, name: str) -> ModelSpec:
         return self._entry(name).spec
+
+    def entry(self, name: str) -> ModelEntry:
+        return self._entry(name)
 
     def create(self, name: str) -> Model:
         """A new, unloaded instance of the model ``name``."""

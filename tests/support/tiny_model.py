@@ -1,8 +1,11 @@
 """A small real network that honours the model contract, for exercising the pipeline.
 
-Random weights (seeded), a real forward pass: a per-slice CNN, attention over slices, one
-sigmoid output; the attention picks key slices and the last feature map is the heatmap.
-Not a product model and never trained.
+Random weights (seeded, written by :func:`write_weights` to ``tests/data/tiny-test.pt``, the
+entry's committed weights: ``python -m support.tiny_model`` from ``tests/`` writes them again,
+byte for byte), a real forward pass: a per-slice CNN, attention over slices, one sigmoid
+output; the attention picks key slices and gives the slice scores, the last feature map
+(scaled to [0, 1]) is the heatmap, its brightest 1% a lesion. Not a product model and never
+trained.
 
 Fault tests can hold a running node inside ``predict``: when the environment variable
 ``TINY_MODEL_HOLD`` names a file that exists, ``predict`` writes ``<that file>.running``
@@ -12,7 +15,6 @@ Fault tests can hold a running node inside ``predict``: when the environment var
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -22,6 +24,7 @@ import torch
 from torch import nn
 
 from neuroread.models import (
+    UCUM_RATIO,
     Code,
     Finding,
     Heatmap,
@@ -29,21 +32,29 @@ from neuroread.models import (
     KeySlice,
     Label,
     Lesion,
+    Measurement,
     ModelCard,
     ModelEntry,
     ModelResult,
     ModelSpec,
+    MultiLabel,
     SeriesVolume,
+    SliceScores,
 )
+from neuroread.models.checkpoint import load_checkpoint, save_checkpoint
 
 SPEC = ModelSpec(
     name="tiny-test",
     version="0.1.0",
     summary="test network: per-slice CNN with slice attention (random weights)",
     slots=(InputSlot("ct", "CT", min_slices=3, description="any CT"),),
-    labels=(Label("finding", Code("404684003", "SCT", "Clinical finding"), 0.5),),
+    outcomes=(MultiLabel((Label("finding", Code("404684003", "SCT", "Clinical finding"), 0.5),)),),
     explanations=("attention",),
 )
+WEIGHTS = Path(__file__).resolve().parents[1] / "data" / "tiny-test.pt"
+ATTENTION = Code("TINYATTENTION", "99NEUROREAD", "Tiny slice attention")
+BRIGHTEST = Code("TINYMEAN", "99NEUROREAD", "Mean feature in lesion")
+SITE = Code("12738006", "SCT", "Brain")
 HOLD_ENV = "TINY_MODEL_HOLD"
 FAIL_ENV = "TINY_MODEL_FAIL"
 
@@ -75,6 +86,15 @@ class _Net(nn.Module):
         return torch.sigmoid(self.out(merged)).squeeze(), attention, maps.mean(dim=1)
 
 
+def write_weights(path: Path = WEIGHTS, model: str = SPEC.name, seed: int = 0, net: nn.Module | None = None) -> str:
+    """Save seeded random weights of the network (or ``net``'s) as ``model``'s checkpoint; returns their SHA-256."""
+    if net is None:
+        torch.manual_seed(seed)
+        net = _Net()
+    return save_checkpoint(path, model=model, config={"layers": 2}, labels=["finding"], state_dict=net.state_dict(),
+                           architecture={"layers": 2}, training_data="none: seeded random weights", demo=True)
+
+
 class TinyModel:
     spec = SPEC
 
@@ -82,11 +102,11 @@ class TinyModel:
         self.net: _Net | None = None
         self.card: ModelCard | None = None
 
-    def load(self, weights: Path | None, device: str = "cpu") -> None:
-        torch.manual_seed(0)
-        self.net = _Net().eval()
-        blob = b"".join(p.detach().numpy().tobytes() for p in self.net.parameters())
-        self.card = ModelCard({"layers": 2}, hashlib.sha256(blob).hexdigest(), "none: random weights", demo=True)
+    def load(self, weights: Path, device: str = "cpu") -> None:
+        ckpt = load_checkpoint(Path(weights), SPEC.name)
+        net = _Net()
+        net.load_state_dict(ckpt.state_dict)
+        self.net, self.card = net.eval(), ckpt.card
 
     def predict(self, inputs: dict[str, SeriesVolume]) -> ModelResult:
         if self.net is None or self.card is None:
@@ -101,22 +121,28 @@ class TinyModel:
             prob, attention, maps = self.net(x)
         att = attention.numpy()
         order = np.argsort(-att, kind="stable")[:3]
-        key = tuple(KeySlice(vol.series_instance_uid, int(k), vol.sop_instance_uids[k], float(att[k]), r + 1)
-                    for r, k in enumerate(order))
+        uid = vol.series_instance_uid
+        key = tuple(KeySlice(uid, int(k), vol.sop_instance_uids[k], float(att[k]), r + 1) for r, k in enumerate(order))
         heat = maps.numpy().astype(np.float32)
+        heat = heat / max(float(heat.max()), 1e-12)
         mask = heat >= np.quantile(heat, 0.99)
         voxel = float(np.prod(vol.spacing))
-        idx = np.argwhere(mask).mean(axis=0)
-        centroid = np.asarray(vol.origin) + np.asarray(vol.direction) @ (idx[::-1] * np.asarray(vol.spacing))
+        centroid = vol.index_to_lps(np.argwhere(mask).mean(axis=0))
         lb = SPEC.labels[0]
         return ModelResult(
             model=SPEC.name, version=SPEC.version, card=self.card,
             findings=(Finding(lb.name, lb.code, float(prob), lb.threshold),),
             key_slices=key,
-            heatmaps=(Heatmap(vol.series_instance_uid, "attention", heat, "mean feature map"),),
-            lesions=(Lesion(vol.series_instance_uid, lb.name, lb.code, mask, float(mask.sum()) * voxel,
-                            tuple(float(v) for v in centroid), location="brightest 1%"),),
+            slice_scores=(SliceScores(uid, ATTENTION, tuple(range(len(att))), tuple(float(a) for a in att), UCUM_RATIO),),
+            heatmaps=(Heatmap(uid, "attention", heat, explains=lb.name, value_range=(0.0, 1.0),
+                              description="mean feature map"),),
+            lesions=(Lesion(uid, lb.name, lb.code, mask, float(mask.sum()) * voxel, tuple(float(v) for v in centroid),
+                            location=SITE, measurements=(Measurement(BRIGHTEST, float(heat[mask].mean()), UCUM_RATIO),),
+                            probability=float(prob)),),
         )
 
 
-ENTRY = ModelEntry(SPEC, TinyModel)
+ENTRY = ModelEntry(SPEC, TinyModel, demo_weights=WEIGHTS)
+
+if __name__ == "__main__":  # python -m support.tiny_model (from tests/): write the committed weights again
+    print(write_weights())

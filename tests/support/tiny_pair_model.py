@@ -3,13 +3,13 @@
 Two slots as the sacroiliac model has them: ``t1`` (MR T1) and ``fs`` (MR fat-suppressed:
 STIR, or T2 with SPAIR/SPIR, which the node's classifier calls T2FS). Each series goes
 through its own branch (tiny_model's per-slice CNN with slice attention, seeded random
-weights); the two pooled feature vectors are joined into one sigmoid output. Each branch
-gives its series a heatmap and two key slices; the brightest 1% of the ``fs`` branch's map
-is a lesion (so a SEG is made on one of the two series). Not a product model, never trained.
+weights, committed as ``tests/data/tiny-pair-test.pt``); the two pooled feature vectors are
+joined into one sigmoid output. Each branch gives its series a heatmap and two key slices; the
+brightest 1% of the ``fs`` branch's map is a lesion (so a SEG is made on one of the two
+series). The ``fs`` slot must share the T1's frame of reference. Not a product model, never trained.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -28,20 +28,24 @@ from neuroread.models import (
     ModelEntry,
     ModelResult,
     ModelSpec,
+    MultiLabel,
     SeriesVolume,
 )
-from support.tiny_model import _Net
+from neuroread.models.checkpoint import load_checkpoint
+from support.tiny_model import _Net, write_weights
 
 SPEC = ModelSpec(
     name="tiny-pair-test",
     version="0.1.0",
     summary="test network: two per-slice CNN branches (T1, fat-suppressed) joined (random weights)",
     slots=(InputSlot("t1", "MR", ("T1",), min_slices=3, description="T1 of the sacroiliac joints"),
-           InputSlot("fs", "MR", ("STIR", "T2FS"), min_slices=3, description="fat-suppressed STIR or T2 SPAIR")),
-    labels=(Label("finding", Code("404684003", "SCT", "Clinical finding"), 0.5),),
+           InputSlot("fs", "MR", ("STIR", "T2FS"), min_slices=3, description="fat-suppressed STIR or T2 SPAIR",
+                     same_frame_of_reference_as="t1")),
+    outcomes=(MultiLabel((Label("finding", Code("404684003", "SCT", "Clinical finding"), 0.5),)),),
     explanations=("attention", "mask"),
 )
 KEY_SLICES_PER_BRANCH = 2
+WEIGHTS = Path(__file__).resolve().parents[1] / "data" / "tiny-pair-test.pt"
 
 
 class _PairNet(nn.Module):
@@ -79,12 +83,11 @@ class TinyPairModel:
         self.net: _PairNet | None = None
         self.card: ModelCard | None = None
 
-    def load(self, weights: Path | None, device: str = "cpu") -> None:
-        torch.manual_seed(1)
-        self.net = _PairNet().eval()
-        blob = b"".join(p.detach().numpy().tobytes() for p in self.net.parameters())
-        self.card = ModelCard({"branches": 2, "layers": 2}, hashlib.sha256(blob).hexdigest(), "none: random weights",
-                              demo=True)
+    def load(self, weights: Path, device: str = "cpu") -> None:
+        ckpt = load_checkpoint(Path(weights), SPEC.name)
+        net = _PairNet()
+        net.load_state_dict(ckpt.state_dict)
+        self.net, self.card = net.eval(), ckpt.card
 
     def predict(self, inputs: dict[str, SeriesVolume]) -> ModelResult:
         """inputs: {"t1": volume, "fs": volume} (any grids, ≥ 3 slices each) → one finding, two
@@ -101,21 +104,25 @@ class TinyPairModel:
         picks.sort(key=lambda p: -p[0])
         key = tuple(KeySlice(vol.series_instance_uid, k, vol.sop_instance_uids[k], score, rank + 1)
                     for rank, (score, vol, k) in enumerate(picks))
-        heat = [m.numpy().astype(np.float32) for m in maps]
+        heat = [m.numpy().astype(np.float32) / max(float(m.max()), 1e-12) for m in maps]
         fs = vols[1]
         mask = heat[1] >= np.quantile(heat[1], 0.99)
-        idx = np.argwhere(mask).mean(axis=0)
-        centroid = np.asarray(fs.origin) + np.asarray(fs.direction) @ (idx[::-1] * np.asarray(fs.spacing))
+        centroid = fs.index_to_lps(np.argwhere(mask).mean(axis=0))
         lb = SPEC.labels[0]
         return ModelResult(
             model=SPEC.name, version=SPEC.version, card=self.card,
             findings=(Finding(lb.name, lb.code, float(prob), lb.threshold),),
             key_slices=key,
-            heatmaps=tuple(Heatmap(v.series_instance_uid, "attention", h, f"{slot} branch mean feature map")
+            heatmaps=tuple(Heatmap(v.series_instance_uid, "attention", h, explains=lb.name, value_range=(0.0, 1.0),
+                                   branch=slot, description=f"{slot} branch mean feature map")
                            for slot, v, h in zip(("t1", "fs"), vols, heat)),
             lesions=(Lesion(fs.series_instance_uid, lb.name, lb.code, mask, float(mask.sum()) * float(np.prod(fs.spacing)),
-                            tuple(float(v) for v in centroid), location="brightest 1% of the fs branch"),),
+                            tuple(float(v) for v in centroid)),),
         )
 
 
-ENTRY = ModelEntry(SPEC, TinyPairModel)
+ENTRY = ModelEntry(SPEC, TinyPairModel, demo_weights=WEIGHTS)
+
+if __name__ == "__main__":  # python -m support.tiny_pair_model (from tests/): write the committed weights again
+    torch.manual_seed(1)
+    print(write_weights(WEIGHTS, SPEC.name, net=_PairNet()))
