@@ -12,8 +12,9 @@ pm     float32 Parametric Map per heatmap
 sc     RGB Secondary Capture: one overlay per key slice, then the report page
 =====  =========================================================================
 
-UIDs come from (sorted input Series Instance UIDs, model name and version, kind, index) and
-every date and time from the source instances, so the same input gives the same datasets.
+UIDs come from (sorted input Series Instance UIDs, model name and version, the weights' SHA-256
+and the effective thresholds, kind, index) and every date and time from the source instances,
+so the same input through the same weights gives the same datasets.
 :func:`validate` runs dciodvfy; the node sends nothing that has an error.
 """
 from __future__ import annotations
@@ -30,12 +31,12 @@ from .ko import build_key_objects
 from .pm import build_parametric_maps
 from .sc import build_secondary_captures
 from .seg import build_segmentations
-from .sr import PROBABILITY, build_report
+from .sr import build_report, probability_of
 from .tolerant import Withheld, fill_series_level, withhold_invalid, withhold_invalid_all
 from .uids import UidFactory, derive_uid
 
-__all__ = ["DEMO_TEXT", "KINDS", "PROBABILITY", "EncodeInfo", "UidFactory", "Withheld", "derive_uid", "encode_result", "fill_series_level",
-           "find_dciodvfy", "validate", "withhold_invalid", "withhold_invalid_all"]
+__all__ = ["DEMO_TEXT", "KINDS", "EncodeInfo", "UidFactory", "Withheld", "derive_uid", "encode_result", "fill_series_level",
+           "find_dciodvfy", "probability_of", "validate", "withhold_invalid", "withhold_invalid_all"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,8 @@ def encode_result(result: ModelResult, spec: ModelSpec, sources: dict[str, list[
     evidence = [ds for uid in sorted(series) for ds in series[uid]]
     job = Job(
         result=result, spec=spec, info=node_info, series=series,
-        uids=UidFactory(tuple(sorted(series)), spec.name, spec.version),
+        uids=UidFactory(tuple(sorted(series)), spec.name, spec.version,
+                        identity=f"{result.card.weights_sha256}|{spec.thresholds_text()}"),
         stamp=source_stamp(evidence), evidence=evidence,
     )
     segs, segments = build_segmentations(job)

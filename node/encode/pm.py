@@ -1,8 +1,12 @@
 """Explanation heatmaps as float32 Parametric Maps on the source geometry.
 
-One PM instance per heatmap, all in one new series. The real-world value mapping is the
-identity over the map's value range, unit "no units" (the values are model scores:
-attention, Grad-CAM or relevance, not a physical quantity).
+One PM instance per heatmap (one map per label or class and per branch), all in one new
+series. The real-world value mapping is the identity over the heatmap's own declared value
+range (:attr:`neuroread.models.Heatmap.value_range`: e.g. 0..1 for attention, -r..r for signed
+relevance), never the map's min and max, so two maps of the same kind read on the same scale;
+the unit is "no units" (model scores, not a physical quantity). The LUT label says the kind,
+the LUT explanation what the map explains (label or class, branch) and whether it is signed;
+the VOI window covers the value range, centred on 0 for signed maps.
 """
 from __future__ import annotations
 
@@ -11,10 +15,20 @@ import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
 
+from neuroread.models import Heatmap
+
 from .context import Job, ensure_laterality, freeze_dimension_uid
 
-_KIND_TEXT = {"attention": "attention", "gradcam": "Grad-CAM", "lrp": "LRP relevance",
-              "mask": "mask", "instance_weight": "MIL instance weight"}
+KIND_TEXT = {"attention": "attention", "gradcam": "Grad-CAM", "lrp": "LRP relevance",
+             "guided_backprop": "guided backpropagation", "mask": "mask", "instance_weight": "MIL instance weight"}
+
+
+def describe(heat: Heatmap) -> str:
+    """``"<kind> of <label or class>[, <branch> branch][, signed]"``: what a map shows, in words."""
+    text = f"{KIND_TEXT[heat.kind]} of {heat.explains}"
+    if heat.branch:
+        text += f", {heat.branch} branch"
+    return text + (", signed" if heat.signed else "")
 
 
 def build_parametric_maps(job: Job) -> list[pydicom.Dataset]:
@@ -25,18 +39,21 @@ def build_parametric_maps(job: Job) -> list[pydicom.Dataset]:
         if heat.array.shape != shape:
             raise ValueError(f"heatmap {index} ({heat.kind}): shape {heat.array.shape} is not its series' grid {shape}")
         pixels = np.ascontiguousarray(heat.array, dtype=np.float32)
-        low, high = float(pixels.min()), float(pixels.max())
-        if high <= low:
-            high = low + 1.0
-        text = _KIND_TEXT[heat.kind]
+        low, high = (float(v) for v in heat.value_range)
+        what = describe(heat)
         mapping = hd.pm.RealWorldValueMapping(
             lut_label=heat.kind[:16],
-            lut_explanation=(heat.description or text)[:64],
+            lut_explanation=what[:64],
             unit=codes.UCUM.NoUnits,
             value_range=(low, high),
             slope=1.0,
             intercept=0.0,
         )
+        if heat.signed:  # symmetric around 0: positive and negative evidence read alike
+            reach = max(abs(low), abs(high))
+            centre, width = 0.0, 2.0 * reach
+        else:
+            centre, width = (low + high) / 2.0, high - low
         pm = hd.pm.ParametricMap(
             source_images=sources,
             pixel_array=pixels,
@@ -46,10 +63,9 @@ def build_parametric_maps(job: Job) -> list[pydicom.Dataset]:
             contains_recognizable_visual_features=False,
             real_world_value_mappings=[mapping],
             voi_lut_transformations=[hd.VOILUTTransformation(
-                window_center=(low + high) / 2.0, window_width=high - low,
-                voi_lut_function=hd.VOILUTFunctionValues.LINEAR_EXACT)],
+                window_center=centre, window_width=width, voi_lut_function=hd.VOILUTFunctionValues.LINEAR_EXACT)],
             content_label=heat.kind.upper()[:16],
-            content_description=f"{job.spec.name} {job.spec.version} {text} map"[:64],
+            content_description=f"{job.spec.name} {what}"[:64],
             series_description=f"{job.spec.name} explanation maps"[:64],
             **job.common_kwargs("pm", index),
         )

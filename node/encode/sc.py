@@ -1,12 +1,11 @@
 """Secondary Capture pictures: a heatmap overlay per key slice and a one-page report.
 
-Overlays (instances 1..n, rank order) show the source slice windowed with the first heatmap
-of its series blended in, a caption with rank and score and, for demo weights, the demo
-warning. The report page (last instance) says what the patient may have, lists the findings
-with probabilities, draws the attention of every sampled slice when the result carries a
-slice-attention table (else the key-slice scores as bars) and shows the ranked overlays as
-thumbnails. All carry burned-in
-text, so Burned In Annotation is YES.
+Overlays (instances 1..n, rank order) show the source slice windowed with the heatmap that
+explains the main outcome blended in (:func:`overlay_heatmap`), a caption with rank, score and
+what the map shows and, for demo weights, the demo warning. The report page (last instance)
+is built from the result's typed fields alone (:mod:`.pictures`' sections): the verdict, the
+findings, each classification, the slice scores with the key slices outlined, the key-slice
+overlays, each table and the lesions. All carry burned-in text, so Burned In Annotation is YES.
 """
 from __future__ import annotations
 
@@ -16,10 +15,11 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from neuroread.models import SLICE_ATTENTION_TABLE
+from neuroread.models import Heatmap, ModelResult
 
 from . import pictures as render
 from .context import DEMO_TEXT, Job, ensure_laterality
+from .pm import describe
 
 _AXIS_LETTERS = (("L", "R"), ("P", "A"), ("H", "F"))
 
@@ -34,31 +34,30 @@ def _orientation(ds: pydicom.Dataset) -> tuple[str, str]:
     return out[0], out[1]
 
 
-def _heat_for(job: Job, series_uid: str) -> np.ndarray | None:
-    """The first heatmap of ``series_uid`` scaled to [0, 1], or None."""
-    for heat in job.result.heatmaps:
-        if heat.series_instance_uid == series_uid:
-            a = heat.array.astype(np.float32)
-            low, high = float(a.min()), float(a.max())
-            return (a - low) / (high - low) if high > low else np.zeros_like(a)
-    return None
+def main_targets(result: ModelResult) -> list[str]:
+    """What the result says first, in order: the decided class of each classification, then the
+    present findings by probability, then the other findings by probability."""
+    targets = [c.decided for c in result.classifications]
+    findings = sorted(result.findings, key=lambda f: (not f.present, -f.probability))
+    return targets + [f.label for f in findings]
 
 
-def _sampled_slices(job: Job) -> list[render.SampledSlice] | None:
-    """The rows of the result's slice-attention table (:data:`neuroread.models.SLICE_ATTENTION_TABLE`) as
-    windowed source slices with their attention, in the table's order; None without one."""
-    table = next((t for t in job.result.tables if t.name == SLICE_ATTENTION_TABLE), None)
-    if table is None or not table.rows:
+def overlay_heatmap(result: ModelResult, series_uid: str) -> Heatmap | None:
+    """The heatmap drawn on ``series_uid``'s key slices: the one explaining the earliest of
+    :func:`main_targets`, whole-network before branch maps; else the series' first; else None."""
+    maps = [h for h in result.heatmaps if h.series_instance_uid == series_uid]
+    if not maps:
         return None
-    col = {name: i for i, name in enumerate(table.columns)}
-    by_uid = {str(ds.SOPInstanceUID): ds for datasets in job.series.values() for ds in datasets}
-    keys = {ks.sop_instance_uid for ks in job.result.key_slices}
-    out = []
-    for row in table.rows:
-        uid = str(row[col["SOP Instance UID"]])
-        out.append(render.SampledSlice(render.windowed(by_uid[uid]), int(row[col["slice index"]]),
-                                       float(row[col["attention"]]), uid in keys))
-    return out
+    order = {t: i for i, t in enumerate(main_targets(result))}
+    return min(maps, key=lambda h: (order.get(h.explains, len(order)), bool(h.branch)))
+
+
+def _scaled(heat: Heatmap) -> np.ndarray:
+    """The map on the scale of its value range: [0, 1], or [-1, 1] when signed."""
+    low, high = heat.value_range
+    if heat.signed:
+        return heat.array.astype(np.float32) / max(abs(low), abs(high))
+    return (heat.array.astype(np.float32) - low) / (high - low)
 
 
 def _sc(job: Job, pixels: np.ndarray, index: int, ref: pydicom.Dataset, orientation: tuple[str, str],
@@ -85,30 +84,65 @@ def _sc(job: Job, pixels: np.ndarray, index: int, ref: pydicom.Dataset, orientat
     return ds
 
 
+def _sections(job: Job, thumbs: list[render.Thumb]) -> list[render.Section]:
+    result = job.result
+    sections: list[render.Section] = []
+    if result.findings:
+        sections.append(render.FindingsSection(tuple(
+            render.FindingLine(f.label, f.code.meaning, f.probability, f.threshold, f.present) for f in result.findings)))
+    for c in result.classifications:
+        sections.append(render.ClassificationSection(c.concept.meaning, tuple(
+            render.ClassLine(p.code.meaning, p.probability, p.name == c.decided) for p in c.probabilities)))
+    keys = {(k.series_instance_uid, k.slice_index) for k in result.key_slices}
+    for s in result.slice_scores:
+        instances = job.instances_of(s.series_instance_uid)
+        sections.append(render.SliceScoresSection(s.concept.meaning, tuple(
+            render.SampledSlice(render.windowed(instances[k]), k, v, (s.series_instance_uid, k) in keys)
+            for k, v in zip(s.slice_indices, s.scores))))
+    if thumbs:
+        sections.append(render.KeySlicesSection(tuple(thumbs)))
+    for t in result.tables:
+        if t.rows:
+            col = t.columns[0]
+            sections.append(render.TableSection(t.concept.meaning, col.concept.meaning, col.unit.value,
+                                                tuple((r.code.meaning, r.values[0]) for r in t.rows)))
+    if result.lesions:
+        sections.append(render.LesionSection(tuple(
+            render.LesionLine(les.code.meaning, les.location.meaning if les.location else "", les.volume_mm3,
+                              les.probability) for les in result.lesions)))
+    return sections
+
+
 def build_secondary_captures(job: Job) -> list[pydicom.Dataset]:
     demo = DEMO_TEXT if job.demo else None
     out: list[pydicom.Dataset] = []
     thumbs: list[render.Thumb] = []
-    heat_cache: dict[str, np.ndarray | None] = {}
+    heat_cache: dict[str, Heatmap | None] = {}
     for ks in sorted(job.result.key_slices, key=lambda k: k.rank):
         src = job.instances_of(ks.series_instance_uid)[ks.slice_index]
         if ks.series_instance_uid not in heat_cache:
-            heat_cache[ks.series_instance_uid] = _heat_for(job, ks.series_instance_uid)
+            heat_cache[ks.series_instance_uid] = overlay_heatmap(job.result, ks.series_instance_uid)
         heat = heat_cache[ks.series_instance_uid]
-        rgb = render.heat_colors(render.windowed(src), None if heat is None else heat[ks.slice_index])
+        rgb = render.heat_colors(render.windowed(src), None if heat is None else _scaled(heat)[ks.slice_index],
+                                 signed=heat is not None and heat.signed)
         rgb = render.upscale(rgb)
         thumbs.append(render.Thumb(rgb, ks.rank, ks.score, ks.slice_index))
         lines = [f"{job.spec.name} {job.spec.version}  key slice #{ks.rank}",
                  f"slice {ks.slice_index}  score {ks.score:.3f}"]
+        if heat is not None:
+            lines.append(describe(heat))
         pixels = render.captioned(rgb, lines, demo)
         out.append(_sc(job, pixels, len(out), src, _orientation(src),
                        f"key slice {ks.slice_index} (rank {ks.rank}) with {job.spec.name} heatmap overlay", src))
     findings = [render.FindingLine(f.label, f.code.meaning, f.probability, f.threshold, f.present)
                 for f in job.result.findings]
+    decided = [c.decided_class.code.meaning for c in job.result.classifications]
+    headline = render.verdict(findings, decided)
     page = render.report_page(
         title=f"{job.spec.name} {job.spec.version}",
         subtitle=f"{job.spec.summary} - weights {job.result.card.weights_sha256[:12]}"[:160],
-        findings=findings, thumbs=thumbs, demo_text=demo, sampled=_sampled_slices(job),
+        sections=_sections(job, thumbs), demo_text=demo, headline=headline,
+        headline_positive=any(f.present for f in findings) or bool(decided),
     )
     ref = job.reference
     report = _sc(job, page, len(out), ref, _orientation(ref), f"{job.spec.name} report page", None)

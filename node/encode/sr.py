@@ -1,48 +1,66 @@
 """The result as a Comprehensive 3D SR holding a TID 1500 Measurement Report.
 
-Groups in the report:
+Every field of a :class:`~neuroread.models.ModelResult` that is not an image lands here (a test
+builds a result with every field filled and finds each value in the SR):
 
-- one per finding (TID 1501): the finding's code as finding type, a qualitative evaluation
-  (the code, Present/Absent) and the probability as a measurement (UCUM ``{probability}``),
-  with the key slices of its series as source images;
-- one per lesion (TID 1411): volume in mm3, lesion score when given, tracking identifier
-  shared with the lesion's SEG segment, which it references;
-- one per row of each table (TID 1501): the row's numeric columns as measurements.
+- one group per **finding** of a multi-label outcome (TID 1501): the finding's code as finding
+  type, a qualitative evaluation (the code, Present/Absent at its threshold), the probability
+  as a NUM "Probability of <finding>" ({probability}) and its threshold as a NUM
+  "Decision threshold", with the key slices of its series as source images;
+- one group per **classification** (TID 1501): the outcome's concept as finding type, the
+  decided class as a qualitative evaluation (concept → class code) and one NUM
+  "Probability of <class>" per class;
+- one group per **lesion** (TID 1411): its code as finding type, its coded location as finding
+  site, volume (mm3), probability, MIL instance weight and every other measurement with its
+  unit, its centroid as a SCOORD3D point ("Center"), a tracking identifier shared with its SEG
+  segment, which it references;
+- one group per **table row** (TID 1501): the table's concept as finding type, the row's code as
+  finding site, one NUM per column (the column's concept and unit);
+- one group per slice of each **slice score** (TID 1501): the score's concept and unit, with
+  that slice as source image;
+- the **key slices** as each finding group's source images (and in the KOS);
+- the **card**: the model as device observer and in each group's algorithm identification
+  (TID 4019: name, version, weights SHA-256, thresholds, demo or not, training data); demo
+  weights are also stated in a root-level TEXT comment.
 
-The model appears as device observer, in each group's algorithm identification (TID 4019,
-with its parameters) and in the Contributing Equipment Sequence. Demo weights are stated in
-a root-level TEXT comment.
+Heatmaps and lesion masks are images: they go to the Parametric Maps and the Segmentation.
 """
 from __future__ import annotations
 
 import hashlib
-import numbers
 
 import highdicom as hd
+import numpy as np
 import pydicom
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
+from neuroread.models import UCUM_PROBABILITY, UCUM_RATIO
 from neuroread.models import Code as ModelCode
 
 from .context import DEMO_TEXT, PRIVATE_SCHEME, Job
 from .seg import lesion_tracking
 
-PROBABILITY = Code("PROBABILITY", PRIVATE_SCHEME, "Probability of finding")
-LESION_SCORE = Code("LESIONSCORE", PRIVATE_SCHEME, "Lesion score")
-PROBABILITY_UNIT = Code("{probability}", "UCUM", "probability")
-NO_UNITS = codes.UCUM.NoUnits
+DECISION_THRESHOLD = Code("DECISIONTHRESH", PRIVATE_SCHEME, "Decision threshold")
+INSTANCE_WEIGHT = Code("MILWEIGHT", PRIVATE_SCHEME, "Multiple-instance attention weight")
+LESION_PROBABILITY = Code("DETECTIONPROB", PRIVATE_SCHEME, "Detection probability")
 IMAGING_PROCEDURE = Code("363679005", "SCT", "Imaging procedure")
+CENTER = codes.DCM.Center
 
 
-def _code(code: ModelCode) -> Code:
-    return Code(code.value, code.scheme, code.meaning)
+def code(c: ModelCode) -> Code:
+    """A model's :class:`~neuroread.models.Code` as pydicom's."""
+    return Code(c.value, c.scheme, c.meaning)
 
 
-def _column_code(table: str, column: str) -> Code:
-    digest = hashlib.sha1(f"{table}\x00{column}".encode()).hexdigest()[:10].upper()
-    return Code(f"COL{digest}", PRIVATE_SCHEME, column[:64])
+def probability_of(c: ModelCode) -> Code:
+    """The NUM concept "Probability of <meaning>" for a coded finding or class: a private code
+    derived from the finding's own (``P`` and 12 hex digits of a hash of its scheme and value,
+    within the 16 characters of a Code Value, which some readers require), so the same finding
+    always gets the same concept."""
+    digest = hashlib.sha1(f"{c.scheme}\x00{c.value}".encode()).hexdigest()[:12].upper()
+    return Code(f"P{digest}", PRIVATE_SCHEME, f"Probability of {c.meaning}"[:64])
 
 
 def _algorithm(job: Job) -> hd.sr.AlgorithmIdentification:
@@ -62,31 +80,53 @@ def _observation_context(job: Job) -> hd.sr.ObservationContext:
         observer_type=codes.DCM.Device, observer_identifying_attributes=device))
 
 
-def _key_images(job: Job, series_uid: str) -> list[hd.sr.SourceImageForMeasurementGroup]:
-    out = []
-    for ks in sorted(job.result.key_slices, key=lambda k: k.rank):
-        if ks.series_instance_uid == series_uid:
-            ds = job.instances_of(series_uid)[ks.slice_index]
-            out.append(hd.sr.SourceImageForMeasurementGroup.from_source_image(ds))
-    return out
+def _num(name: Code, value: float, unit: ModelCode | Code, algorithm: hd.sr.AlgorithmIdentification
+         ) -> hd.sr.Measurement:
+    return hd.sr.Measurement(name=name, value=float(value), unit=code(unit) if isinstance(unit, ModelCode) else unit,
+                             algorithm_id=algorithm)
+
+
+def _tracking(job: Job, part: str, index: int, text: str) -> hd.sr.TrackingIdentifier:
+    return hd.sr.TrackingIdentifier(uid=job.uids.other("sr", part, index), identifier=text[:64])
+
+
+def _key_images(job: Job) -> list[hd.sr.SourceImageForMeasurementGroup]:
+    """The key slices the model chose (any series), in rank order."""
+    return [hd.sr.SourceImageForMeasurementGroup.from_source_image(
+                job.instances_of(ks.series_instance_uid)[ks.slice_index])
+            for ks in sorted(job.result.key_slices, key=lambda k: k.rank)]
 
 
 def _finding_groups(job: Job, algorithm: hd.sr.AlgorithmIdentification) -> list:
+    sources = _key_images(job) or None  # findings are study-level statements; cite the key slices
     groups = []
-    # Findings are whole-study statements; cite the key slices the model chose (any series).
-    key_series = sorted({ks.series_instance_uid for ks in job.result.key_slices})
-    sources = [img for uid in key_series for img in _key_images(job, uid)]
     for i, f in enumerate(job.result.findings):
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=job.uids.other("sr", "finding", i),
-                                                         identifier=f"finding {f.label}"[:64]),
-            finding_type=_code(f.code),
+            tracking_identifier=_tracking(job, "finding", i, f"finding {f.label}"),
+            finding_type=code(f.code),
             algorithm_id=algorithm,
-            measurements=[hd.sr.Measurement(name=PROBABILITY, value=float(f.probability), unit=PROBABILITY_UNIT,
-                                            algorithm_id=algorithm)],
+            measurements=[_num(probability_of(f.code), f.probability, UCUM_PROBABILITY, algorithm),
+                          _num(DECISION_THRESHOLD, f.threshold, UCUM_PROBABILITY, algorithm)],
             qualitative_evaluations=[hd.sr.QualitativeEvaluation(
-                name=_code(f.code), value=codes.SCT.Present if f.present else codes.SCT.Absent)],
-            source_images=sources or None,
+                name=code(f.code), value=codes.SCT.Present if f.present else codes.SCT.Absent)],
+            source_images=sources,
+        ))
+    return groups
+
+
+def _classification_groups(job: Job, algorithm: hd.sr.AlgorithmIdentification) -> list:
+    sources = _key_images(job) or None
+    groups = []
+    for i, c in enumerate(job.result.classifications):
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=_tracking(job, "classification", i, f"{c.outcome}: {c.decided}"),
+            finding_type=code(c.concept),
+            algorithm_id=algorithm,
+            measurements=[_num(probability_of(p.code), p.probability, UCUM_PROBABILITY, algorithm)
+                          for p in c.probabilities],
+            qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=code(c.concept),
+                                                                 value=code(c.decided_class.code))],
+            source_images=sources,
         ))
     return groups
 
@@ -113,16 +153,26 @@ def _lesion_groups(job: Job, segments: dict, algorithm: hd.sr.AlgorithmIdentific
         uid, tid = lesion_tracking(job, i)
         measurements = [hd.sr.Measurement(name=codes.SCT.Volume, value=float(les.volume_mm3),
                                           unit=codes.UCUM.CubicMillimeter, algorithm_id=algorithm)]
-        if les.score is not None:
-            measurements.append(hd.sr.Measurement(name=LESION_SCORE, value=float(les.score), unit=NO_UNITS,
-                                                  algorithm_id=algorithm))
-        groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        if les.probability is not None:
+            measurements.append(_num(LESION_PROBABILITY, les.probability, UCUM_PROBABILITY, algorithm))
+        if les.instance_weight is not None:
+            measurements.append(_num(INSTANCE_WEIGHT, les.instance_weight, UCUM_RATIO, algorithm))
+        measurements += [_num(code(m.concept), m.value, m.unit, algorithm) for m in les.measurements]
+        group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=tid),
             referenced_segment=_referenced_segment(job, seg, number, i),
-            finding_type=_code(les.code),
+            finding_type=code(les.code),
+            finding_sites=[hd.sr.FindingSite(code(les.location))] if les.location is not None else None,
             algorithm_id=algorithm,
             measurements=measurements,
-        ))
+        )
+        frame = job.instances_of(les.series_instance_uid)[0].get("FrameOfReferenceUID")
+        if frame:
+            group[0].ContentSequence.append(hd.sr.Scoord3DContentItem(
+                name=CENTER, graphic_type=hd.sr.GraphicTypeValues3D.POINT,
+                graphic_data=np.asarray([les.centroid_lps], float), frame_of_reference_uid=str(frame),
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+        groups.append(group)
     return groups
 
 
@@ -131,18 +181,28 @@ def _table_groups(job: Job, algorithm: hd.sr.AlgorithmIdentification) -> list:
     n = 0
     for table in job.result.tables:
         for row in table.rows:
-            name = " ".join(str(v) for v in row if not isinstance(v, numbers.Number)) or f"row {n + 1}"
-            measurements = [
-                hd.sr.Measurement(name=_column_code(table.name, col), value=float(v), unit=NO_UNITS,
-                                  algorithm_id=algorithm)
-                for col, v in zip(table.columns, row)
-                if isinstance(v, numbers.Number) and not isinstance(v, bool)
-            ]
             groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(uid=job.uids.other("sr", "table-row", n),
-                                                             identifier=f"{table.name}: {name}"[:64]),
+                tracking_identifier=_tracking(job, "table-row", n, f"{table.name}: {row.code.meaning}"),
+                finding_type=code(table.concept),
+                finding_sites=[hd.sr.FindingSite(code(row.code))],
                 algorithm_id=algorithm,
-                measurements=measurements or None,
+                measurements=[_num(code(col.concept), v, col.unit, algorithm) for col, v in zip(table.columns, row.values)],
+            ))
+            n += 1
+    return groups
+
+
+def _slice_score_groups(job: Job, algorithm: hd.sr.AlgorithmIdentification) -> list:
+    groups = []
+    n = 0
+    for scores in job.result.slice_scores:
+        instances = job.instances_of(scores.series_instance_uid)
+        for k, value in zip(scores.slice_indices, scores.scores):
+            groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=_tracking(job, "slice-score", n, f"{scores.concept.meaning}: slice {k}"),
+                algorithm_id=algorithm,
+                measurements=[_num(code(scores.concept), value, scores.unit, algorithm)],
+                source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(instances[k])],
             ))
             n += 1
     return groups
@@ -151,7 +211,9 @@ def _table_groups(job: Job, algorithm: hd.sr.AlgorithmIdentification) -> list:
 def build_report(job: Job, segments: dict[int, tuple[pydicom.Dataset, int]]) -> list[pydicom.Dataset]:
     """The SR document; ``segments`` maps each lesion index to its (SEG, segment number)."""
     algorithm = _algorithm(job)
-    groups = _finding_groups(job, algorithm) + _lesion_groups(job, segments, algorithm) + _table_groups(job, algorithm)
+    groups = (_finding_groups(job, algorithm) + _classification_groups(job, algorithm)
+              + _lesion_groups(job, segments, algorithm) + _table_groups(job, algorithm)
+              + _slice_score_groups(job, algorithm))
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(job),
         procedure_reported=IMAGING_PROCEDURE,

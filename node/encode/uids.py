@@ -2,9 +2,11 @@
 
 A UID is ``2.25.`` followed by the decimal value of a UUID version 5 (name based, SHA-1)
 computed from the sorted input Series Instance UIDs, the model's name and version, the
-object kind, a part ("series", "instance", "tracking"…) and an index. The same inputs
-through the same model version always give the same UIDs, so a redelivered job replaces
-rather than duplicates its objects in the PACS.
+identity of what decided (the weights' SHA-256 and the effective thresholds,
+:meth:`neuroread.models.weights.Weights.identity`), the object kind, a part ("series",
+"instance", "tracking"…) and an index. The same inputs through the same model version, weights
+and thresholds always give the same UIDs, so a redelivered job replaces rather than duplicates
+its objects in the PACS; new weights or thresholds write new objects beside the old ones.
 """
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 
 def derive_uid(series_uids: tuple[str, ...] | list[str], model: str, version: str,
-               kind: str, part: str, index: int = 0) -> str:
-    """``2.25.<uuid5>`` of (sorted ``series_uids``, model, version, kind, part, index)."""
+               kind: str, part: str, index: int = 0, identity: str = "") -> str:
+    """``2.25.<uuid5>`` of (sorted ``series_uids``, model, version, identity, kind, part, index)."""
     if not series_uids:
         raise ValueError("derive_uid: series_uids must not be empty")
     for uid in series_uids:
@@ -27,17 +29,21 @@ def derive_uid(series_uids: tuple[str, ...] | list[str], model: str, version: st
             raise ValueError(f"derive_uid: series_uids holds an invalid UID {uid!r}")
     if index < 0:
         raise ValueError(f"derive_uid: index must be >= 0, got {index}")
-    name = "|".join(["neuroread-result", ",".join(sorted(set(series_uids))), model, version, kind, part, str(index)])
+    name = "|".join(["neuroread-result", ",".join(sorted(set(series_uids))), model, version, identity, kind, part,
+                     str(index)])
     return f"2.25.{uuid.uuid5(NAMESPACE, name).int}"
 
 
 @dataclass(frozen=True)
 class UidFactory:
-    """UIDs for one job's results: ``factory.series("sr")``, ``factory.instance("seg", 0)``."""
+    """UIDs for one job's results: ``factory.series("sr")``, ``factory.instance("seg", 0)``.
+
+    ``identity``: the weights' SHA-256 and the effective thresholds (``<sha256>|any=0.5,...``)."""
 
     series_uids: tuple[str, ...]
     model: str
     version: str
+    identity: str = ""
 
     def __post_init__(self) -> None:
         if not self.series_uids:
@@ -46,7 +52,7 @@ class UidFactory:
             raise ValueError("UidFactory.model and UidFactory.version must not be empty")
 
     def _uid(self, kind: str, part: str, index: int) -> str:
-        return derive_uid(self.series_uids, self.model, self.version, kind, part, index)
+        return derive_uid(self.series_uids, self.model, self.version, kind, part, index, self.identity)
 
     def series(self, kind: str) -> str:
         return self._uid(kind, "series", 0)

@@ -2,8 +2,9 @@
 
 A PACS or a ``storescp`` folder holds the node's results as plain DICOM files. This reads them
 back the way a viewer would: files grouped by study, counted by kind (SR, KOS, SC, PM, SEG),
-and each Structured Report's findings (TID 1501 groups: finding type, Present/Absent, the
-probability) read with highdicom's SR classes. Demo weights are flagged as the results say.
+and each Structured Report's findings read with highdicom's SR classes: the TID 1501 groups with
+a qualitative evaluation of their finding type, either Present/Absent with the finding's
+probability (multi-label outcomes) or the decided class with its probability (multi-class). Demo weights are flagged as the results say.
 No patient names are printed: studies are named by their UIDs.
 """
 from __future__ import annotations
@@ -19,7 +20,8 @@ from pydicom import uid
 from pydicom.errors import InvalidDicomError
 from pydicom.sr.codedict import codes
 
-from neuroread.node.encode import DEMO_TEXT, PROBABILITY
+from neuroread.models import Code
+from neuroread.node.encode import DEMO_TEXT, probability_of
 
 logger = logging.getLogger(__name__)
 HIGHDICOM = str(hd.ContributingEquipment.for_highdicom().ManufacturerModelName)
@@ -54,17 +56,28 @@ class StudyResults:
     files: list[Path] = field(default_factory=list)
 
 
+def _probability(group, concept) -> float | None:
+    name = probability_of(Code(concept.value, concept.scheme_designator, concept.meaning))
+    return next((float(m.value) for m in group.get_measurements(name=name)), None)
+
+
 def _findings(path: Path) -> list[Finding]:
-    """The TID 1501 findings of the TID 1500 report in the SR file ``path``, via highdicom."""
+    """The findings and decided classes of the TID 1500 report in the SR file ``path``, via highdicom
+    (groups without a qualitative evaluation of their finding type, such as lesions and table
+    rows, are measurements, not findings)."""
     out = []
     for group in hd.sr.srread(path).content.get_image_measurement_groups():
         kind = group.finding_type
         if kind is None:
             continue
         evaluations = group.get_qualitative_evaluations(name=kind)
-        present = evaluations[0].value.meaning.lower() in ("present", "yes") if evaluations else None
-        probability = next((float(m.value) for m in group.get_measurements(name=PROBABILITY)), None)
-        out.append(Finding(kind.meaning, present, probability))
+        if not evaluations:
+            continue
+        value = evaluations[0].value
+        if value.meaning.lower() in ("present", "absent", "yes", "no"):
+            out.append(Finding(kind.meaning, value.meaning.lower() in ("present", "yes"), _probability(group, kind)))
+        else:  # a multi-class outcome: the decided class
+            out.append(Finding(f"{kind.meaning}: {value.meaning}", True, _probability(group, value)))
     return out
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from neuroread.models import Table
+from neuroread.models import UCUM_RATIO, Code, Column, Table, TableRow
 from neuroread.node.encode import DEMO_TEXT, EncodeInfo, derive_uid, encode_result, validate
 from support.tiny_model import SPEC
 
@@ -29,7 +29,10 @@ def case(ct_case):
     that segment numbering and region groups are exercised.
     """
     vol, sources, result = ct_case
-    table = Table("relevance per region", ("region", "relevance", "voxels"), (("frontal", 0.4, 120), ("occipital", 0.1, 80)))
+    columns = (Column("relevance", Code("REL", "99NEUROREAD", "relevance"), UCUM_RATIO),
+               Column("voxels", Code("VOX", "99NEUROREAD", "voxels"), Code("{count}", "UCUM", "count")))
+    table = Table("relevance per region", Code("RELREGION", "99NEUROREAD", "Relevance per region"), columns,
+                  (TableRow(Code("F", "99NMM", "frontal"), (0.4, 120)), TableRow(Code("O", "99NMM", "occipital"), (0.1, 80))))
     result = dataclasses.replace(result, tables=(table,))
     result.check(SPEC, {"ct": vol})
     return result, sources
@@ -132,7 +135,8 @@ def test_sr_carries_findings_lesion_volumes_tables_and_algorithm(case, objects):
     for les in result.lesions:
         assert any(m == "Volume" and u == "mm3" and v == pytest.approx(les.volume_mm3, rel=1e-6) for m, v, u in nums)
     finding = result.findings[0]
-    assert any(u == "{probability}" and v == pytest.approx(finding.probability, rel=1e-6) for _, v, u in nums)
+    assert any(m == "Probability of Clinical finding" and u == "{probability}"
+               and v == pytest.approx(finding.probability, rel=1e-6) for m, v, u in nums)
     assert sum(m == "relevance" for m, _, _ in nums) == 2
     codes = [(i.ConceptNameCodeSequence[0].CodeValue, i.ConceptCodeSequence[0].CodeMeaning)
              for i in items if i.ValueType == "CODE"]
@@ -175,16 +179,28 @@ def test_encoding_twice_gives_identical_objects(case, objects):
 
 
 def test_uids_depend_on_every_input_and_fit_dicom():
-    base = derive_uid(["1.2.3", "1.2.4"], "m", "1.0.0", "sr", "instance", 0)
-    assert base == derive_uid(["1.2.4", "1.2.3"], "m", "1.0.0", "sr", "instance", 0)
-    others = {derive_uid(["1.2.3"], "m", "1.0.0", "sr", "instance", 0),
-              derive_uid(["1.2.3", "1.2.4"], "m", "1.0.1", "sr", "instance", 0),
-              derive_uid(["1.2.3", "1.2.4"], "m", "1.0.0", "ko", "instance", 0),
-              derive_uid(["1.2.3", "1.2.4"], "m", "1.0.0", "sr", "instance", 1)}
-    assert base not in others and len(others) == 4
+    base = derive_uid(["1.2.3", "1.2.4"], "m", "1.0.0", "sr", "instance", 0, "abc|a=0.5")
+    assert base == derive_uid(["1.2.4", "1.2.3"], "m", "1.0.0", "sr", "instance", 0, "abc|a=0.5")
+    others = {derive_uid(["1.2.3"], "m", "1.0.0", "sr", "instance", 0, "abc|a=0.5"),
+              derive_uid(["1.2.3", "1.2.4"], "m", "1.0.1", "sr", "instance", 0, "abc|a=0.5"),
+              derive_uid(["1.2.3", "1.2.4"], "m", "1.0.0", "ko", "instance", 0, "abc|a=0.5"),
+              derive_uid(["1.2.3", "1.2.4"], "m", "1.0.0", "sr", "instance", 1, "abc|a=0.5"),
+              derive_uid(["1.2.3", "1.2.4"], "m", "1.0.0", "sr", "instance", 0, "abd|a=0.5"),  # other weights
+              derive_uid(["1.2.3", "1.2.4"], "m", "1.0.0", "sr", "instance", 0, "abc|a=0.4")}  # other thresholds
+    assert base not in others and len(others) == 6
     assert base.startswith("2.25.") and len(base) <= 64
     with pytest.raises(ValueError, match="invalid UID"):
         derive_uid(["../x"], "m", "1.0.0", "sr", "instance")
+
+
+def test_new_weights_or_thresholds_make_new_objects_and_the_same_ones_the_same(case, objects):
+    result, sources = case
+    uids = [ds.SOPInstanceUID for ds in objects]
+    other_weights = dataclasses.replace(result, card=dataclasses.replace(result.card, weights_sha256="f" * 64))
+    moved = SPEC.with_thresholds({"finding": 0.3})
+    for res, spec in ((other_weights, SPEC), (result, moved)):
+        again = [ds.SOPInstanceUID for ds in encode_result(res, spec, {"ct": sources}, node_info=INFO)]
+        assert not set(again) & set(uids)
 
 
 def test_encode_refuses_sources_that_do_not_fit(case):

@@ -1,0 +1,249 @@
+"""Every field of a ModelResult reaches a DICOM object: a result with every field filled, encoded,
+and each value found again where it belongs (the SR for findings, classes, lesions, tables, slice
+scores and the card; the KOS for key slices; the PMs for heatmaps; the SEG for masks).
+
+A field of :class:`neuroread.models.ModelResult` without a checker here fails the first test: a
+new field must be encoded and checked before it can be used.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from neuroread.models import (
+    UCUM_MM,
+    UCUM_PROBABILITY,
+    UCUM_RATIO,
+    Classification,
+    ClassLabel,
+    Code,
+    Column,
+    Heatmap,
+    InputSlot,
+    KeySlice,
+    Label,
+    Lesion,
+    Measurement,
+    ModelResult,
+    ModelSpec,
+    MultiClass,
+    MultiLabel,
+    SliceScores,
+    Table,
+    TableRow,
+)
+from neuroread.node.encode import EncodeInfo, encode_result, probability_of, validate
+
+SUBTYPE = MultiClass("subtype", Code("439401001", "SCT", "Diagnosis"), (
+    ClassLabel("asvd", Code("ASVD", "99NEUROREAD", "Arteriolosclerosis")),
+    ClassLabel("caa", Code("45639009", "SCT", "Cerebral amyloid angiopathy")),
+    ClassLabel("cadasil", Code("390936003", "SCT", "CADASIL"))))
+SPEC = ModelSpec("fields-test", "1.2.3", "every field of a result", (InputSlot("ct", "CT", min_slices=3),),
+                 (MultiLabel((Label("bleed", Code("1386000", "SCT", "Intracranial hemorrhage"), 0.4),
+                              Label("mass", Code("MASS", "99NEUROREAD", "Mass effect"), 0.6))), SUBTYPE),
+                 explanations=("attention", "lrp"))
+LOBAR = Code("LOBAR", "99NEUROREAD", "Lobar")
+DIAMETER = Code("81827009", "SCT", "Diameter")
+REGION_TABLE = Code("RELEVANCEBYREGION", "99NEUROREAD", "Relevance by region")
+DENSITY = Column("density", Code("RELDENSITY", "99NEUROREAD", "Relevance density"), Code("/mm3", "UCUM", "per mm3"))
+GAIN = Column("gain", Code("RELGAIN", "99NEUROREAD", "Relevance gain"), UCUM_RATIO)
+INFO = EncodeInfo(device_name="neuroread test node")
+
+
+@pytest.fixture(scope="module")
+def full(ct_case):
+    """A result of :data:`SPEC` with every field filled, on the first ct-hemorrhage phantom, and its objects."""
+    vol, sources, tiny = ct_case
+    uid = vol.series_instance_uid
+    attention = np.zeros(vol.array.shape, np.float32)
+    attention[2, 20:30, 30:40] = 0.9
+    relevance = np.zeros(vol.array.shape, np.float32)
+    relevance[3, 40:44, 40:44], relevance[3, 50:52, 50:52] = 2.5, -1.5
+    mask = tiny.lesions[0].mask
+    result = ModelResult(
+        model=SPEC.name, version=SPEC.version, card=dataclasses.replace(tiny.card, thresholds={"bleed": 0.4}),
+        findings=(SPEC_FINDING("bleed", 0.83), SPEC_FINDING("mass", 0.12)),
+        classifications=(Classification.of(SUBTYPE, [0.15, 0.7, 0.15]),),
+        key_slices=(KeySlice(uid, 2, vol.sop_instance_uids[2], 0.7, 1), KeySlice(uid, 5, vol.sop_instance_uids[5], 0.2, 2)),
+        slice_scores=(SliceScores(uid, Code("SLICEATT", "99NEUROREAD", "Slice attention"), (1, 2, 5),
+                                  (0.1, 0.7, 0.2), UCUM_RATIO),),
+        heatmaps=(Heatmap(uid, "attention", attention, explains="bleed", value_range=(0.0, 1.0)),
+                  Heatmap(uid, "lrp", relevance, explains="caa", value_range=(-3.0, 3.0), signed=True,
+                          branch="fuse")),
+        lesions=(Lesion(uid, "bleed", Code("1386000", "SCT", "Intracranial hemorrhage"), mask, 123.5, (1.5, -2.25, 30.0),
+                        location=LOBAR, measurements=(Measurement(DIAMETER, 4.5, UCUM_MM),), probability=0.91,
+                        instance_weight=0.37, tracking_id="microbleed 7"),),
+        tables=(Table("regions", REGION_TABLE, (DENSITY, GAIN),
+                      (TableRow(Code("Left hippocampus", "99NMM", "Left hippocampus"), (0.0042, 1.8)),
+                       TableRow(Code("Right hippocampus", "99NMM", "Right hippocampus"), (0.0031, 1.4)))),),
+    )
+    result.check(SPEC, {"ct": vol})
+    return result, sources, encode_result(result, SPEC, {"ct": sources}, node_info=INFO)
+
+
+def SPEC_FINDING(label: str, p: float):
+    from neuroread.models import Finding
+
+    lb = SPEC.label(label)
+    return Finding(lb.name, lb.code, p, lb.threshold)
+
+
+def _items(owner):
+    for item in owner.get("ContentSequence", []):
+        yield item
+        yield from _items(item)
+
+
+def _sr(objects):
+    return next(ds for ds in objects if ds.Modality == "SR")
+
+
+def _groups(sr):
+    """The TID 1500 measurement groups (CONTAINER "Measurement Group") of the SR."""
+    return [i for i in _items(sr) if i.ValueType == "CONTAINER" and i.ConceptNameCodeSequence[0].CodeValue == "125007"]
+
+
+def _nums(owner) -> dict[str, tuple[float, str]]:
+    return {i.ConceptNameCodeSequence[0].CodeMeaning: (float(i.MeasuredValueSequence[0].NumericValue),
+                                                       i.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue)
+            for i in _items(owner) if i.ValueType == "NUM"}
+
+
+def _codes(owner) -> list[tuple[str, str]]:
+    return [(i.ConceptNameCodeSequence[0].CodeMeaning, i.ConceptCodeSequence[0].CodeMeaning)
+            for i in _items(owner) if i.ValueType == "CODE"]
+
+
+def _group_with(sr, text: str):
+    found = [g for g in _groups(sr) if any(i.ValueType == "TEXT" and text in i.TextValue for i in _items(g))]
+    assert found, f"no measurement group tracked as {text!r}"
+    return found
+
+
+def check_findings(result, sources, objects):
+    sr = _sr(objects)
+    for f in result.findings:
+        (group,) = _group_with(sr, f"finding {f.label}")
+        nums = _nums(group)
+        assert nums[probability_of(f.code).meaning] == (pytest.approx(f.probability), UCUM_PROBABILITY.value)
+        assert nums["Decision threshold"][0] == pytest.approx(f.threshold)
+        assert (f.code.meaning, "Present" if f.present else "Absent") in _codes(group)
+
+
+def check_classifications(result, sources, objects):
+    sr = _sr(objects)
+    for c in result.classifications:
+        (group,) = _group_with(sr, f"{c.outcome}: {c.decided}")
+        nums = _nums(group)
+        for p in c.probabilities:
+            assert nums[probability_of(p.code).meaning][0] == pytest.approx(p.probability)
+        assert (c.concept.meaning, c.decided_class.code.meaning) in _codes(group)
+
+
+def check_key_slices(result, sources, objects):
+    ko = next(ds for ds in objects if ds.Modality == "KO")
+    refs = [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in ko.ContentSequence if i.ValueType == "IMAGE"]
+    assert refs == [k.sop_instance_uid for k in sorted(result.key_slices, key=lambda k: k.rank)]
+    sr_refs = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in _items(_sr(objects)) if i.ValueType == "IMAGE"}
+    assert {k.sop_instance_uid for k in result.key_slices} <= sr_refs
+
+
+def check_slice_scores(result, sources, objects):
+    sr = _sr(objects)
+    for s in result.slice_scores:
+        for k, value in zip(s.slice_indices, s.scores):
+            (group,) = _group_with(sr, f"{s.concept.meaning}: slice {k}")
+            assert _nums(group)[s.concept.meaning] == (pytest.approx(value), s.unit.value)
+            images = [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in _items(group) if i.ValueType == "IMAGE"]
+            assert images == [sources[k].SOPInstanceUID]
+
+
+def check_heatmaps(result, sources, objects):
+    pms = sorted((ds for ds in objects if ds.Modality == "OT" and "ParametricMap" in ds.SOPClassUID.name.replace(" ", "")),
+                 key=lambda ds: int(ds.InstanceNumber))
+    assert len(pms) == len(result.heatmaps)
+    for heat, pm in zip(result.heatmaps, pms):
+        mapping = pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+        low, high = heat.value_range
+        assert (float(mapping.DoubleFloatRealWorldValueFirstValueMapped),
+                float(mapping.DoubleFloatRealWorldValueLastValueMapped)) == (low, high)
+        assert mapping.LUTLabel == heat.kind
+        assert heat.explains in mapping.LUTExplanation and heat.branch in mapping.LUTExplanation
+        assert ("signed" in mapping.LUTExplanation) == heat.signed
+        voi = pm.SharedFunctionalGroupsSequence[0].FrameVOILUTSequence[0]
+        assert float(voi.WindowCenter) == (0.0 if heat.signed else (low + high) / 2)
+        slice_of = {ds.SOPInstanceUID: k for k, ds in enumerate(sources)}
+        for frame, item in zip(pm.pixel_array, pm.PerFrameFunctionalGroupsSequence):
+            source = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+            assert np.array_equal(frame, heat.array[slice_of[source]])
+
+
+def check_lesions(result, sources, objects):
+    sr = _sr(objects)
+    seg = next(ds for ds in objects if ds.Modality == "SEG")
+    for i, les in enumerate(result.lesions):
+        (group,) = _group_with(sr, les.tracking_id or f"lesion {i + 1}")
+        nums = _nums(group)
+        assert nums["Volume"] == (pytest.approx(les.volume_mm3), "mm3")
+        assert nums["Detection probability"][0] == pytest.approx(les.probability)
+        assert nums["Multiple-instance attention weight"][0] == pytest.approx(les.instance_weight)
+        for m in les.measurements:
+            assert nums[m.concept.meaning] == (pytest.approx(m.value), m.unit.value)
+        assert ("Finding Site", les.location.meaning) in _codes(group)
+        centre = [i for i in _items(group) if i.ValueType == "SCOORD3D"]
+        assert len(centre) == 1 and centre[0].GraphicType == "POINT"
+        assert np.allclose([float(v) for v in centre[0].GraphicData], les.centroid_lps)
+        assert centre[0].ReferencedFrameOfReferenceUID == sources[0].FrameOfReferenceUID
+        segment = next(s for s in seg.SegmentSequence if s.TrackingID == (les.tracking_id or f"lesion {i + 1} {les.label}"))
+        refs = [i.ReferencedSOPSequence[0] for i in _items(group) if i.ValueType == "IMAGE"
+                and i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == seg.SOPInstanceUID]
+        assert refs and refs[0].ReferencedSegmentNumber == segment.SegmentNumber
+
+
+def check_tables(result, sources, objects):
+    sr = _sr(objects)
+    for t in result.tables:
+        for row in t.rows:
+            (group,) = _group_with(sr, f"{t.name}: {row.code.meaning}")
+            assert ("Finding Site", row.code.meaning) in _codes(group)
+            nums = _nums(group)
+            for col, value in zip(t.columns, row.values):
+                assert nums[col.concept.meaning] == (pytest.approx(value), col.unit.value)
+
+
+def check_card(result, sources, objects):
+    texts = [i.TextValue for i in _items(_sr(objects)) if i.ValueType == "TEXT"]
+    assert f"weights_sha256={result.card.weights_sha256}" in texts
+    assert "threshold_bleed=0.4" in texts and "threshold_mass=0.6" in texts
+    assert any("DEMO WEIGHTS" in t for t in texts) == result.card.demo
+
+
+def check_identity(result, sources, objects):
+    texts = [i.TextValue for i in _items(_sr(objects)) if i.ValueType == "TEXT"]
+    assert result.model in texts and result.version in texts  # TID 4019 algorithm name and version
+
+
+CHECKS = {
+    "findings": check_findings, "classifications": check_classifications, "key_slices": check_key_slices,
+    "slice_scores": check_slice_scores, "heatmaps": check_heatmaps, "lesions": check_lesions, "tables": check_tables,
+    "card": check_card, "model": check_identity, "version": check_identity,
+}
+
+
+def test_every_field_of_a_result_has_a_check():
+    fields = [f.name for f in dataclasses.fields(ModelResult)]
+    missing = [f for f in fields if f not in CHECKS]
+    assert not missing, f"ModelResult fields {missing} have no encoding check: encode them and check them here"
+
+
+@pytest.mark.parametrize("field", list(CHECKS))
+def test_the_field_reaches_its_object(full, field):
+    result, sources, objects = full
+    CHECKS[field](result, sources, objects)
+
+
+def test_the_objects_of_a_full_result_pass_dciodvfy(full, dciodvfy):
+    for ds in full[2]:
+        assert validate(ds, dciodvfy=dciodvfy) == [], f"{ds.Modality} {ds.SOPClassUID.name}"
