@@ -26,7 +26,10 @@ The file, with every section and its default::
       stable_age_s: 30             # a series is complete after this quiet period
       early_completion: true       # ... or sooner when its headers say it is complete
     routes: []                     # passed untouched to neuroread.node.route.rules.load_routes
-    models: {}                     # name: {weights: path|null, device: cpu, thresholds: {label: 0.4}}
+    models: {}                     # name: {enabled: true, weights: path|null, device: cpu, thresholds: {label: 0.4}}
+                                   # enabled: false: the model is not routed to; weights null: the
+                                   # demo weights committed with it (or $NEUROREAD_WEIGHTS/<name>-demo.pt);
+                                   # thresholds override the operating points in the weights' card
     destinations: {}               # name: {type: dicom|folder|stowrs|orthanc, ...}, e.g.
                                    # pacs: {type: dicom, host: pacs, port: 104, called_ae: PACS}
     deliver:
@@ -220,11 +223,13 @@ class DeliverConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """One model's settings: weights file (``None``: demo weights), device, threshold overrides."""
+    """One model's settings: switched on or off, weights file (``None``: its demo weights), device,
+    threshold overrides."""
 
     weights: Path | None = None
     device: str = "cpu"
     thresholds: dict[str, float] = field(default_factory=dict)
+    enabled: bool = True
 
 
 @dataclass(frozen=True)
@@ -298,6 +303,10 @@ class Config:
                     if dest.get(key) is not None:
                         dest[key] = HIDDEN
         return data
+
+    def disabled_models(self) -> set[str]:
+        """The models switched off (``models: {name: {enabled: false}}``)."""
+        return {name for name, m in self.models.items() if not m.enabled}
 
     def check_models(self, specs: Mapping[str, Any]) -> None:
         """Check model names and threshold labels against ``specs`` (name -> ModelSpec)."""
@@ -473,7 +482,8 @@ def _models(data: Mapping, base: Path) -> dict[str, ModelConfig]:
         out[str(name)] = ModelConfig(m.path_("weights", None, base),
                                      m.get("device", "cpu", lambda v: isinstance(v, str) and bool(_DEVICE.match(v)),
                                            "must be cpu, cuda, cuda:N or mps"),
-                                     {str(k): float(v) for k, v in thresholds.items()})
+                                     {str(k): float(v) for k, v in thresholds.items()},
+                                     m.bool("enabled", True))
         m.finish()
     return out
 

@@ -39,11 +39,11 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
 
             series, studies = routing_records(store.engine)
             if not series and not studies:
-                print("every series the node completed was routed (nothing unrouted or incomplete)")
+                print("every series the node completed was routed (nothing unrouted, skipped or incomplete)")
             for row in series:
-                print(f"{row['at']:%Y-%m-%d %H:%M:%S}  series {row['series_uid']}  unrouted: {row['reason']}")
+                print(f"{row['at']:%Y-%m-%d %H:%M:%S}  series {row['series_uid']}  {row['state']}: {row['reason']}")
             for row in studies:
-                print(f"{row['at']:%Y-%m-%d %H:%M:%S}  study {row['study_uid']}  {row['model']} incomplete: "
+                print(f"{row['at']:%Y-%m-%d %H:%M:%S}  study {row['study_uid']}  {row['model']} {row['state']}: "
                       f"{row['reason']}")
             return 0
         if args.id is None:
@@ -181,7 +181,8 @@ def add_commands(sub) -> None:
         description="The node's jobs, from its job database (queue.database in the configuration). "
         "'show' prints a job's inputs, its audit trail and its deliveries from the outbox: per destination "
         "a summary, then each output object's state, attempts, DIMSE or HTTP status, next try and last error. "
-        "'unrouted' lists the series no route took and the studies a multi-series model could not "
+        "'unrouted' lists the series no route took, those skipped because their model has no weights, "
+        "and the studies a multi-series model could not "
         "use (a slot without a series), each with the reason.",
         epilog="examples:\n  neuroread jobs\n  neuroread jobs list --state failed\n  neuroread jobs show 12\n"
         "  neuroread jobs retry 12\n  neuroread jobs unrouted", formatter_class=argparse.RawDescriptionHelpFormatter))

@@ -9,13 +9,36 @@ from pathlib import Path
 from .options import QUIET, config_of, registry_of, with_config
 
 
+def _describe_outcome(outcome, spec) -> str:
+    from neuroread.models import MultiLabel
+
+    if isinstance(outcome, MultiLabel):
+        return "multi-label " + ", ".join(f"{lb.name}@{spec.label(lb.name).threshold:g}" for lb in outcome.labels)
+    return f"one of ({outcome.concept.meaning}) " + " | ".join(c.name for c in outcome.classes)
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
-    registry = registry_of(config_of(args))
+    from neuroread.node.app import make_catalog
+
+    config = config_of(args)
+    registry = registry_of(config)
+    catalog = make_catalog(config, registry)
+    disabled = config.disabled_models()
     for name in registry.names():
         spec = registry.spec(name)
         slots = ", ".join(f"{s.name}={s.modality}{'/' + '|'.join(s.sequences) if s.sequences else ''}" for s in spec.slots)
-        labels = ", ".join(lb.name for lb in spec.labels)
-        print(f"{name} {spec.version}: {spec.summary}\n  inputs: {slots}\n  labels: {labels}")
+        ok, weights = catalog.status(name)
+        effective = catalog.spec(name) if ok else spec.with_thresholds(catalog.overrides.get(name, {}))
+        state = "switched off" if name in disabled else ("ready" if ok else "NO WEIGHTS: its series are skipped")
+        print(f"{name} {spec.version} [{state}]: {spec.summary}\n  inputs: {slots}")
+        for outcome in effective.outcomes:
+            print(f"  outcome {outcome.name}: {_describe_outcome(outcome, effective)}")
+        print(f"  weights: {weights}")
+        if ok:
+            metrics = catalog.weights(name).meta.card.metrics
+            shown = {k: metrics[k] for k in ("f1_macro", "auc_macro", "balanced_accuracy") if k in metrics}
+            if shown:
+                print("  card metrics: " + ", ".join(f"{k} {v:.3f}" for k, v in shown.items()))
     return 0
 
 
@@ -32,6 +55,13 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
     for name, dest in config.destinations.items():
         destination_from_dict({"name": name, **dest}, where=f"config: destinations.{name}")
     load_routes(list(config.routes), specs=specs or None, destinations=list(config.destinations) or None)
+    from neuroread.node.app import make_catalog
+
+    catalog = make_catalog(config, registry)
+    for name in registry.names():
+        ok, why = catalog.status(name)
+        if not ok and name not in config.disabled_models():
+            print(f"# warning: {why} (its series will be recorded as skipped)", file=sys.stderr)
     print(yaml.safe_dump(config.to_dict(hide_secrets=True), sort_keys=False), end="")
     print("# configuration is valid", file=sys.stderr)
     return 0
@@ -177,8 +207,14 @@ def add_commands(sub) -> None:
     web.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_run)
 
-    p = with_config(sub.add_parser("models", help="list the registered models",
-                                   description="List the registered models with their inputs and labels."))
+    p = with_config(sub.add_parser(
+        "models", help="list the registered models: on or off, their weights, outcomes and thresholds",
+        description="List the registered models: whether each is switched on (models.NAME.enabled), which "
+        "weights it runs with (the configured file, else the demo weights committed with it) or why it has "
+        "none (then the node records its series as skipped), its inputs, its outcomes with the effective "
+        "thresholds (configured, else the weights' card, else 0.5) and the card's headline metrics.",
+        epilog="examples:\n  neuroread models\n  neuroread models -c node.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter))
     p.set_defaults(func=_cmd_models, log_level=QUIET)
 
     p = sub.add_parser("config", help="check a configuration file",

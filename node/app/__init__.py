@@ -5,7 +5,15 @@ with its dependencies passed in; :func:`run_files` the same pipeline on files wi
 :mod:`.build` makes the parts from the configuration; :mod:`.routing` keeps the routing
 records; :mod:`.job_queries` answers the CLI's and the Orthanc plugin's questions about jobs.
 """
-from .build import build_destinations, build_routes, decide, encode_info, make_runner, multi_series_specs
+from .build import (
+    build_destinations,
+    build_routes,
+    decide,
+    encode_info,
+    make_catalog,
+    make_runner,
+    multi_series_specs,
+)
 from .job import JobContext, PipelineError, Processed, process_inputs, run_job
 from .job_queries import job_json, list_jobs, retry_job, show_job, unrouted
 from .node import Node
@@ -24,6 +32,7 @@ __all__ = [
     "encode_info",
     "job_json",
     "list_jobs",
+    "make_catalog",
     "make_runner",
     "multi_series_specs",
     "process_inputs",

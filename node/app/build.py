@@ -2,6 +2,7 @@
 server TLS context; and the routing decision shared by the node and :func:`run_files`."""
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Iterable
 from pathlib import Path
@@ -9,20 +10,32 @@ from pathlib import Path
 import pydicom
 
 from neuroread.models import ModelRegistry, ModelSpec
+from neuroread.models.weights import WeightsCatalog
 from neuroread.node.config import Config, TLSConfig
 from neuroread.node.deliver import Destination, destination_from_dict
 from neuroread.node.encode import EncodeInfo
 from neuroread.node.infer import ModelRunner
 from neuroread.node.route import Route, RouteDecision, default_routes, load_routes, match_series
 
+logger = logging.getLogger(__name__)
+
 
 def build_routes(config: Config, registry: ModelRegistry) -> tuple[Route, ...]:
     """Configured routes first (checked against the registry and destinations), then each
-    registry model's default routes (sorted by priority in :func:`match_series`)."""
+    registry model's default routes (sorted by priority in :func:`match_series`). Models
+    switched off (``models: {name: {enabled: false}}``) get no route: their default routes are
+    left out and configured routes naming them are dropped with a warning."""
     specs = {name: registry.spec(name) for name in registry.names()}
+    disabled = config.disabled_models()
     routes = load_routes(list(config.routes), specs, destinations=list(config.destinations))
-    for spec in specs.values():
-        routes += default_routes(spec)
+    for route in routes:
+        if route.model in disabled:
+            logger.warning("route %r names model %s, which is switched off (models.%s.enabled: false): not used",
+                           route.name, route.model, route.model)
+    routes = tuple(r for r in routes if r.model not in disabled)
+    for name, spec in specs.items():
+        if name not in disabled:
+            routes += default_routes(spec)
     return routes
 
 
@@ -42,12 +55,18 @@ def build_destinations(config: Config) -> list[Destination]:
     return out
 
 
-def make_runner(config: Config, registry: ModelRegistry) -> ModelRunner:
-    """A runner with each configured model's weights, device and threshold overrides."""
-    return ModelRunner(registry, weights={n: m.weights for n, m in config.models.items()},
-                       device={n: m.device for n, m in config.models.items()},
+def make_catalog(config: Config, registry: ModelRegistry) -> WeightsCatalog:
+    """Which weights each model runs with (configured files, else demo weights) and the threshold
+    overrides: one catalog per node, shared by its workers' runners."""
+    return WeightsCatalog(registry, {n: m.weights for n, m in config.models.items()},
+                          {n: m.thresholds for n, m in config.models.items()})
+
+
+def make_runner(config: Config, registry: ModelRegistry, catalog: WeightsCatalog | None = None) -> ModelRunner:
+    """A runner with each configured model's weights, device, threshold overrides and threads."""
+    return ModelRunner(registry, device={n: m.device for n, m in config.models.items()},
                        torch_threads=config.queue.torch_threads,
-                       thresholds={n: m.thresholds for n, m in config.models.items()})
+                       catalog=catalog if catalog is not None else make_catalog(config, registry))
 
 
 def decide(header: pydicom.Dataset, instances: int, routes: Iterable[Route],

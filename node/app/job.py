@@ -59,7 +59,10 @@ def process_inputs(paths: Mapping[str, Sequence[Path]], model: str, runner: Mode
     a series the model cannot use, an encoding that does not fit, or any dciodvfy error: nothing
     is returned to send then. No reason quotes an element value.
     """
-    spec = runner.spec(model)
+    try:
+        spec = runner.spec(model)  # the effective thresholds: configured, else the weights' card
+    except ValueError as exc:  # MissingWeights, or weights that are not this model's
+        raise PipelineError(f"model {model}: {exc}") from exc
     min_slices = {s.name: s.min_slices for s in spec.slots}
     if set(paths) != set(min_slices):
         raise PipelineError(f"model {model}: inputs {sorted(paths)} do not fill its slots {sorted(min_slices)}")
@@ -156,6 +159,8 @@ def run_job(job: Job, ctx: JobContext) -> JobOutcome:
         raise JobError(f"job {job.id}: inputs for slots {sorted(job.inputs)}, {spec.name} {spec.version} "
                        f"has slots {sorted(slots)}")
     inputs = {slot: _inputs(ctx, job.inputs[slot], job.instances[slot]) for slot in slots}
+    queued_as = next((e.detail.get("identity") for e in ctx.store.audit_trail(job.id)
+                      if e.event in ("queued", "received")), None)
     studies = sorted({i.study_uid for i in inputs.values()})
     if len(studies) != 1:
         raise JobError(f"job {job.id}: its series come from studies {studies}; one study per job")
@@ -174,9 +179,14 @@ def run_job(job: Job, ctx: JobContext) -> JobOutcome:
     names = destination_names(ctx, job.model, headers, {slot: len(i.paths) for slot, i in inputs.items()})
     output_uids = [str(ds.SOPInstanceUID) for ds in objects]
     added = ctx.outbox.add(str(job.id), objects, names) if names else 0
+    ran_as = f"{result.card.weights_sha256}|{ctx.runner.spec(spec.name).thresholds_text()}"
+    if queued_as and queued_as != ran_as:  # new weights or thresholds between enqueue and run
+        logger.warning("job %d: queued for weights/thresholds %s, ran with %s (the results say which)", job.id,
+                       queued_as[:24], ran_as[:24])
     ctx.store.audit(job.id, "outbox", {
         "inputs": {slot: {"series": job.inputs[slot], "instances": len(job.instances[slot])} for slot in slots},
-        "study": studies[0], "model": spec.name, "version": spec.version,
+        "study": studies[0], "model": spec.name, "version": spec.version, "identity": ran_as,
+        "queued_identity": queued_as or "",
         "weights_sha256": result.card.weights_sha256, "demo_weights": result.card.demo,
         "outputs": output_uids, "destinations": names, "new_rows": added,
     })

@@ -34,17 +34,26 @@ encode → validate → outbox → deliver).
     Restart: the embedded queue has one node process per database, so at start-up every job
     left ``running`` belonged to a dead process and is put back to ``queued`` at once
     (:meth:`JobStore.recover` with a time past any lease); the spool is rescanned so series
-    and studies received before a kill are assembled again (a done job is found by its key,
-    not re-run).
+    and studies received before a kill are assembled again: inputs that already had a job (with
+    any weights) keep that job, not re-run; only inputs without one get a new job. New weights
+    or thresholds therefore apply to what arrives after them (send a study again to have it
+    processed with them), not to the whole spool at the next restart.
 
 Multi-series models (a spec with several input slots, e.g. T1 + STIR) get one job per study
 and model; which series fills which slot, and what happens when one is missing or arrives
 late, is :mod:`neuroread.node.route.study_slots`. An incomplete study is recorded in the ``study_routing`` table
 (:meth:`Node.study_routing`).
 
-Threshold overrides (``models: {name: {thresholds: {label: t}}}``) are applied by the
-:class:`~neuroread.node.infer.runner.ModelRunner` (:func:`make_runner`); results are encoded with its spec, so
-the findings' ``present`` flags, the SR and the report page carry the configured thresholds.
+Weights and thresholds: one :class:`~neuroread.models.weights.WeightsCatalog` per node
+(:func:`make_catalog`) says which weights each model runs with (configured file, else its
+demo weights) and its effective thresholds (configured overrides, else the card's operating
+points); the :class:`~neuroread.node.infer.runner.ModelRunner` of each worker applies them, so
+the findings' ``present`` flags, the SR and the report page carry the thresholds that decided.
+Their identity (weights SHA-256 and thresholds) is part of each job's key and of its results'
+UIDs: new weights make new jobs and new objects, the same weights find the job already done.
+A model switched off (``models: {name: {enabled: false}}``) is not routed to; a model without
+weights gets no job: its series are recorded ``skipped`` with the reason (``neuroread jobs
+unrouted``), once per series rather than a failed job per series.
 
 The same route → infer → encode → validate path on files, without a network, is
 :func:`neuroread.node.app.offline.run_files` (``neuroread run``); both use the building blocks of
@@ -84,6 +93,7 @@ from .build import (
     build_routes,
     decide,
     encode_info,
+    make_catalog,
     make_runner,
     multi_series_specs,
     server_ssl_context,
@@ -126,6 +136,7 @@ class Node:
         self.config, self.registry = config, registry
         self.tick_s, self.lease_s = float(tick_s), float(lease_s)
         self.routes = build_routes(config, registry)
+        self.catalog = make_catalog(config, registry)
         self.destinations = build_destinations(config) + list(extra_destinations)
         names = [d.name for d in self.destinations]
         if len(set(names)) != len(names):
@@ -144,7 +155,7 @@ class Node:
                                    early=config.assemble.early_completion, store=self.store)
         # Without listeners (inside Orthanc) completeness comes from outside: the intake calls
         # route_series / route_study itself, so the assembler never sees the spool.
-        self.spool = Spool(config.storage.spool, on_stored=self.assembler.add if self.listen else None)
+        self.spool = Spool(config.storage.spool, on_stored=self._on_stored if self.listen else None)
         self.quarantine = Quarantine(config.storage.quarantine)
         n = config.node
         peers = [Peer(p.ae_title, p.address) for p in n.peers] or None
@@ -159,6 +170,12 @@ class Node:
             self.stow = StowReceiver(self.spool, web,
                                      ssl_context=None if web.tls is None else server_ssl_context(web.tls))
         self._runners = threading.local()
+        # Series handed to the assembler by the start-up rescan, and the inputs of every job made
+        # before the restart: a rescanned series whose inputs already had a job keeps it rather
+        # than being processed again because the weights or thresholds changed meanwhile.
+        self._rescanned: set[str] = set()  # series UIDs
+        self._rescanned_studies: set[str] = set()
+        self._known_inputs: dict[str, int] = {}
         self.pool = WorkerPool(self.store, self._run_job, n_workers=config.queue.workers, poll_s=poll_s,
                                lease_s=lease_s, name="neuroread-worker")
         self._stop = threading.Event()
@@ -190,6 +207,7 @@ class Node:
         if recovered:
             logger.info("recovered %d jobs left running by a previous run: %s", len(recovered), recovered)
         self.spool.remove_stale_temp_files()
+        self._log_models()
         if self.listen:
             self._rescan_spool()
         self.deliverer.start()
@@ -229,6 +247,25 @@ class Node:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
+    def _on_stored(self, record: InstanceRecord) -> None:
+        """An instance received (new or again): its series and study are no longer only the start-up
+        rescan's, so they are routed as any arrival is (a study sent again is processed again
+        with the current weights), then the assembler gets it."""
+        self._rescanned.discard(record.series_uid)
+        self._rescanned_studies.discard(record.study_uid)
+        self.assembler.add(record)
+
+    def _log_models(self) -> None:
+        """One line per model: switched off, or the weights it runs with, or why it has none."""
+        disabled = self.config.disabled_models()
+        for name in self.registry.names():
+            if name in disabled:
+                logger.info("model %s: switched off (models.%s.enabled: false)", name, name)
+                continue
+            ok, what = self.catalog.status(name)
+            (logger.info if ok else logger.warning)("model %s: %s", name, what if ok else
+                                                    f"{what}; its series will be recorded as skipped")
+
     def _tick_loop(self) -> None:
         while not self._stop.wait(self.tick_s):
             try:
@@ -250,10 +287,13 @@ class Node:
         """
         count, quarantined = 0, 0
         root = Path(self.config.storage.spool)
+        self._known_inputs = self.store.inputs_index()
         for path in sorted(root.glob("*/*/*.dcm")):
             try:
                 record = self._spooled_record(path)
                 self.spool.check_series(record.study_uid, record.series_uid)
+                self._rescanned.add(record.series_uid)
+                self._rescanned_studies.add(record.study_uid)
                 self.assembler.add(record)
             except PARSE_ERRORS + (SeriesStudyConflictError, AttributeError) as exc:
                 if isinstance(exc, OSError) and not path.exists():
@@ -274,6 +314,21 @@ class Node:
                            quarantined, self.quarantine.root)
         if count:
             logger.info("spool rescan: %d instances handed to the assembler", count)
+
+    def _enqueue(self, spec, inputs: dict[str, str], instances: dict[str, Any], *, rescanned: bool,
+                 ready: bool = True) -> Job:
+        """Enqueue a job with the model's current weights identity; for series from the start-up
+        rescan, the job already made for the same inputs (with any weights) instead, so a restart
+        after new weights does not process the whole spool again (send a study again to have it
+        processed with the new weights)."""
+        from neuroread.node.jobs import job_key
+
+        if rescanned:
+            earlier = self._known_inputs.get(job_key(spec.name, spec.version, inputs, instances))
+            if earlier is not None:
+                return self.store.get(earlier)
+        return self.store.enqueue(spec.name, spec.version, inputs, instances, ready=ready,
+                                  identity=self.catalog.identity(spec.name))
 
     @staticmethod
     def _spooled_record(path: Path) -> InstanceRecord:
@@ -336,15 +391,22 @@ class Node:
         else:
             reason = decision.reason
         if not single and not multi:
+            off = sorted(self.config.disabled_models())
+            if off:
+                reason += f" (switched off: {', '.join(off)})"
             logger.warning("series %s unrouted (%d instances): %s", series.series_uid, len(series.instances),
                            redact(reason))
             self._record_routing(series, "unrouted", reason)
             return []
-        jobs, notes = [], []
+        jobs, notes, skipped = [], [], []
         for route in single:
+            ok, why = self.catalog.status(route.model)
+            if not ok:
+                skipped.append(f"{route.name} → {route.model} skipped: {why}")
+                continue
             spec = self.registry.spec(route.model)
-            job = self.store.enqueue(spec.name, spec.version, {route.slot: series.series_uid},
-                                     {route.slot: series.sop_instance_uids})
+            job = self._enqueue(spec, {route.slot: series.series_uid}, {route.slot: series.sop_instance_uids},
+                                rescanned=series.series_uid in self._rescanned)
             jobs.append(job)
             notes.append(f"{route.name} → job {job.id}")
             logger.info("series %s → %s/%s: job %d (%s)", series.series_uid, route.model, route.slot, job.id, job.state)
@@ -353,7 +415,10 @@ class Node:
                          "is complete (see its study routing)")
             logger.info("series %s → %s/%s: waits for study %s", series.series_uid, route.model, route.slot,
                         series.study_uid)
-        self._record_routing(series, "routed", ", ".join(notes))
+        if skipped:
+            logger.warning("series %s: %s", series.series_uid, "; ".join(skipped))
+        self._rescanned.discard(series.series_uid)
+        self._record_routing(series, "routed" if notes else "skipped", ", ".join(notes + skipped))
         return jobs
 
     def route_study(self, study: CompleteStudy) -> list[Job]:
@@ -374,6 +439,7 @@ class Node:
                 logger.warning("study %s: series %s left out of slot filling: %s", study.study_uid,
                                series.series_uid, describe_error(exc))
         jobs = []
+        rescanned = study.study_uid in self._rescanned_studies
         for spec in specs:
             filling = fill_slots(spec, candidates)
             if not filling.chosen:
@@ -382,16 +448,21 @@ class Node:
                 logger.warning("study %s incomplete for %s: %s", study.study_uid, spec.name, filling.describe())
                 self._record_study(study.study_uid, spec.name, "incomplete", filling.describe(), None)
                 continue
-            job = self.store.enqueue(spec.name, spec.version,
-                                     {slot: c.series_uid for slot, c in filling.chosen.items()},
-                                     {slot: members[c.series_uid].sop_instance_uids for slot, c in filling.chosen.items()},
-                                     ready=False)
+            ok, why = self.catalog.status(spec.name)
+            if not ok:
+                logger.warning("study %s: %s skipped: %s", study.study_uid, spec.name, why)
+                self._record_study(study.study_uid, spec.name, "skipped", why, None)
+                continue
+            job = self._enqueue(spec, {slot: c.series_uid for slot, c in filling.chosen.items()},
+                                {slot: members[c.series_uid].sop_instance_uids for slot, c in filling.chosen.items()},
+                                rescanned=rescanned, ready=False)
             if job.state == "received":  # new (or left unreleased by a node killed here): audit, then release
                 self.store.audit(job.id, "slots", filling.audit(study.study_uid))
                 job = self.store.release(job.id)
             jobs.append(job)
             self._record_study(study.study_uid, spec.name, "routed", f"job {job.id}: {filling.describe()}", job.id)
             logger.info("study %s → %s: job %d (%s)", study.study_uid, spec.name, job.id, job.state)
+        self._rescanned_studies.discard(study.study_uid)
         return jobs
 
     def _record_routing(self, series: CompleteSeries, state: str, reason: str) -> None:
@@ -417,7 +488,7 @@ class Node:
     def _runner(self) -> ModelRunner:
         runner = getattr(self._runners, "runner", None)
         if runner is None:
-            runner = self._runners.runner = make_runner(self.config, self.registry)
+            runner = self._runners.runner = make_runner(self.config, self.registry, self.catalog)
         return runner
 
     def _run_job(self, job: Job) -> JobOutcome:

@@ -30,7 +30,7 @@ class RoutingRecords:
                 conn.execute(routing_table.insert().values(series_uid=series_uid, **values))
 
     def series(self, series_uid: str) -> dict[str, Any] | None:
-        """The routing record of a series: state (routed/unrouted) and reason; None if not seen."""
+        """The routing record of a series: state (routed/unrouted/skipped) and reason; None if not seen."""
         with self.engine.connect() as conn:
             row = conn.execute(routing_table.select().where(routing_table.c.series_uid == series_uid)).mappings().first()
         return dict(row) if row else None
@@ -52,13 +52,15 @@ class RoutingRecords:
 
 
 def routing_records(engine: sa.Engine) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """What did not become a job, newest first: series recorded ``unrouted`` and (study, model)
-    pairs recorded ``incomplete``, each with its reason (``neuroread jobs unrouted``)."""
+    """What did not become a job, newest first: series recorded ``unrouted`` (no route took them)
+    or ``skipped`` (their models have no weights) and (study, model) pairs recorded ``incomplete``
+    or ``skipped``, each with its reason (``neuroread jobs unrouted``)."""
     if not sa.inspect(engine).has_table(routing_table.name):
         return [], []  # a database the node has not run on yet
     with engine.connect() as conn:
-        series = conn.execute(routing_table.select().where(routing_table.c.state == "unrouted")
+        series = conn.execute(routing_table.select().where(routing_table.c.state.in_(("unrouted", "skipped")))
                               .order_by(routing_table.c.at.desc())).mappings().all()
-        studies = conn.execute(study_routing_table.select().where(study_routing_table.c.state == "incomplete")
+        studies = conn.execute(study_routing_table.select()
+                               .where(study_routing_table.c.state.in_(("incomplete", "skipped")))
                                .order_by(study_routing_table.c.at.desc())).mappings().all()
     return [dict(r) for r in series], [dict(r) for r in studies]

@@ -9,9 +9,11 @@ States of a job::
                              └──recover────────┘  (lease expired: the worker died, e.g. kill -9)
     failed ──retry (CLI 'jobs retry')──▶ queued, attempts reset
 
-* **Idempotent enqueue.** A job's key is a SHA-256 over (model, version, slot → series UID,
-  slot → sorted instance UIDs) (:func:`job_key`); the key is UNIQUE, so the same inputs never
-  make two jobs. An enlarged series (a late instance) has another instance set, hence a new key.
+* **Idempotent enqueue.** A job's key is a SHA-256 over (model, version, the identity of its
+  weights and thresholds, slot → series UID, slot → sorted instance UIDs) (:func:`job_key`); the
+  key is UNIQUE, so the same inputs through the same weights never make two jobs. An enlarged
+  series (a late instance) has another instance set, and new weights or thresholds another
+  identity, hence a new key (and new result objects: their UIDs derive from the same identity).
 * **Atomic claim.** A worker picks a candidate, then moves it with a conditional
   ``UPDATE … WHERE id = ? AND state IN (queued, retrying) AND next_attempt_at <= now`` and
   owns it only if the row count is 1: two workers (threads or processes, one SQLite file or one
@@ -120,9 +122,12 @@ class JobOutcome:
     weights_hash: str = ""
 
 
-def job_key(model: str, version: str, inputs: Mapping[str, str], instances: Mapping[str, Iterable[str]]) -> str:
-    """The idempotency key: SHA-256 hex of the canonical JSON of the job's inputs."""
-    canonical = json.dumps({"model": model, "version": version, "inputs": dict(sorted(inputs.items())),
+def job_key(model: str, version: str, inputs: Mapping[str, str], instances: Mapping[str, Iterable[str]],
+            identity: str = "") -> str:
+    """The idempotency key: SHA-256 hex of the canonical JSON of the job's inputs and ``identity``
+    (the weights' SHA-256 and effective thresholds, :meth:`neuroread.models.weights.Weights.identity`)."""
+    canonical = json.dumps({"model": model, "version": version, "identity": identity,
+                            "inputs": dict(sorted(inputs.items())),
                             "instances": {slot: sorted(set(uids)) for slot, uids in sorted(instances.items())}},
                            sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -185,10 +190,11 @@ class JobStore:
 
     # -- jobs ---------------------------------------------------------------------------------
     def enqueue(self, model: str, version: str, inputs: Mapping[str, str],
-                instances: Mapping[str, Iterable[str]], *, ready: bool = True) -> Job:
+                instances: Mapping[str, Iterable[str]], *, ready: bool = True, identity: str = "") -> Job:
         """Create the job for these inputs, or return the one that already exists (same key).
 
-        ``ready=False`` leaves a new job in ``received`` until :meth:`release`.
+        ``ready=False`` leaves a new job in ``received`` until :meth:`release`. ``identity``: the
+        weights and thresholds the job will run with (part of the key, recorded in the audit).
         """
         for name, value in (("model", model), ("version", version)):
             if not isinstance(value, str) or not value:
@@ -200,7 +206,7 @@ class JobStore:
         if missing or set(instances) - set(inputs):
             raise ValueError(f"enqueue: instances must list UIDs for exactly the input slots {sorted(inputs)}, "
                              f"got {sorted(instances)} (empty: {missing})")
-        key = job_key(model, version, inputs, snapshot)
+        key = job_key(model, version, inputs, snapshot, identity)
         now = self.clock()
         state = "queued" if ready else "received"
         try:
@@ -209,7 +215,7 @@ class JobStore:
                     job_key=key, model=model, model_version=version, inputs=dict(inputs), instances=snapshot,
                     state=state, reason="", attempts=0, next_attempt_at=None, created=now, updated=now,
                 )).inserted_primary_key[0]
-                self._audit(conn, job_id, state, {"model": model, "version": version,
+                self._audit(conn, job_id, state, {"model": model, "version": version, "identity": identity,
                                                   "inputs": dict(inputs), "instances": snapshot})
         except IntegrityError:
             existing = self._by_key(key)
@@ -366,6 +372,18 @@ class JobStore:
         return dict(row) if row else None
 
     # -- internals ----------------------------------------------------------------------------
+    def inputs_index(self) -> dict[str, int]:
+        """Every job by the key of its inputs alone (:func:`job_key` with no identity) → the newest
+        job's id: which inputs were processed already, with whatever weights (one pass over the
+        table, for the node's start-up rescan)."""
+        index: dict[str, int] = {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(jobs_table.c.id, jobs_table.c.model, jobs_table.c.model_version,
+                                       jobs_table.c.inputs, jobs_table.c.instances).order_by(jobs_table.c.id))
+            for row in rows:
+                index[job_key(row.model, row.model_version, row.inputs, row.instances)] = int(row.id)
+        return index
+
     def _by_key(self, key: str) -> Job | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(jobs_table).where(jobs_table.c.job_key == key)).mappings().first()

@@ -12,6 +12,10 @@
   acquisition comes later), then highest SeriesInstanceUID (only so that the choice is
   deterministic). Slots are filled in the spec's order; a series fills one slot at most. The
   job's ``slots`` audit event lists each slot's candidates in that order and the chosen one.
+* **Slot constraints.** A slot declared ``same_frame_of_reference_as`` another
+  (:class:`neuroread.models.InputSlot`) takes only candidates whose Frame of Reference UID is
+  that of the series chosen for the other slot (a STIR resampled onto its T1 without a
+  registration); when none shares it, the slot is missing and the record says why.
 * **A slot with no candidate** (T1 arrived, STIR never did): no job; the study is recorded
   ``incomplete`` for the model (the node's ``study_routing`` table,
   :meth:`neuroread.node.app.node.Node.study_routing`, a warning) naming the missing slots and the series
@@ -51,11 +55,13 @@ class Candidate:
     route: Route
     instances: int
     series_number: int | None
+    frame_of_reference: str = ""
 
     @classmethod
     def of(cls, series_uid: str, route: Route, header: pydicom.Dataset, instances: int) -> "Candidate":
         number = header.get("SeriesNumber")
-        return cls(series_uid, route, instances, None if number in (None, "") else int(number))
+        return cls(series_uid, route, instances, None if number in (None, "") else int(number),
+                   str(header.get("FrameOfReferenceUID", "") or ""))
 
     def preference(self) -> tuple[int, int, int]:
         """Sort key, best first: route priority, then most instances, then highest SeriesNumber."""
@@ -74,6 +80,7 @@ class SlotFilling:
     candidates: dict[str, list[Candidate]]  # slot → candidates, best first
     chosen: dict[str, Candidate]  # slot → the series that fills it
     missing: tuple[str, ...]  # slots without a candidate, in the spec's order
+    why: dict[str, str] | None = None  # slot → why its candidates could not fill it (constraints)
 
     def describe(self) -> str:
         """One line: each slot's series (and the candidates passed over), then what is missing."""
@@ -82,7 +89,8 @@ class SlotFilling:
             c = self.chosen.get(slot.name)
             if c is None:
                 wanted = "/".join(slot.sequences) or "any"
-                parts.append(f"{slot.name}: missing (no series of the study fits it: {slot.modality} {wanted})")
+                reason = (self.why or {}).get(slot.name) or f"no series of the study fits it: {slot.modality} {wanted}"
+                parts.append(f"{slot.name}: missing ({reason})")
                 continue
             others = [o.series_uid for o in self.candidates[slot.name] if o is not c]
             passed = f", preferred to {', '.join(others)} ({CHOICE_RULE})" if others else ""
@@ -104,11 +112,24 @@ def fill_slots(spec: ModelSpec, candidates: Iterable[Candidate]) -> SlotFilling:
             ranked[c.route.slot].append(c)
     chosen: dict[str, Candidate] = {}
     used: set[str] = set()
+    why: dict[str, str] = {}
     for slot, fits in ranked.items():
         fits.sort(key=lambda c: c.series_uid, reverse=True)
         fits.sort(key=Candidate.preference)  # stable: the highest UID breaks the remaining ties
-        best = next((c for c in fits if c.series_uid not in used), None)
-        if best is not None:
-            chosen[slot] = best
-            used.add(best.series_uid)
-    return SlotFilling(spec, ranked, chosen, tuple(s for s in ranked if s not in chosen))
+        free = [c for c in fits if c.series_uid not in used]
+        tied_to = spec.slot(slot).same_frame_of_reference_as
+        if tied_to is not None and free:
+            anchor = chosen.get(tied_to)
+            if anchor is None:
+                free, why[slot] = [], f"it must share the frame of reference of slot {tied_to}, which is not filled"
+            else:
+                others = free
+                free = [c for c in free if c.frame_of_reference and c.frame_of_reference == anchor.frame_of_reference]
+                if not free:
+                    why[slot] = (f"{len(others)} candidate(s) ({', '.join(c.series_uid for c in others)}) but none "
+                                 f"shares the frame of reference of slot {tied_to} (series {anchor.series_uid}, "
+                                 f"FrameOfReferenceUID {anchor.frame_of_reference or 'missing'})")
+        if free:
+            chosen[slot] = free[0]
+            used.add(free[0].series_uid)
+    return SlotFilling(spec, ranked, chosen, tuple(s for s in ranked if s not in chosen), why)

@@ -11,6 +11,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from neuroread.models import ModelRegistry
+from neuroread.node.app import make_catalog
 from neuroread.node.app.node import Node
 from neuroread.node.app.offline import run_files
 from neuroread.node.assemble.assembler import CompleteSeries
@@ -175,7 +176,10 @@ def test_restart_finishes_job_of_killed_node(tmp_path, ct):
                     sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,
                     transfer_syntax_uid=ds.file_meta.TransferSyntaxUID)
     store = JobStore(config.queue.database)
-    job = store.enqueue("tiny-test", "0.1.0", {"ct": info["series_instance_uid"]}, {"ct": info["sop_instance_uids"]})
+    # as the dead node enqueued it: keyed by the weights and thresholds it runs with
+    identity = make_catalog(config, REGISTRY).identity("tiny-test")
+    job = store.enqueue("tiny-test", "0.1.0", {"ct": info["series_instance_uid"]}, {"ct": info["sop_instance_uids"]},
+                        identity=identity)
     assert store.claim("dead-node", lease_s=600).id == job.id
     store.close()
     with Node(config, REGISTRY, port=0, tick_s=0.2, deliver_interval_s=0.5) as node:

@@ -17,12 +17,12 @@ from neuroread.node.app.node import Node
 from neuroread.node.app.offline import run_files
 from neuroread.node.assemble.assembler import CompleteSeries, CompleteStudy
 from neuroread.node.config import parse_config
-from neuroread.node.encode import validate
+from neuroread.node.encode import probability_of, validate
 from neuroread.node.infer.runner import ModelRunner
 from neuroread.node.route.rules import Route, default_routes, parse_condition
 from neuroread.node.route.study_slots import Candidate, fill_slots
 from neuroread.training.phantoms.baseline import load_truth
-from support.node_checks import referenced_uids, storescu, wait_for
+from support.node_checks import code_value, content_items, referenced_uids, storescu, wait_for
 from support.peers import StoreSCP
 from support.tiny_model import ENTRY as TINY
 from support.tiny_pair_model import ENTRY as PAIR
@@ -31,7 +31,7 @@ from support.tiny_pair_model import SPEC as PAIR_SPEC
 SR, KO, SEG, PM, SC = ("1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.59",
                        "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.30", "1.2.840.10008.5.1.4.1.1.7")
 REGISTRY = ModelRegistry([TINY, PAIR])
-FINDING = "404684003"
+FINDING = PAIR_SPEC.label("finding").code  # the same finding in both test models
 
 
 @pytest.fixture(scope="module")
@@ -65,26 +65,31 @@ def folder(tmp_path: Path) -> dict:
     return {"archive": {"type": "folder", "path": str(tmp_path / "results")}}
 
 
-def content_items(ds: pydicom.Dataset):
-    """Every SR content item under ``ds``, depth first."""
-    for item in ds.get("ContentSequence", []):
-        yield item
-        yield from content_items(item)
-
-
 def finding_states(sr: pydicom.Dataset) -> list[str]:
     """The Present/Absent code value of every qualitative evaluation of the finding in an SR."""
-    return [item.ConceptCodeSequence[0].CodeValue for item in content_items(sr)
-            if item.ValueType == "CODE" and item.ConceptNameCodeSequence[0].CodeValue == FINDING]
+    return [code_value(item.ConceptCodeSequence[0]) for item in content_items(sr)
+            if item.ValueType == "CODE" and code_value(item.ConceptNameCodeSequence[0]) == FINDING.value]
 
 
 def texts(sr: pydicom.Dataset) -> set[str]:
     return {str(item.TextValue) for item in content_items(sr) if item.ValueType == "TEXT"}
 
 
-def probabilities(sr: pydicom.Dataset) -> list[float]:
+def numbers(sr: pydicom.Dataset, meaning: str) -> list[float]:
+    """The value of every NUM item of the SR whose concept's meaning is ``meaning``."""
     return [float(item.MeasuredValueSequence[0].NumericValue) for item in content_items(sr)
-            if item.ValueType == "NUM" and item.ConceptNameCodeSequence[0].CodeValue == "PROBABILITY"]
+            if item.ValueType == "NUM" and str(item.ConceptNameCodeSequence[0].CodeMeaning) == meaning]
+
+
+def probabilities(sr: pydicom.Dataset) -> list[float]:
+    """The NUM "Probability of <finding>" of the finding group (its concept derived from the finding's code)."""
+    concept = probability_of(FINDING)
+    return [float(item.MeasuredValueSequence[0].NumericValue) for item in content_items(sr)
+            if item.ValueType == "NUM" and code_value(item.ConceptNameCodeSequence[0]) == concept.value]
+
+
+def decision_thresholds(sr: pydicom.Dataset) -> list[float]:
+    return numbers(sr, "Decision threshold")
 
 
 def copy_series(src: list[Path], out: Path, series_number: int) -> tuple[str, list[Path]]:
@@ -150,8 +155,9 @@ def test_pair_study_one_job_both_slots_valid_results_idempotent(tmp_path, axspa,
         assert sorted(len(both & referenced_uids(pm)) for pm in by_class[PM]) == [1, 1]
         assert set().union(*(both & referenced_uids(pm) for pm in by_class[PM])) == both
         # threshold override: the probability (about 0.45) is under the spec's 0.5 but over the configured 0.3
-        assert 0.3 < probabilities(sr)[0] < 0.5, probabilities(sr)
+        assert len(probabilities(sr)) == 1 and 0.3 < probabilities(sr)[0] < 0.5, probabilities(sr)
         assert finding_states(sr) == [codes.SCT.Present.value]
+        assert decision_thresholds(sr) == [pytest.approx(0.3)]  # the NUM beside the probability
         assert "threshold_finding=0.3" in texts(sr)
 
         # the same study again: no new job, no new objects
@@ -227,18 +233,36 @@ def test_fill_slots_prefers_a_configured_route_and_fills_a_series_once():
     default_t1, default_fs = default_routes(PAIR_SPEC)
     site_fs = Route("site-fs", "tiny-pair-test", "fs", parse_condition({"modality": "MR"}), priority=10)
     site_t1 = Route("site-t1", "tiny-pair-test", "t1", parse_condition({"modality": "MR"}), priority=5)
-    t1, many = Candidate("1.1", default_t1, 10, 1), Candidate("1.2", default_fs, 30, 9)
+    frame = "1.9"  # one Frame of Reference for the whole study: the fs slot must share the T1's
+    t1, many = Candidate("1.1", default_t1, 10, 1, frame), Candidate("1.2", default_fs, 30, 9, frame)
     # a configured route beats the model's default, whatever the instance count
-    filling = fill_slots(PAIR_SPEC, [t1, many, Candidate("1.3", site_fs, 10, 2)])
+    filling = fill_slots(PAIR_SPEC, [t1, many, Candidate("1.3", site_fs, 10, 2, frame)])
     assert {s: c.series_uid for s, c in filling.chosen.items()} == {"t1": "1.1", "fs": "1.3"}
     assert [c.series_uid for c in filling.candidates["fs"]] == ["1.3", "1.2"] and filling.missing == ()
     # "1.3" fits both slots: t1 is filled first (the spec's order) and takes it; fs gets the next one
-    filling = fill_slots(PAIR_SPEC, [t1, many, Candidate("1.3", site_fs, 10, 2), Candidate("1.3", site_t1, 10, 2)])
+    filling = fill_slots(PAIR_SPEC, [t1, many, Candidate("1.3", site_fs, 10, 2, frame),
+                                     Candidate("1.3", site_t1, 10, 2, frame)])
     assert {s: c.series_uid for s, c in filling.chosen.items()} == {"t1": "1.3", "fs": "1.2"}
     # candidates of another model are ignored; a slot nobody fits is missing
-    other = Candidate("9.9", Route("other", "tiny-test", "ct", parse_condition({"modality": "CT"})), 10, 1)
+    other = Candidate("9.9", Route("other", "tiny-test", "ct", parse_condition({"modality": "CT"})), 10, 1, frame)
     only_t1 = fill_slots(PAIR_SPEC, [t1, other])
     assert only_t1.missing == ("fs",) and {s: c.series_uid for s, c in only_t1.chosen.items()} == {"t1": "1.1"}
+
+
+def test_fill_slots_takes_for_fs_only_a_series_in_the_t1_frame_of_reference():
+    default_t1, default_fs = default_routes(PAIR_SPEC)
+    t1 = Candidate("1.1", default_t1, 10, 1, "1.9")
+    many = Candidate("1.2", default_fs, 30, 9, "1.8")  # preferred by the rule, but in another frame
+    same = Candidate("1.3", default_fs, 10, 2, "1.9")
+    filling = fill_slots(PAIR_SPEC, [t1, many, same])
+    assert {s: c.series_uid for s, c in filling.chosen.items()} == {"t1": "1.1", "fs": "1.3"}
+    # none in the T1's frame (another one, or none given): fs is missing, and the record says why
+    for fs in (many, Candidate("1.4", default_fs, 10, 2)):
+        filling = fill_slots(PAIR_SPEC, [t1, fs])
+        assert filling.missing == ("fs",)
+        reason = filling.describe()
+        assert f"fs: missing (1 candidate(s) ({fs.series_uid}) but none shares the frame of reference of slot t1 " \
+               "(series 1.1, FrameOfReferenceUID 1.9))" in reason, reason
 
 
 def test_run_files_pairs_series_by_study(tmp_path, axspa, caplog):
@@ -264,12 +288,13 @@ def test_threshold_overrides_reach_the_finding_and_the_sr(tmp_path, phantom_sets
     written = run_files([study / "S01"], tmp_path / "out", make_config(tmp_path, {}, models), ModelRegistry([TINY]))
     (sr,) = [ds for ds in map(pydicom.dcmread, written) if ds.SOPClassUID == SR]
     assert finding_states(sr) == [state.value]
+    assert decision_thresholds(sr) == [pytest.approx(threshold)]
     assert f"threshold_finding={threshold:g}" in texts(sr) and "threshold_finding=0.5" not in texts(sr)
     assert len(probabilities(sr)) == 1 and 0.5 < probabilities(sr)[0] < 0.9, probabilities(sr)
 
 
 def test_runner_threshold_override_errors():
-    with pytest.raises(ValueError, match=r"tiny-test: threshold overrides for unknown labels \['findng'\]"):
+    with pytest.raises(ValueError, match=r"tiny-test: thresholds for unknown labels \['findng'\]; labels: \['finding'\]"):
         ModelRunner(ModelRegistry([TINY]), thresholds={"tiny-test": {"findng": 0.3}})
     with pytest.raises(ValueError, match=r"Label 'finding': threshold must be in \(0, 1\), got 1.0"):
         ModelRunner(ModelRegistry([TINY]), thresholds={"tiny-test": {"finding": 1.0}})
@@ -278,3 +303,6 @@ def test_runner_threshold_override_errors():
     runner = ModelRunner(ModelRegistry([TINY]), thresholds={"tiny-test": {"finding": 0.25}})
     assert runner.spec("tiny-test").label("finding").threshold == 0.25
     assert ModelRegistry([TINY]).spec("tiny-test").label("finding").threshold == 0.5  # the registry's stays
+    # what results and jobs are keyed by: the weights' SHA-256 and the effective thresholds
+    sha = ModelRunner(ModelRegistry([TINY])).identity("tiny-test").split("|")[0]
+    assert runner.identity("tiny-test") == f"{sha}|finding=0.25" and len(sha) == 64

@@ -210,12 +210,16 @@ def test_run_says_when_nothing_could_be_processed(tmp_path, phantom_sets):
 
 
 def test_models_lists_plugin_models_from_the_configuration(tmp_path):
-    (tmp_path / "cfg.yaml").write_text("plugins: ['support.tiny_model:ENTRY']\n")
+    (tmp_path / "cfg.yaml").write_text("plugins: ['support.tiny_model:ENTRY']\n"
+                                       "models: {tiny-test: {thresholds: {finding: 0.3}}}\n")
     env_path = str(Path(__file__).resolve().parents[1])
     res = subprocess.run([sys.executable, "-m", "neuroread.cli", "models", "-c", str(tmp_path / "cfg.yaml")],
                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": env_path})
     assert res.returncode == 0, res.stderr
-    assert "tiny-test 0.1.0" in res.stdout and "inputs: ct=CT" in res.stdout
+    assert "tiny-test 0.1.0 [ready]: " in res.stdout and "inputs: ct=CT" in res.stdout
+    assert "outcome findings: multi-label finding@0.3" in res.stdout  # the configured threshold, not the spec's
+    committed = Path(env_path) / "data" / "tiny-test.pt"  # the weights the model runs with: its committed ones
+    assert f"weights: demo weights (synthetic phantoms) {committed} (sha256 " in res.stdout, res.stdout
     (tmp_path / "bad.yaml").write_text("plugins: ['support.tiny_model:NOPE']\n")
     res = subprocess.run([sys.executable, "-m", "neuroread.cli", "models", "-c", str(tmp_path / "bad.yaml")],
                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": env_path})

@@ -1,9 +1,14 @@
-"""Result UIDs are a promise to the PACS: the same input and weights give the same UIDs, in
-this release and the next. The golden file was written by the code before the move into the
-``neuroread`` namespace (issue 13); a refactor that changes how a UID is derived fails here.
+"""Result UIDs are a promise to the PACS: the same input, weights and thresholds give the same
+UIDs, in this release and the next; a refactor that changes how a UID is derived fails here.
+
+The golden file was written again (``NEUROREAD_WRITE_GOLDEN=1``) when the weights' identity
+(their SHA-256 and the effective thresholds) became part of every result UID: every series and
+instance UID changed then, by design (the study UID is the source's). Write it again only for
+such a deliberate change, and say so.
 
 The input is the first small ct-hemorrhage phantom (seed 7, deterministic UIDs) and the model
-is the tiny test network (weights from a fixed seed, so their hash is the same on every CPU).
+is the tiny test network with its committed weights (``tests/data/tiny-test.pt``, from a fixed
+seed) at its spec's threshold.
 """
 from __future__ import annotations
 

@@ -1,15 +1,19 @@
 """Checks shared by the tests that run the whole node: SOP classes of the results, sending with
-dcmtk's storescu, waiting, and what a result refers to."""
+dcmtk's storescu, waiting, what a result refers to, reading an SR's content items, and the
+``neuroread`` command run as a subprocess."""
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 
 import pydicom
 import pytest
 
 from neuroread.node.tools.dcmtk import dcmtk_tool
+
+from . import TESTS
 
 SR = "1.2.840.10008.5.1.4.1.1.88.34"
 KO = "1.2.840.10008.5.1.4.1.1.88.59"
@@ -59,3 +63,23 @@ def delivered_outputs(node, storescp) -> list[pydicom.Dataset] | None:
             outbox[0].detail["outputs"]):
         return None
     return [pydicom.dcmread(p) for p in storescp.files()]
+
+
+def content_items(ds: pydicom.Dataset):
+    """Every SR content item under ``ds``, depth first."""
+    for item in ds.get("ContentSequence", []):
+        yield item
+        yield from content_items(item)
+
+
+def code_value(item: pydicom.Dataset) -> str:
+    """A coded entry's value: its Code Value, or its Long Code Value (values over 16 characters)."""
+    return str(item.get("CodeValue") or item.get("LongCodeValue") or item.get("URNCodeValue") or "")
+
+
+def neuroread(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``neuroread ARGS`` as a user runs it, with ``tests/`` importable so that a configuration's
+    ``plugins`` can name the test models (``support.tiny_model:ENTRY``)."""
+    path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-m", "neuroread.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": path})

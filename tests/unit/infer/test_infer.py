@@ -18,6 +18,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from neuroread.models import Heatmap, ModelEntry, ModelRegistry
+from neuroread.models.weights import MissingWeights
 from neuroread.node.infer import ModelRunner, SeriesError, load_series
 from neuroread.training.phantoms.baseline import load_truth, read_series
 from support.tiny_model import ENTRY, SPEC, TinyModel
@@ -259,16 +260,19 @@ class _CountingModel(TinyModel):
 
 def test_runner_loads_once_runs_and_checks(phantom_sets):
     _CountingModel.loads = 0
-    runner = ModelRunner(ModelRegistry([ModelEntry(SPEC, _CountingModel)]), {"tiny-test": None}, "cpu", torch_threads=1)
-    assert torch.get_num_threads() == 1
+    before = torch.get_num_threads()
+    runner = ModelRunner(ModelRegistry([ModelEntry(SPEC, _CountingModel, ENTRY.demo_weights)]), {"tiny-test": None},
+                         "cpu", torch_threads=1)
     assert _CountingModel.loads == 0  # lazy
     vol = load_series(_files(_study(phantom_sets, "ct-hemorrhage"), "ct"), min_slices=3)
     first = runner.run("tiny-test", {"ct": vol})
     second = runner.run("tiny-test", {"ct": vol})
+    assert torch.get_num_threads() == before  # the runner's thread count is scoped to its own calls
     assert _CountingModel.loads == 1 and runner.loads == 1
     assert first.findings == second.findings
     assert {ks.sop_instance_uid for ks in first.key_slices} <= set(vol.sop_instance_uids)
-    other = ModelRunner(ModelRegistry([ModelEntry(SPEC, _CountingModel)]))
+    assert runner.identity("tiny-test") == f"{first.card.weights_sha256}|finding=0.5"
+    other = ModelRunner(ModelRegistry([ModelEntry(SPEC, _CountingModel, ENTRY.demo_weights)]))
     other.run("tiny-test", {"ct": vol})
     assert _CountingModel.loads == 2  # cached per runner (worker), not globally
 
@@ -277,11 +281,41 @@ class _BrokenModel(TinyModel):
     def predict(self, inputs):
         result = super().predict(inputs)
         uid = inputs["ct"].series_instance_uid
-        return dataclasses.replace(result, heatmaps=(Heatmap(uid, "attention", np.zeros((1, 2, 2), np.float32)),))
+        return dataclasses.replace(result, heatmaps=(Heatmap(uid, "attention", np.zeros((1, 2, 2), np.float32),
+                                                             explains="finding", value_range=(0.0, 1.0)),))
+
+
+def test_threads_are_set_per_thread_not_for_the_process(phantom_sets):
+    """torch's thread count belongs to the calling thread (OpenMP): a worker thread running with
+    one thread leaves the main thread's count alone, while it works and after."""
+    import threading
+
+    from neuroread.models.runtime import torch_threads
+
+    main = torch.get_num_threads()
+    vol = load_series(_files(_study(phantom_sets, "ct-hemorrhage"), "ct"), min_slices=3)
+    inside, checked, seen = threading.Event(), threading.Event(), {}
+
+    def work():
+        with torch_threads(1):
+            seen["worker"] = torch.get_num_threads()
+            inside.set()
+            checked.wait(10)
+        ModelRunner(ModelRegistry([ENTRY]), torch_threads=1).run("tiny-test", {"ct": vol})
+        seen["worker after"] = torch.get_num_threads()
+
+    t = threading.Thread(target=work)
+    t.start()
+    assert inside.wait(10)
+    seen["main during"] = torch.get_num_threads()
+    checked.set()
+    t.join()
+    assert seen == {"worker": 1, "main during": main, "worker after": main}
+    assert torch.get_num_threads() == main
 
 
 def test_runner_refuses_a_result_that_breaks_the_contract(phantom_sets):
-    runner = ModelRunner(ModelRegistry([ModelEntry(SPEC, _BrokenModel)]))
+    runner = ModelRunner(ModelRegistry([ModelEntry(SPEC, _BrokenModel, ENTRY.demo_weights)]))
     vol = load_series(_files(_study(phantom_sets, "ct-hemorrhage"), "ct"))
     with pytest.raises(ValueError, match="is not its series' grid"):
         runner.run("tiny-test", {"ct": vol})
@@ -299,5 +333,5 @@ def test_runner_input_and_name_errors(phantom_sets, tmp_path):
     with pytest.raises(ValueError, match=r"inputs \['flair'\] do not fill its slots \['ct'\]"):
         runner.run("tiny-test", {"flair": vol})
     full = load_series(_files(_study(phantom_sets, "ct-hemorrhage"), "ct"))
-    with pytest.raises(FileNotFoundError, match="absent.pt does not exist"):
+    with pytest.raises(MissingWeights, match="absent.pt does not exist"):
         runner.run("tiny-test", {"ct": full})

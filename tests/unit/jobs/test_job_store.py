@@ -75,7 +75,7 @@ def test_state_machine_happy_path_and_audit_trail(store):
     store.audit(job.id, "delivered", {"destination": "PACS", "sop_instance_uids": ["2.25.1"]})
     trail = store.audit_trail(job.id)
     assert [e.event for e in trail] == ["queued", "running", "done", "delivered"]
-    assert trail[0].detail == {"model": "ms-csvd", "version": "1.0", "inputs": {"flair": "1.2.3.0"},
+    assert trail[0].detail == {"model": "ms-csvd", "version": "1.0", "identity": "", "inputs": {"flair": "1.2.3.0"},
                                "instances": {"flair": ["1.2.3.0.1", "1.2.3.0.2"]}}
     assert trail[2].detail["weights_hash"] == "sha256:ab"
     assert trail[2].detail["outputs"] == {"sop_instance_uids": ["2.25.1"]}

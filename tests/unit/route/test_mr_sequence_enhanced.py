@@ -10,7 +10,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from neuroread.models.spec import Code, InputSlot, Label, ModelSpec
+from neuroread.models.spec import Code, InputSlot, Label, ModelSpec, MultiLabel
 from neuroread.node.route.mr_sequence import HeaderReader, classify
 from neuroread.node.route.rules import Route, default_routes, explain, match_series
 
@@ -310,7 +310,7 @@ def test_header_reader_is_validated():
 
 _CODE = Code("404684003", "SCT", "Clinical finding")
 _MS_SPEC = ModelSpec("ms-test", "0.1.0", "test", (InputSlot("flair", "MR", ("FLAIR",), ("HEAD", "BRAIN"), 5),),
-                     (Label("ms", _CODE),))
+                     (MultiLabel((Label("ms", _CODE),)),))
 
 
 def test_enhanced_flair_routes_through_match_series():

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pydicom.dataset import Dataset
 
-from neuroread.models.spec import Code, InputSlot, Label, ModelSpec
+from neuroread.models.spec import Code, InputSlot, Label, ModelSpec, MultiLabel
 from neuroread.node.route.mr_sequence import SequenceClass, classify
 from neuroread.node.route.rules import (
     AllOf,
@@ -419,11 +419,11 @@ def test_explain_path_reads_a_phantom_study_and_skips_non_dicom(phantom_sets, tm
 # ---------------------------------------------------------------- default routes from model specs
 _CODE = Code("404684003", "SCT", "Clinical finding")
 _MS_SPEC = ModelSpec("ms-test", "0.1.0", "test", (InputSlot("flair", "MR", ("FLAIR",), ("HEAD", "BRAIN"), 5),),
-                     (Label("ms", _CODE),))
+                     (MultiLabel((Label("ms", _CODE),)),))
 _SIJ_SPEC = ModelSpec("sij-test", "0.1.0", "test",
                       (InputSlot("t1", "MR", ("T1",), ("PELVIS", "SSPINE"), 5),
                        InputSlot("fs", "MR", ("STIR", "T2FS"), ("PELVIS", "SSPINE"), 5)),
-                      (Label("axspa", _CODE),))
+                      (MultiLabel((Label("axspa", _CODE),)),))
 
 
 def test_default_routes_from_tiny_ct_spec():
