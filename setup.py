@@ -18,4 +18,7 @@ for name, folder in FOLDERS.items():
     package_dir[name] = folder
     packages += [name] + [f"{name}.{sub}" for sub in find_packages(folder)]
 
-setup(packages=packages, package_dir=package_dir)
+# Demo weights committed beside each model (models/<name>/weights/*.pt with their *.card.json)
+# travel in the wheel, so an installed node runs without training anything.
+setup(packages=packages, package_dir=package_dir,
+      package_data={"neuroread.models": ["*/weights/*.pt", "*/weights/*.card.json"]})

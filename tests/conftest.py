@@ -41,9 +41,9 @@ class _Sets(dict):
 
 @pytest.fixture(scope="session", autouse=True)
 def _no_cached_demo_weights(tmp_path_factory):
-    """Demo weights built on this machine (``~/.cache/neuroread/weights``) must not change what a
-    test sees: every test (and every process it starts) reads demo weights from an empty folder,
-    unless it configures weights itself."""
+    """Demo weights rebuilt on this machine (``$NEUROREAD_WEIGHTS``) must not change what a test
+    sees: every test (and every process it starts) finds that folder empty, so models run with
+    their committed demo weights unless a test configures weights itself."""
     previous = os.environ.get("NEUROREAD_WEIGHTS")
     os.environ["NEUROREAD_WEIGHTS"] = str(tmp_path_factory.mktemp("no-demo-weights"))
     yield
@@ -86,12 +86,12 @@ def ct_case(phantom_sets):
     by_uid = {ds.SOPInstanceUID: ds for ds in map(pydicom.dcmread, files)}
     sources = [by_uid[uid] for uid in vol.sop_instance_uids]
     model = ENTRY.factory()
-    model.load(None)
+    model.load(ENTRY.demo_weights)
     result = model.predict({"ct": vol})
     cube = np.zeros(vol.array.shape, bool)
     cube[2:4, 10:14, 20:25] = True
     extra = Lesion(vol.series_instance_uid, "finding", Code("404684003", "SCT", "Clinical finding"), cube,
-                   float(cube.sum() * np.prod(vol.spacing)), (0.0, 0.0, 0.0), score=0.25)
+                   float(cube.sum() * np.prod(vol.spacing)), (0.0, 0.0, 0.0), probability=0.25)
     return vol, sources, dataclasses.replace(result, lesions=result.lesions + (extra,))
 
 
@@ -102,14 +102,22 @@ TINY_DRCT2 = {"slices": 8, "key_slices": 6, "input_size": 32, "zoom_size": 64, "
 @pytest.fixture(scope="session")
 def weights(phantom_sets, tmp_path_factory) -> Path:
     """A tiny ct-hemorrhage checkpoint (DrCT2 at toy size) trained one epoch on the four session
-    phantoms by neuroread.training.train, marked demo: real weights for the product model in seconds."""
+    phantoms by the shared training loop and the model's recipe, marked demo: real weights for
+    the product model in seconds (four phantoms are too few for a validation fifth: thresholds 0.5)."""
+    from neuroread.models.checkpoint import save_checkpoint
     from neuroread.training.datasets import RSNA_LABELS, read_phantoms
-    from neuroread.training.train import TrainConfig, train
+    from neuroread.training.loop import fit
+    from neuroread.training.recipes.ct_hemorrhage import RECIPE
 
-    out = tmp_path_factory.mktemp("weights") / "ct-hemorrhage-tiny.pt"
     records = read_phantoms(phantom_sets["ct-hemorrhage"], labels=RSNA_LABELS)
-    config = TrainConfig(model="ct-hemorrhage", epochs=1, batch_size=2, threads=1, augment=False, network=TINY_DRCT2)
-    train(records, config, out, source="four test phantoms", folds=2, demo=True, progress=False)
+    settings = RECIPE.settings(network=TINY_DRCT2, epochs=1, batch_size=2, threads=1, augment=False,
+                               pretrain_epochs=0)
+    trained = fit(RECIPE, settings, records, progress=False)
+    out = tmp_path_factory.mktemp("weights") / "ct-hemorrhage-tiny.pt"
+    config = RECIPE.checkpoint_config(trained.net, settings)
+    save_checkpoint(out, model=RECIPE.model, config=config, labels=RECIPE.outputs(),
+                    state_dict=trained.net.state_dict(), architecture=config,
+                    training_data="four test phantoms, one epoch", demo=True, thresholds=trained.thresholds)
     return out
 
 

@@ -1,8 +1,10 @@
-"""Training data: study records from four layouts, and the torch Dataset that samples them.
+"""Training data: study records from four layouts.
 
 A :class:`StudyRecord` is one series with its study labels (0/1 per name of a configured
-label list) and, where the source has them, per-slice labels keyed by SOP Instance UID.
-Pixels are read only when the Dataset asks, by :func:`neuroread.node.infer.runner.load_series` (the node's
+label list: a multi-label model's labels, or a multi-class model's classes one-hot) and, where
+the source has them, per-slice labels keyed by SOP Instance UID and a lesion mask (a label map
+on the series' grid, one id per lesion, with each id's type).
+Pixels are read only when asked (:meth:`StudyRecord.load`), by :func:`neuroread.models.volume.load_series` (the node's
 own reader: same slice order, same HU), and per-slice labels are put in the volume's order
 through the SOP Instance UIDs, so no reader has to guess the order the volume will have.
 
@@ -26,11 +28,8 @@ Label keys: :data:`RSNA_LABELS` (six) and :data:`CQ500_LABELS` (nine, the phanto
 :data:`RSNA_COLUMNS` and :data:`CQ500_COLUMNS` map the datasets' names to them (CQ500's
 ``CalvarialFracture``, not its broader ``Fracture``, is the paper's "calvarial fracture").
 
-:class:`SeriesDataset` yields ``(x [m, 3, size, size] float32 in [0, 1], study labels
-[n_labels] float32, per-slice labels of the sampled slices [m, n_labels] float32 or None)``
-through :mod:`neuroread.models.ct_hemorrhage.preprocess`; with ``augment=True`` each series also
-yields the sets built from its unsampled slices (the paper's data enhancement).
-:func:`collate` batches such items (``None`` per-slice labels stay ``None``).
+How a model turns records into network inputs is its training recipe's business
+(:mod:`neuroread.training.recipes`).
 """
 from __future__ import annotations
 
@@ -46,13 +45,10 @@ from types import MappingProxyType
 
 import numpy as np
 import pydicom
-import torch
 from pydicom.errors import InvalidDicomError
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from neuroread.models import SeriesVolume
-from neuroread.models.ct_hemorrhage.preprocess import WINDOWS, Window, augmentation_sets, sample_indices, to_input
 from neuroread.models.volume import load_series
 
 log = logging.getLogger(__name__)
@@ -75,11 +71,14 @@ _HEADER_TAGS = ["SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "Pati
 class StudyRecord:
     """One series to learn from.
 
-    ``files``: the series' DICOM files (read by :func:`neuroread.node.infer.runner.load_series`); ``n_slices``:
+    ``files``: the series' DICOM files (read by :func:`neuroread.models.volume.load_series`); ``n_slices``:
     the slices they hold; ``label_names``/``labels``: study labels, float32 0/1, one per name;
     ``slice_uids``/``slice_labels``: optional per-slice labels ``[len(slice_uids), n_labels]``,
     row k for the slice whose SOP Instance UID is ``slice_uids[k]``; ``group``: what must not be
-    split across folds (the patient where known); ``description``: SeriesDescription, if any.
+    split across folds (the patient where known); ``description``: SeriesDescription, if any;
+    ``mask``: an optional label map (NIfTI or any SimpleITK image with its geometry) on the
+    series' grid, 0 outside lesions and one id per lesion, with ``mask_types`` giving each id's
+    type (a label name, e.g. ``(1, "sdh")``) where the source says.
     """
 
     study_id: str
@@ -91,6 +90,8 @@ class StudyRecord:
     slice_labels: np.ndarray | None = None
     group: str = ""
     description: str = ""
+    mask: Path | None = None
+    mask_types: tuple[tuple[int, str], ...] = ()
 
     def __post_init__(self) -> None:
         where = f"StudyRecord {self.study_id!r}"
@@ -126,6 +127,18 @@ class StudyRecord:
                              f"{len(missing)} slice(s) without one (e.g. {missing[:2]})")
         return volume, self.slice_labels[[row[uid] for uid in volume.sop_instance_uids]]
 
+    def load_mask(self, volume: SeriesVolume) -> np.ndarray | None:
+        """The lesion label map on ``volume``'s grid (same shape as its array; nearest-neighbour
+        resampling through the physical space, so the file's slice order does not matter), or
+        ``None`` without a mask."""
+        if self.mask is None:
+            return None
+        import SimpleITK as sitk
+
+        from neuroread.models.transforms import resample_onto
+
+        return resample_onto(sitk.ReadImage(str(self.mask)), volume, interpolator="nearest")
+
 
 def _check_labels(labels: Sequence[str], known: Iterable[str], source: str) -> tuple[str, ...]:
     known = tuple(known)
@@ -151,9 +164,12 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 # --- phantoms ---------------------------------------------------------------------------------
 
-def read_phantoms(folder: Path, labels: Sequence[str] = CQ500_LABELS, series: str = "ct") -> list[StudyRecord]:
+def read_phantoms(folder: Path, labels: Sequence[str] = CQ500_LABELS, series: str = "ct",
+                  mask: str | None = None) -> list[StudyRecord]:
     """Studies written by :func:`neuroread.training.phantoms.writer.write_study` under ``folder``
-    (``<case>/truth.json``); ``series`` is the truth's series key."""
+    (``<case>/truth.json``); ``series`` is the truth's series key; ``mask`` the truth's lesion mask
+    (e.g. ``hemorrhage``; ``None``: the first mask on that series whose name is not ``mimics``),
+    with each lesion id's type from the truth's lesion list."""
     studies = sorted(Path(folder).glob("*/truth.json"))
     if not studies:
         raise FileNotFoundError(f"no phantom studies (*/truth.json) under {folder}")
@@ -171,12 +187,20 @@ def read_phantoms(folder: Path, labels: Sequence[str] = CQ500_LABELS, series: st
         if per_slice is not None:
             _check_labels(names, per_slice, f"{source} per_slice_labels")
             slice_labels = np.array([per_slice[name] for name in names], np.float32).T
+        masks = {k: v for k, v in truth.get("masks", {}).items() if v.get("series") == series}
+        mask_name = mask if mask is not None else next((k for k in sorted(masks) if k != "mimics"), None)
+        if mask is not None and mask not in masks:
+            raise ValueError(f"{source}: no mask {mask!r} on series {series!r}; it has {', '.join(masks) or 'none'}")
+        types = tuple((int(les["id"]), str(les["type"])) for les in truth.get("lesions", [])
+                      if "id" in les and "type" in les)
         records.append(StudyRecord(
             study_id=truth["case_id"], files=tuple(sorted((truth_path.parent / info["folder"]).glob("*.dcm"))),
             n_slices=len(uids), label_names=names,
             labels=np.array([truth["labels"][name] for name in names], np.float32),
             slice_uids=uids if slice_labels is not None else None, slice_labels=slice_labels,
-            description=info.get("description", "")))
+            description=info.get("description", ""),
+            mask=truth_path.parent / masks[mask_name]["file"] if mask_name else None,
+            mask_types=types if mask_name else ()))
     return records
 
 
@@ -402,58 +426,3 @@ def read_cq500(reads_csv: Path, root: Path, labels: Sequence[str] = CQ500_LABELS
     if not records:
         raise ValueError(f"CQ500: no CT series under {root} matches a row of {reads_csv}")
     return sorted(records, key=lambda r: r.study_id)
-
-
-# --- torch ------------------------------------------------------------------------------------
-
-class SeriesDataset(Dataset):
-    """Records as network inputs.
-
-    Item: ``(x, y, s)``: ``x`` float32 ``[m, len(windows), size, size]`` in [0, 1] (the
-    uniformly sampled slices, CT windows as channels); ``y`` float32 ``[n_labels]`` study
-    labels; ``s`` float32 ``[m, n_labels]`` labels of the sampled slices, or ``None`` when the
-    record has none. Items come per record in record order: the base sampling, then, with
-    ``augment``, every set of unsampled slices (:func:`~neuroread.models.ct_hemorrhage.preprocess.augmentation_sets`,
-    shuffled by a generator seeded with ``(seed, record index)``, so the same seed gives the
-    same items). ``spacing_tol`` goes to :func:`neuroread.node.infer.runner.load_series`.
-    """
-
-    def __init__(self, records: Sequence[StudyRecord], m: int, size: int, *, augment: bool = False,
-                 seed: int = 0, windows: Sequence[Window] = WINDOWS, spacing_tol: float = 0.1) -> None:
-        if not records:
-            raise ValueError("SeriesDataset: no records")
-        names = {r.label_names for r in records}
-        if len(names) != 1:
-            raise ValueError(f"SeriesDataset: records with different label lists: {sorted(names)}")
-        if size < 1:
-            raise ValueError(f"SeriesDataset: size must be >= 1, got {size}")
-        self.records = list(records)
-        self.label_names: tuple[str, ...] = records[0].label_names
-        self.m, self.size, self.windows, self.spacing_tol = m, size, tuple(windows), spacing_tol
-        self.items: list[tuple[int, np.ndarray]] = []
-        for i, record in enumerate(self.records):
-            self.items.append((i, sample_indices(record.n_slices, m)))
-            if augment:
-                rng = np.random.default_rng([seed, i])
-                self.items.extend((i, idx) for idx in augmentation_sets(record.n_slices, m, rng))
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        i, indices = self.items[index]
-        record = self.records[i]
-        volume, slice_labels = record.load(self.spacing_tol)
-        x = to_input(volume.array, indices, self.size, self.windows)
-        s = None if slice_labels is None else torch.from_numpy(slice_labels[indices])
-        return x, torch.from_numpy(record.labels.copy()), s
-
-
-def collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Stack :class:`SeriesDataset` items: ``x [B, m, 3, H, W]``, ``y [B, n_labels]``,
-    ``s [B, m, n_labels]`` or ``None`` when no item has per-slice labels (mixing raises)."""
-    xs, ys, ss = zip(*batch)
-    if any(s is None for s in ss) and not all(s is None for s in ss):
-        raise ValueError("collate: a batch mixes items with and without per-slice labels")
-    return torch.stack(xs), torch.stack(ys), None if ss[0] is None else torch.stack(ss)

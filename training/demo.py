@@ -1,103 +1,92 @@
 """Demo weights: a short, deterministic training on synthetic phantoms, on this CPU.
 
-``neuroread train-demo ct-hemorrhage`` runs :func:`train_demo`: it makes (or reuses from its
-cache) a fixed set of small head-CT phantoms (:func:`neuroread.training.phantoms.registry.generate_set`:
-fixed seed, hemorrhage and normal studies one to one), keeps a held-out fifth
-(:func:`neuroread.training.folds.holdout_split`), trains :meth:`DrCT2Config.demo` on the rest with
-:func:`neuroread.training.train.train` and writes the checkpoint, with the held-out metrics in its card
-and ``demo`` set, to the path the model reads demo weights from
-(:func:`neuroread.models.ct_hemorrhage.model.demo_weights_path`).
+``neuroread train-demo MODEL`` runs :func:`train_demo` with the model's recipe and its
+:class:`DemoPlan`: it makes (or reuses from its cache) a fixed set of small phantoms of the
+model's task (fixed seed, classes one to one), trains the recipe's ``demo`` network on them
+(thresholds chosen on a validation fifth), scores it on a second, **held-out** set of fresh
+phantoms of another seed (never seen in training or in the threshold choice), and writes the
+checkpoint with that card (``demo`` set) where it is asked to: by default
+``~/.cache/neuroread/weights/<model>-demo.pt`` (``$NEUROREAD_WEIGHTS`` moves it; the node runs
+them in place of the committed file when ``NEUROREAD_WEIGHTS`` names their folder or the
+configuration names the file); ``install=True`` (CLI ``--install``) replaces the
+weights committed beside the model instead, and writes their card (``<file>.card.json``: the
+command, the commit, the plan, the held-out metrics, the thresholds) for the maintainers to
+commit. The plan is sized for at most 15 minutes on a 2-core CPU.
 
-The plan (:data:`DEMO_PLAN`) is sized for at most 15 minutes on a 2-core CPU, from timings
-taken there (``time neuroread train-demo``, 2026-11-23: 14 min 55 s with four pre-training
-epochs, 12 min 2 s with the three kept): 256 small phantoms (24 slices of 128², the demo
-network's input size; about 1.6 s each on one core, so 3.5 minutes on two), the encoder
-pre-trained three epochs on the 4,920 labelled slices of the 205 training series (about 85 s
-per epoch), every slice encoded once at 128 and zoomed to 256 (about 3 minutes), then 40
-epochs of the rest of DrCT2 on those vectors (about 2 s each) and the held-out evaluation
-through the whole network. Same plan and thread count, same phantoms and weights.
-
-What it gives on the held-out fifth (51 series), in the card and the README: macro-F1 0.46
-at the 0.5 thresholds, macro AUC 0.89 (``any``: F1 0.88, AUC 0.92); key-slice tasks easy 0.91,
-difficult 0.92, comprehensive 0.77; 75 % of the five slices of highest attention hold a
-lesion. Trained end to end from scratch instead (64 phantoms, 8 epochs, the whole 13 minutes)
-the same network reached macro-F1 0.13 and AUC 0.46: hence the encoder's pre-training on
-slices (:mod:`neuroread.training.encoder`). The macro-F1 stays far below the issue's 0.90 for two
-reasons. Rare subtypes are under-called at 0.5 although they are ranked well: EDH (17 of 256
-studies, 3 held out) has AUC 1.00 and F1 0; IVH 0.84 / 0.47, SDH 0.96 / 0.67. And thin
-subarachnoid blood along the sulci is barely visible at 128 px (1.8 mm pixels): SAH AUC 0.65,
-and the encoder's slice-level AUC for it stayed near 0.7 in every trial. A site would choose
-thresholds per label on its own validation data (``models: {ct-hemorrhage: {thresholds: …}}``).
+:func:`compare_with_card` (``neuroread train-demo MODEL --compare``; ``python -m
+neuroread.training.demo --compare MODEL``) rebuilds the weights in a temporary place and prints
+their held-out metrics beside the committed card's: float results differ across CPUs, so
+the bytes differ from machine to machine and the metrics should agree.
 
 These weights come from synthetic data: the card says so, and every output the node makes
 with them says so too. They are not for clinical use.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from neuroread.models.ct_hemorrhage.model import demo_weights_path
-from neuroread.training.datasets import read_phantoms
-from neuroread.training.phantoms.registry import generate_set
-from neuroread.training.train import TrainConfig, TrainReport, train
-
 log = logging.getLogger(__name__)
 
-PHANTOM_TASK = "ct-hemorrhage"
 DEFAULT_CACHE = Path("~/.cache/neuroread/phantoms")
+HEADLINE = ("f1_macro", "auc_macro", "key_slice.difficult", "key_slice.top5_lesion_fraction", "pointing.hit_rate")
 
 
 @dataclass(frozen=True)
 class DemoPlan:
-    """What a demo training does: ``studies`` phantoms of ``size`` made with ``phantom_seed``
-    (classes one to one), then ``epochs`` epochs of ``network`` in batches of ``batch_size``
-    with ``seed`` (which also draws the held-out split) on ``threads`` CPU threads (fixed, since
-    the thread count may change the last bits of CPU sums, hence of the weights)."""
+    """What a demo training does: ``studies`` phantoms of ``task`` (size ``size``, seed
+    ``phantom_seed``, classes one to one) to train on, ``heldout_studies`` fresh ones (seed
+    ``heldout_seed``) to measure on, and the recipe's ``demo`` settings with ``settings``
+    overridden (epochs, seed, threads: fixed, since the thread count may change the last bits
+    of CPU sums, hence of the weights)."""
 
+    task: str
     studies: int = 256
     phantom_seed: int = 20220601
     size: str = "small"
-    pretrain_epochs: int = 3
-    epochs: int = 40
-    batch_size: int = 8
-    seed: int = 0
-    threads: int | None = 2
-    network: str | Mapping[str, Any] = "demo"
+    heldout_studies: int = 128
+    heldout_seed: int = 20221107
+    settings: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        # holdout_split keeps a fifth: five studies at the very least, one of each class per part.
-        if isinstance(self.studies, bool) or not isinstance(self.studies, int) or self.studies < 10:
-            raise ValueError(f"DemoPlan.studies must be an integer >= 10, got {self.studies!r}")
+        for key in ("studies", "heldout_studies"):
+            value = getattr(self, key)
+            # a validation fifth needs five studies at the very least, one of each class per part
+            if isinstance(value, bool) or not isinstance(value, int) or value < 10:
+                raise ValueError(f"DemoPlan.{key} must be an integer >= 10, got {value!r}")
+        if self.heldout_seed == self.phantom_seed:
+            raise ValueError("DemoPlan.heldout_seed must differ from phantom_seed: held-out phantoms are fresh ones")
 
-    def config(self, model: str) -> TrainConfig:
-        return TrainConfig(model=model, epochs=self.epochs, batch_size=self.batch_size, seed=self.seed,
-                           threads=self.threads, augment=True, network=self.network,
-                           pretrain_epochs=self.pretrain_epochs)
+    def describe(self) -> str:
+        return (f"neuroread phantoms {self.task} --n {self.studies} --seed {self.phantom_seed} --size {self.size} "
+                f"(training and validation); --n {self.heldout_studies} --seed {self.heldout_seed} (held out)")
 
 
-DEMO_PLAN = DemoPlan()
-
-
-def phantom_set(plan: DemoPlan, cache_dir: Path | None = None, *, progress: bool = True) -> Path:
-    """The folder of the plan's phantoms under ``cache_dir`` (default ``~/.cache/neuroread/phantoms``),
+def phantom_set(task: str, studies: int, seed: int, size: str = "small", cache_dir: Path | None = None, *,
+                progress: bool = True) -> Path:
+    """The folder of these phantoms under ``cache_dir`` (default ``~/.cache/neuroread/phantoms``),
     made when absent. A set is complete once its ``manifest.csv`` exists (written last); it is
     made in a temporary folder and renamed, so an interrupted run never leaves a set that looks
     complete."""
+    from neuroread.training.phantoms.registry import generate_set
+
     root = Path(cache_dir if cache_dir is not None else DEFAULT_CACHE).expanduser()
-    folder = root / f"{PHANTOM_TASK}-{plan.size}-s{plan.phantom_seed}-n{plan.studies}"
+    folder = root / f"{task}-{size}-s{seed}-n{studies}"
     if (folder / "manifest.csv").is_file():
-        log.info("reusing %d phantoms in %s", plan.studies, folder)
+        log.info("reusing %d phantoms in %s", studies, folder)
         return folder
     root.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=root))
     try:
-        generate_set(PHANTOM_TASK, plan.studies, plan.phantom_seed, partial, size=plan.size, progress=progress)
+        generate_set(task, studies, seed, partial, size=size, progress=progress)
         if folder.exists():  # an older, incomplete attempt
             shutil.rmtree(folder)
         partial.rename(folder)
@@ -107,15 +96,95 @@ def phantom_set(plan: DemoPlan, cache_dir: Path | None = None, *, progress: bool
     return folder
 
 
-def train_demo(model_name: str, out_path: Path | None = None, *, progress: bool = True,
-               cache_dir: Path | None = None, plan: DemoPlan = DEMO_PLAN) -> TrainReport:
-    """Build the demo weights of ``model_name`` (``ct-hemorrhage`` or ``ct-hemorrhage-cq500``) at
-    ``out_path`` (default: :func:`~neuroread.models.ct_hemorrhage.model.demo_weights_path`, which honours
-    ``$NEUROREAD_WEIGHTS``) and return the report (held-out metrics, SHA-256, path)."""
-    config = plan.config(model_name)  # an unknown model name raises here, before any work
-    out = Path(out_path) if out_path is not None else demo_weights_path(model_name)
-    folder = phantom_set(plan, cache_dir, progress=progress)
-    records = read_phantoms(folder, labels=config.labels)
-    source = (f"synthetic phantoms, not for clinical use (neuroread phantoms {PHANTOM_TASK} --n {plan.studies} "
-              f"--seed {plan.phantom_seed} --size {plan.size}: hemorrhage and normal studies one to one)")
-    return train(records, config, out, source=source, folds=1, demo=True, progress=progress)
+def _commit() -> str:
+    """The checkout's commit (``+dirty`` with uncommitted changes), or ``unknown`` outside git."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def card_path(weights: Path) -> Path:
+    """Where a weights file's human-readable card lives: ``<file>.card.json``."""
+    return Path(weights).with_name(Path(weights).name + ".card.json")
+
+
+def train_demo(model_name: str, out_path: Path | None = None, *, install: bool = False, progress: bool = True,
+               cache_dir: Path | None = None, plan: DemoPlan | None = None):
+    """Build the demo weights of ``model_name`` (see the module docstring) and return the
+    :class:`~neuroread.training.loop.TrainReport`."""
+    from neuroread.models import default_registry
+    from neuroread.models.weights import built_demo_path
+    from neuroread.training.loop import train
+    from neuroread.training.recipes import recipe as recipe_of
+
+    recipe = recipe_of(model_name)
+    plan = plan or recipe.demo_plan
+    if plan is None:
+        raise ValueError(f"model {model_name} has no demo plan")
+    settings = recipe.settings("demo", **dict(plan.settings))  # bad settings raise here, before any work
+    if out_path is not None:
+        out = Path(out_path)
+    elif install:
+        entry = default_registry().entry(model_name) if model_name in default_registry().names() else None
+        if entry is None or entry.demo_weights is None:
+            raise ValueError(f"model {model_name} has no committed demo weights location to install into")
+        out = Path(entry.demo_weights)
+    else:
+        out = built_demo_path(model_name)
+    folder = phantom_set(plan.task, plan.studies, plan.phantom_seed, plan.size, cache_dir, progress=progress)
+    heldout_folder = phantom_set(plan.task, plan.heldout_studies, plan.heldout_seed, plan.size, cache_dir,
+                                 progress=progress)
+    records, _ = recipe.read_records(folder, "phantoms")
+    heldout, _ = recipe.read_records(heldout_folder, "phantoms")
+    source = f"synthetic phantoms, not for clinical use ({plan.describe()})"
+    command = f"neuroread train-demo {model_name}" + (" --install" if install else "")
+    report = train(recipe, settings, records, out, source=source, folds=1, demo=True, heldout=heldout,
+                   heldout_source=f"fresh phantoms, seed {plan.heldout_seed}", command=command, progress=progress)
+    card = {"model": model_name, "weights": out.name, "sha256": report.sha256, "command": command,
+            "commit": _commit(), "plan": {**asdict(plan), "settings": dict(plan.settings)},
+            "settings": settings.describe(), "seconds": round(report.seconds, 1),
+            "heldout_metrics": report.metrics, "thresholds": report.thresholds, "training_data": report.training_data,
+            "synthetic": "trained on synthetic phantoms: not for clinical use"}
+    card_path(out).write_text(json.dumps(card, indent=1, sort_keys=True) + "\n")
+    return report
+
+
+def compare_with_card(model_name: str, *, cache_dir: Path | None = None, progress: bool = True) -> str:
+    """Rebuild ``model_name``'s demo weights in a temporary folder and set their held-out metrics
+    beside the committed card's (see the module docstring); returns the table as text."""
+    from neuroread.models import default_registry
+
+    entry = default_registry().entry(model_name)
+    if entry.demo_weights is None or not card_path(entry.demo_weights).is_file():
+        raise ValueError(f"model {model_name} has no committed demo weights card to compare with")
+    committed = json.loads(card_path(entry.demo_weights).read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        report = train_demo(model_name, Path(tmp) / f"{model_name}-demo.pt", cache_dir=cache_dir, progress=progress)
+    lines = [f"{'metric':40s} {'committed':>10s} {'rebuilt':>10s} {'difference':>11s}"]
+    keys = [k for k in committed["heldout_metrics"] if k in report.metrics and not k.startswith(("support.", "n_"))]
+    for key in sorted(keys, key=lambda k: (k not in HEADLINE, k)):
+        a, b = committed["heldout_metrics"][key], report.metrics[key]
+        lines.append(f"{key:40s} {a:10.3f} {b:10.3f} {b - a:+11.3f}")
+    lines.append(f"sha256 committed {committed['sha256'][:16]}…, rebuilt {report.sha256[:16]}… "
+                 f"({'identical' if committed['sha256'] == report.sha256 else 'different bytes: another CPU or commit'}); "
+                 f"rebuilt in {report.seconds:.0f} s")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Rebuild a model's demo weights and compare their held-out "
+                                                 "metrics with the committed card.")
+    parser.add_argument("--compare", metavar="MODEL", required=True)
+    parser.add_argument("--cache", metavar="DIR", help="phantom cache (default ~/.cache/neuroread/phantoms)")
+    args = parser.parse_args(argv)
+    print(compare_with_card(args.compare, cache_dir=Path(args.cache) if args.cache else None))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

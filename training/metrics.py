@@ -307,3 +307,34 @@ def key_slice_tasks(scores: Sequence[ArrayLike], slice_labels: Sequence[ArrayLik
         n_without_lesion=len(studies) - len(comprehensive),
         top5_lesion_fraction=_top_k_fraction(studies, KEY_SLICES),
     )
+
+
+def multiclass_metrics(probabilities: ArrayLike, truth: Sequence[int]) -> dict[str, float]:
+    """Metrics of a multi-class outcome: ``probabilities`` [n_studies, n_classes] (rows sum to 1),
+    ``truth`` the true class index per study. The decided class is the most probable one (as
+    :class:`neuroread.models.Classification` decides). Returns ``accuracy``,
+    ``balanced_accuracy`` (mean recall over the classes present), ``f1_weighted``, ``auc``
+    (one-vs-rest, macro over the classes present; for two classes the plain ROC AUC of the
+    second class) and ``n_studies``; a value undefined on the data (AUC with one class) is left out.
+    """
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+    probs = np.asarray(probabilities, dtype=np.float64)
+    y = np.asarray(truth, dtype=np.int64)
+    if probs.ndim != 2 or probs.shape[0] != len(y) or probs.shape[0] == 0 or probs.shape[1] < 2:
+        raise ValueError(f"probabilities must be [n_studies >= 1, n_classes >= 2] with one truth per study, "
+                         f"got {probs.shape} and {len(y)}")
+    if y.min() < 0 or y.max() >= probs.shape[1]:
+        raise ValueError(f"truth must hold class indices in [0, {probs.shape[1]}), got {np.unique(y)}")
+    decided = probs.argmax(axis=1)
+    out = {"n_studies": float(len(y)), "accuracy": float(accuracy_score(y, decided)),
+           "balanced_accuracy": float(balanced_accuracy_score(y, decided)),
+           "f1_weighted": float(f1_score(y, decided, average="weighted", zero_division=0))}
+    present = np.unique(y)
+    if len(present) >= 2:
+        if probs.shape[1] == 2:
+            out["auc"] = float(roc_auc_score(y, probs[:, 1]))
+        else:
+            aucs = [roc_auc_score(y == k, probs[:, k]) for k in present]
+            out["auc"] = float(np.mean(aucs))
+    return out

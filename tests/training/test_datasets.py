@@ -1,8 +1,9 @@
-"""Training datasets: phantom, manifest, RSNA and CQ500 readers on small real-DICOM fakes, and the
-torch Dataset that samples them."""
+"""Training datasets: phantom, manifest, RSNA and CQ500 readers on small real-DICOM fakes, the
+phantoms' lesion masks, and the head-CT recipe's torch Dataset and slice stacks that sample them."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import random
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import SimpleITK as sitk
 import torch
 from torch.utils.data import DataLoader
 
@@ -19,15 +21,14 @@ from neuroread.models.ct_hemorrhage.preprocess import augmentation_sets, prepare
 from neuroread.training.datasets import (
     CQ500_LABELS,
     RSNA_LABELS,
-    SeriesDataset,
     StudyRecord,
-    collate,
     read_cq500,
     read_manifest,
     read_phantoms,
     read_rsna,
 )
 from neuroread.training.phantoms.ct_hemorrhage import LABELS as PHANTOM_LABELS
+from neuroread.training.recipes.ct_hemorrhage.data import SeriesDataset, collate, load_slices, stack
 
 # The datasets' own names, written out here so the readers' mappings are checked, not reused.
 RSNA_SUBTYPES = {"epidural": "edh", "intraparenchymal": "iph", "intraventricular": "ivh",
@@ -91,6 +92,83 @@ def test_phantom_reader_label_subset_and_errors(phantom_sets, tmp_path):
         read_phantoms(phantom_sets["ct-hemorrhage"], labels=("any", "tumour"))
     with pytest.raises(FileNotFoundError, match="no phantom studies"):
         read_phantoms(tmp_path)
+
+
+def test_phantom_reader_lesion_masks_match_truth(phantom_sets):
+    records = read_phantoms(phantom_sets["ct-hemorrhage"])
+    for record, study in zip(records, _studies(phantom_sets)):
+        truth = _truth(study)
+        # the default mask is the first that is not the mimics': here the hemorrhage mask
+        assert record.mask == study / truth["masks"]["hemorrhage"]["file"]
+        assert record.mask_types == tuple((les["id"], les["type"]) for les in truth["lesions"])
+        volume, slice_labels = record.load()
+        ids = record.load_mask(volume)
+        assert ids.shape == volume.array.shape
+        assert sorted(np.unique(ids)) == [0] + [les["id"] for les in truth["lesions"]]
+        for les in truth["lesions"]:  # the slices of each lesion, and its label on exactly those slices
+            on = np.flatnonzero((ids == les["id"]).any(axis=(1, 2)))
+            assert on.tolist() == les["slices"]
+            assert np.flatnonzero(slice_labels[:, CQ500_LABELS.index(les["type"])]).tolist() == les["slices"]
+    assert sum(len(r.mask_types) for r in records) == 2  # the two hemorrhages, one lesion each
+    mimics = read_phantoms(phantom_sets["ct-hemorrhage"], mask="mimics")
+    assert mimics[1].mask.name == "mimics.nii.gz"
+    with pytest.raises(ValueError, match="no mask 'blood' on series 'ct'; it has hemorrhage, mimics"):
+        read_phantoms(phantom_sets["ct-hemorrhage"], mask="blood")
+    assert StudyRecord("s", (Path("a.dcm"),), 1, ("any",), np.array([0.0], np.float32)).load_mask(volume) is None
+
+
+def test_lesion_mask_is_read_through_physical_space(phantom_sets, tmp_path):
+    """A mask file stored head-to-feet (slices reversed, same physical place) gives the same map."""
+    record = read_phantoms(phantom_sets["ct-hemorrhage"])[1]
+    image = sitk.ReadImage(str(record.mask))
+    flipped = sitk.Flip(image, [False, False, True])  # keeps every voxel where it is in space
+    assert not np.array_equal(sitk.GetArrayFromImage(flipped), sitk.GetArrayFromImage(image))
+    sitk.WriteImage(flipped, str(tmp_path / "flipped.nii.gz"))
+    volume, _ = record.load()
+    again = dataclasses.replace(record, mask=tmp_path / "flipped.nii.gz").load_mask(volume)
+    np.testing.assert_array_equal(again, record.load_mask(volume))
+
+
+def _with_second_lesion(record: StudyRecord, folder: Path) -> StudyRecord:
+    """``record`` (the EDH phantom) with its mask plus a block of an SDH (id 2) on slices 5 and 6."""
+    image = sitk.ReadImage(str(record.mask))
+    ids = sitk.GetArrayFromImage(image)
+    ids[5:7, 40:60, 50:70] = 2
+    out = sitk.GetImageFromArray(ids)
+    out.CopyInformation(image)
+    sitk.WriteImage(out, str(folder / "two-lesions.nii.gz"))
+    return dataclasses.replace(record, mask=folder / "two-lesions.nii.gz", mask_types=((1, "edh"), (2, "sdh")))
+
+
+def test_slice_stacks_give_lesion_pixels_per_label(phantom_sets, tmp_path):
+    records = read_phantoms(phantom_sets["ct-hemorrhage"], labels=RSNA_LABELS)
+    record = _with_second_lesion(records[1], tmp_path)
+    volume, slice_labels = record.load()
+    ids = record.load_mask(volume)
+    assert np.flatnonzero((ids == 2).any(axis=(1, 2))).tolist() == [5, 6]
+
+    (small,) = load_slices([record], 32, progress=False)  # 128 px -> 32: nearest, every 4th row and column
+    assert small.images.shape == (24, 3, 32, 32) and small.slice_labels.tolist() == slice_labels.tolist()
+    assert small.masks.shape == (24, 6, 32, 32) and small.masks.dtype == torch.bool
+    channel = {name: small.masks[:, i].numpy() for i, name in enumerate(RSNA_LABELS)}
+    np.testing.assert_array_equal(channel["edh"], (ids == 1)[:, ::4, ::4])
+    np.testing.assert_array_equal(channel["sdh"], (ids == 2)[:, ::4, ::4])
+    np.testing.assert_array_equal(channel["any"], channel["edh"] | channel["sdh"])  # any: the union
+    assert channel["any"].any() and not any(channel[n].any() for n in ("iph", "ivh", "sah"))
+    assert np.flatnonzero(channel["any"].any(axis=(1, 2))).tolist() == [5, 6, 16, 17, 18, 19, 20]
+
+    full = stack(record, 128)  # at the volume's own size nothing is resampled
+    np.testing.assert_array_equal(full.masks[:, RSNA_LABELS.index("any")].numpy(), ids > 0)
+    # a lesion type the label list lacks still counts for 'any'
+    subset = _with_second_lesion(read_phantoms(phantom_sets["ct-hemorrhage"], labels=("edh", "any"))[1], tmp_path)
+    masks = stack(subset, 32).masks.numpy()
+    np.testing.assert_array_equal(masks[:, 0], (ids == 1)[:, ::4, ::4])
+    np.testing.assert_array_equal(masks[:, 1], (ids > 0)[:, ::4, ::4])
+
+    assert stack(record, 32, masks=False).masks is None
+    assert stack(dataclasses.replace(record, mask=None, mask_types=()), 32).masks is None  # no mask file
+    normal = load_slices(records[:1], 32, progress=False)[0]  # a mask without lesions: all empty
+    assert normal.masks is not None and not normal.masks.any()
 
 
 # --- manifest ---------------------------------------------------------------------------------

@@ -235,3 +235,53 @@ def test_top_k_lesion_fraction() -> None:
 def test_key_slice_tasks_refuse_bad_input(scores, labels, message) -> None:
     with pytest.raises(ValueError, match=message):
         key_slice_tasks(scores, labels)
+
+
+# --- multi-class outcomes -----------------------------------------------------------------------
+
+def test_multiclass_metrics_by_hand() -> None:
+    from neuroread.training.metrics import multiclass_metrics
+
+    probs = np.array([
+        [0.7, 0.2, 0.1],  # truth 0, decided 0
+        [0.2, 0.5, 0.3],  # truth 1, decided 1
+        [0.1, 0.6, 0.3],  # truth 2, decided 1 (wrong)
+        [0.1, 0.1, 0.8],  # truth 2, decided 2
+    ])
+    m = multiclass_metrics(probs, [0, 1, 2, 2])
+    assert m["n_studies"] == 4.0
+    assert m["accuracy"] == pytest.approx(3 / 4)
+    # recalls: class 0 1/1, class 1 1/1, class 2 1/2
+    assert m["balanced_accuracy"] == pytest.approx((1 + 1 + 0.5) / 3)
+    # F1: class 0 1 (support 1), class 1 P 1/2 R 1 -> 2/3 (support 1), class 2 P 1 R 1/2 -> 2/3 (support 2)
+    assert m["f1_weighted"] == pytest.approx((1 + 2 / 3 + 2 * 2 / 3) / 4)
+    # one-vs-rest AUC: class 0: its one study scores highest -> 1; class 1: 0.5 beats 0.2 and 0.1, loses to
+    # 0.6 -> 2/3; class 2: positives 0.3, 0.8 against 0.1, 0.3 -> (1 + 0.5 + 1 + 1) / 4
+    assert m["auc"] == pytest.approx((1 + 2 / 3 + 3.5 / 4) / 3)
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_multiclass_metrics_two_classes_and_one_class() -> None:
+    from neuroread.training.metrics import multiclass_metrics
+
+    # two classes: the plain ROC AUC of the second class's probability; positives 0.6, 0.8 against
+    # negatives 0.3, 0.7 -> pairs won (1 + 0 + 1 + 1) / 4. Decided: 0, 1, 1 (wrong), 1 -> accuracy 3/4.
+    probs = np.array([[0.7, 0.3], [0.4, 0.6], [0.3, 0.7], [0.2, 0.8]])
+    m = multiclass_metrics(probs, [0, 1, 0, 1])
+    assert m["auc"] == pytest.approx(3 / 4)
+    assert m["accuracy"] == pytest.approx(3 / 4)
+    # one class present (both truly 1, decided 0 and 1): AUC undefined, left out; recall of class 1 is 1/2
+    only = multiclass_metrics(probs[:2], [1, 1])
+    assert "auc" not in only and only["accuracy"] == pytest.approx(1 / 2) and only["balanced_accuracy"] == 0.5
+
+
+@pytest.mark.parametrize(("probs", "truth", "message"), [
+    (np.zeros((2, 1)), [0, 0], "n_classes >= 2"),
+    (np.full((2, 2), 0.5), [0], "one truth per study"),
+    (np.full((2, 2), 0.5), [0, 2], r"class indices in \[0, 2\)"),
+])
+def test_multiclass_metrics_refuses_bad_input(probs, truth, message) -> None:
+    from neuroread.training.metrics import multiclass_metrics
+
+    with pytest.raises(ValueError, match=message):
+        multiclass_metrics(probs, truth)

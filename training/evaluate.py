@@ -1,0 +1,190 @@
+"""Any model, any dataset: run ``predict`` on every record as the node would, and score what comes out.
+
+:func:`evaluate` takes a loaded model (anything that honours :class:`neuroread.models.Model`)
+and :class:`~neuroread.training.datasets.StudyRecord`\\ s, runs the model on each record's
+volume, checks each result against the contract, and measures, from the result's typed fields
+alone (so every model gets the same measurements for the same kind of output):
+
+- **findings** (multi-label outcomes) against the study labels: per-label precision, recall,
+  F1 at the result's thresholds and ROC AUC, and their macro means (``f1.<label>``,
+  ``f1_macro``…, :func:`~neuroread.training.metrics.classification_metrics`);
+- **classifications** (multi-class outcomes) against the one-hot study labels: accuracy,
+  balanced accuracy, one-vs-rest macro AUC, weighted F1 (``<outcome>.balanced_accuracy``…);
+- **slice scores** against per-slice labels: the paper's key-slice tasks on the scored slices
+  (``key_slice.easy`` / ``difficult`` / ``comprehensive``);
+- **key slices** against per-slice labels: the fraction of the key slices of positive studies
+  that hold a lesion (``key_slice.top5_lesion_fraction`` for five key slices);
+- **heatmaps** against lesion masks, on the key slices that hold a lesion: the pointing game
+  (the map's peak inside a lesion or within ``tolerance_mm``; ``pointing.hit_rate``), the map's
+  mass inside the lesions (``pointing.mass_in_lesion``) and, beside it, the lesions' share of
+  the slice's soft tissue (``pointing.lesion_share``: what a map spread evenly would score).
+
+The metrics are a flat ``name → value`` dict, the format of the model card's ``metrics``.
+``neuroread evaluate MODEL --data DIR`` writes them for any dataset.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+from tqdm import tqdm
+
+from neuroread.models import Heatmap, Model, ModelResult, ModelSpec, SeriesVolume
+from neuroread.training.datasets import StudyRecord
+from neuroread.training.metrics import classification_metrics, key_slice_tasks, multiclass_metrics
+
+log = logging.getLogger(__name__)
+
+POINTING_TOLERANCE_MM = 5.0
+
+
+@dataclass
+class Collected:
+    """What :func:`collect` gathered per record, for the metrics and for threshold choice."""
+
+    labels: list[str]
+    probabilities: list[np.ndarray] = field(default_factory=list)   # per record, one per label
+    targets: list[np.ndarray] = field(default_factory=list)         # per record, study labels
+    thresholds: list[np.ndarray] = field(default_factory=list)
+    classes: dict[str, tuple[list[np.ndarray], list[int]]] = field(default_factory=dict)
+    slice_scores: list[np.ndarray] = field(default_factory=list)    # positive and negative studies
+    slice_truth: list[np.ndarray] = field(default_factory=list)
+    key_hits: list[int] = field(default_factory=list)               # per positive study: key slices with a lesion
+    key_counts: list[int] = field(default_factory=list)
+    pointing: list[bool] = field(default_factory=list)
+    mass_in: list[float] = field(default_factory=list)
+    share: list[float] = field(default_factory=list)
+
+
+def _main_heatmap(result: ModelResult, series_uid: str, spec: ModelSpec) -> Heatmap | None:
+    """The map the pointing game reads: of the series, explaining the first label (or decided class)."""
+    maps = [h for h in result.heatmaps if h.series_instance_uid == series_uid and not h.branch]
+    if not maps:
+        return None
+    first = [c.decided for c in result.classifications] + [lb.name for lb in spec.labels]
+    order = {t: i for i, t in enumerate(first)}
+    return min(maps, key=lambda h: order.get(h.explains, len(order)))
+
+
+def _soft_tissue(volume: SeriesVolume) -> np.ndarray:
+    """Where a map could point: CT between -100 and 100 HU (brain, blood, soft tissue), MR above
+    the 10th percentile of the volume."""
+    a = volume.array
+    if volume.modality == "CT":
+        return (a > -100) & (a < 100)
+    return a > np.percentile(a, 10)
+
+
+def _pointing(col: Collected, heat: Heatmap, volume: SeriesVolume, lesion: np.ndarray, slices: Sequence[int],
+              tolerance_mm: float) -> None:
+    row_mm, col_mm = volume.spacing[1], volume.spacing[0]
+    tissue = _soft_tissue(volume)
+    for k in slices:
+        mask = lesion[k]
+        if not mask.any():
+            continue
+        plane = heat.array[k]
+        if float(np.abs(plane).max()) <= 0:
+            col.pointing.append(False)
+            continue
+        r, c = np.unravel_index(int(np.argmax(plane)), plane.shape)
+        if mask[r, c]:
+            hit = True
+        else:
+            dist = ndimage.distance_transform_edt(~mask, sampling=(row_mm, col_mm))
+            hit = bool(dist[r, c] <= tolerance_mm)
+        col.pointing.append(hit)
+        positive = np.clip(plane, 0, None)
+        col.mass_in.append(float(positive[mask].sum() / max(positive.sum(), 1e-12)))
+        col.share.append(float(mask.sum() / max((tissue[k] | mask).sum(), 1)))
+
+
+def collect(model: Model, records: Sequence[StudyRecord], *, thresholds: Mapping[str, float] | None = None,
+            slot: str | None = None, progress: bool = True, tolerance_mm: float = POINTING_TOLERANCE_MM,
+            desc: str = "evaluate") -> Collected:
+    """Run ``model.predict`` on each record (single-slot models) and gather outputs beside the truth.
+
+    ``thresholds`` (label → threshold) decide the findings instead of the spec's defaults, as
+    the node's runner applies the effective thresholds (the weights' card, the configuration)."""
+    spec = model.spec
+    slot = slot or spec.slots[0].name
+    labels = [lb.name for lb in spec.labels]
+    col = Collected(labels)
+    for record in tqdm(records, desc=desc, unit="series", leave=False, disable=None if progress else True):
+        volume, slice_labels = record.load()
+        result = model.predict({slot: volume})
+        result.check(spec, {slot: volume})
+        names = list(record.label_names)
+        wanted = list(labels) + [c.name for o in spec.multi_class for c in o.classes]
+        missing = [n for n in wanted if n not in names]
+        if missing and (labels or not any(n in names for n in wanted)):
+            raise ValueError(f"record {record.study_id} has labels {names}; {spec.name} needs {wanted} "
+                             f"(missing {missing})")
+        if labels:
+            by_label = {f.label: f for f in result.findings}
+            col.probabilities.append(np.array([by_label[n].probability for n in labels]))
+            col.thresholds.append(np.array([(thresholds or {}).get(n, by_label[n].threshold) for n in labels]))
+            col.targets.append(np.array([record.labels[names.index(n)] for n in labels]))
+        for c in result.classifications:
+            outcome = spec.outcome(c.outcome)
+            truth = [record.labels[names.index(k.name)] if k.name in names else 0 for k in outcome.classes]
+            probs, idx = col.classes.setdefault(c.outcome, ([], []))
+            probs.append(np.array([p.probability for p in c.probabilities]))
+            idx.append(int(np.argmax(truth)) if any(truth) else -1)
+        if slice_labels is None:
+            continue
+        lesion_slices = slice_labels.max(axis=1) > 0  # any label of the record on that slice
+        for s in result.slice_scores:
+            if s.series_instance_uid == volume.series_instance_uid:
+                col.slice_scores.append(np.array(s.scores))
+                col.slice_truth.append(lesion_slices[list(s.slice_indices)].astype(np.int64))
+        keys = sorted((k for k in result.key_slices if k.series_instance_uid == volume.series_instance_uid),
+                      key=lambda k: k.rank)
+        if lesion_slices.any() and keys:
+            col.key_hits.append(int(sum(lesion_slices[k.slice_index] for k in keys)))
+            col.key_counts.append(len(keys))
+            heat = _main_heatmap(result, volume.series_instance_uid, spec)
+            lesion = record.load_mask(volume)
+            if heat is not None and lesion is not None:
+                _pointing(col, heat, volume, lesion > 0, [k.slice_index for k in keys], tolerance_mm)
+    return col
+
+
+def metrics(col: Collected) -> dict[str, float]:
+    """The flat metrics of :func:`collect`'s outputs (names in the module docstring); an
+    undefined value is left out."""
+    out: dict[str, float] = {}
+    if col.labels and col.probabilities:
+        thresholds = np.mean(np.stack(col.thresholds), axis=0)
+        cm = classification_metrics(np.stack(col.probabilities), np.stack(col.targets), col.labels,
+                                    thresholds=thresholds.tolist())
+        out.update(cm.to_dict())
+    for outcome, (probs, idx) in col.classes.items():
+        keep = [i for i, t in enumerate(idx) if t >= 0]
+        if keep:
+            out.update({f"{outcome}.{k}": v for k, v in
+                        multiclass_metrics(np.stack([probs[i] for i in keep]), [idx[i] for i in keep]).items()})
+    if col.slice_scores and any(t.any() for t in col.slice_truth):
+        ks = key_slice_tasks(col.slice_scores, col.slice_truth)
+        out.update({k: v for k, v in ks.to_dict().items() if k != "key_slice.top5_lesion_fraction"})
+    if col.key_counts:
+        out[f"key_slice.top{max(col.key_counts)}_lesion_fraction"] = sum(col.key_hits) / sum(col.key_counts)
+        out["key_slice.positive_studies"] = float(len(col.key_counts))
+    if col.pointing:
+        out["pointing.hit_rate"] = float(np.mean(col.pointing))
+        out["pointing.n"] = float(len(col.pointing))
+        out["pointing.mass_in_lesion"] = float(np.mean(col.mass_in))
+        out["pointing.lesion_share"] = float(np.mean(col.share))
+    return {k: float(v) for k, v in out.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+def evaluate(model: Model, records: Sequence[StudyRecord], *, thresholds: Mapping[str, float] | None = None,
+             progress: bool = True, tolerance_mm: float = POINTING_TOLERANCE_MM, desc: str = "evaluate"
+             ) -> dict[str, float]:
+    """:func:`collect` then :func:`metrics`: the model card's metrics of ``model`` on ``records``."""
+    return metrics(collect(model, records, thresholds=thresholds, progress=progress, tolerance_mm=tolerance_mm,
+                           desc=desc))
