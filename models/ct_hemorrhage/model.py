@@ -30,39 +30,43 @@ demo weights run through the same code. :func:`paper_config` gives the paper's f
 - the five key slices: the series slices with the highest slice attention. When a series has
   fewer slices than m, sampling repeats slices, and a slice's score is the highest attention
   of its repeats (a sum would rank a slice higher only because the sampling repeated it);
-- one ``attention`` heatmap on the series' own grid: on each key slice, that slice's spatial
-  map (feature-attention-weighted last convolutional maps, scaled to [0, 1]) mapped back
-  through the square padding and resizing of :func:`~neuroread.models.ct_hemorrhage.preprocess.prepare`;
-  zero on every other slice;
-- a ``slice attention`` table with one row per sampled position, so the report can show the
-  attention of every sampled slice.
+- one ``attention`` heatmap on the series' own grid, explaining ``any``, values in [0, 1]: on
+  each key slice, that slice's spatial map (feature-attention-weighted last convolutional
+  maps, scaled to [0, 1]) mapped back through the square padding and resizing of
+  :func:`~neuroread.models.ct_hemorrhage.preprocess.prepare`; zero on every other slice;
+- the slice attention of every sampled slice as :class:`~neuroread.models.SliceScores` (a
+  slice sampled several times keeps its highest attention), so the report shows it as the
+  paper's Figure 2 does.
+
+**Weights.** The demo weights (trained on phantoms by ``neuroread train-demo ct-hemorrhage``,
+with their card) are committed beside this module in ``weights/`` (:data:`DEMO_WEIGHTS`).
 """
 from __future__ import annotations
 
 import functools
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydicom.sr.codedict import codes
 
 from ..checkpoint import load_checkpoint
 from ..registry import ModelEntry
-from ..result import SLICE_ATTENTION_TABLE, Finding, Heatmap, KeySlice, ModelResult, SeriesVolume, Table
-from ..spec import Code, InputSlot, Label, ModelCard, ModelSpec
+from ..result import Finding, Heatmap, KeySlice, ModelResult, SeriesVolume, SliceScores
+from ..runtime import torch_device
+from ..spec import UCUM_RATIO, Code, InputSlot, Label, ModelCard, ModelSpec, MultiLabel
 from .network import DrCT2, DrCT2Config
-from .preprocess import prepare
+from .preprocess import prepare, square_record
 
 log = logging.getLogger(__name__)
 
 VERSION = "1.0.0"
 KEY_SLICES = 5  # the paper's Figure 2 shows the five slices of highest attention
 PRIVATE = "99NEUROREAD"
-WEIGHTS_ENV = "NEUROREAD_WEIGHTS"
-DEFAULT_WEIGHTS_DIR = "~/.cache/neuroread/weights"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEMO_WEIGHTS = WEIGHTS_DIR / "ct-hemorrhage-demo.pt"
+SLICE_ATTENTION = Code("SLICEATTENTION", PRIVATE, "Slice attention")
 
 _ICH = codes.SCT.IntracranialHemorrhage
 _LABELS: dict[str, Label] = {lb.name: lb for lb in (
@@ -88,8 +92,8 @@ SLOT = InputSlot(
 
 def _spec(name: str, keys: tuple[str, ...], labels_said: str) -> ModelSpec:
     return ModelSpec(name=name, version=VERSION, summary=f"DrCT2 head-CT hemorrhage ({labels_said})",
-                     slots=(SLOT,), labels=tuple(_LABELS[k] for k in keys), explanations=("attention",),
-                     multi_label=True)
+                     slots=(SLOT,), outcomes=(MultiLabel(tuple(_LABELS[k] for k in keys)),),
+                     explanations=("attention",))
 
 
 SPEC = _spec("ct-hemorrhage", RSNA_KEYS, "RSNA labels: any, IPH, IVH, SDH, EDH, SAH")
@@ -107,39 +111,6 @@ def paper_config(spec: ModelSpec) -> DrCT2Config:
     return DrCT2Config.paper(len(spec.labels), slices=PAPER_SLICES[spec.name])
 
 
-def demo_weights_path(model_name: str) -> Path:
-    """Where the demo weights of ``model_name`` are read from (and ``neuroread train-demo`` writes them):
-    ``<name>-demo.pt`` in the folder named by ``$NEUROREAD_WEIGHTS`` (default
-    ``~/.cache/neuroread/weights``), read when called.
-
-    They are built on first use, not shipped: building them takes 12 to 15 minutes on a 2-core
-    CPU, too long for a test to check on every CI run that ``train-demo`` reproduces a
-    committed file (the issue's condition for committing them).
-    """
-    return Path(os.environ.get(WEIGHTS_ENV, DEFAULT_WEIGHTS_DIR)).expanduser() / f"{model_name}-demo.pt"
-
-
-def _torch_device(device: str) -> torch.device:
-    try:
-        return torch.device(device)
-    except RuntimeError as err:  # what torch raises for an unknown device string
-        raise ValueError(f"unknown torch device {device!r}: {err}") from err
-
-
-def _to_series_grid(maps: torch.Tensor, rows: int, cols: int) -> np.ndarray:
-    """Undo :func:`~neuroread.models.ct_hemorrhage.preprocess.resize_square` for maps [k, S, S]: bilinear
-    back to the padded square's side, then the centred padding cropped off → float32 [k, rows, cols].
-
-    Bilinear resampling of values in [0, 1] stays in [0, 1]; the clip only removes rounding.
-    """
-    side = max(rows, cols)
-    if maps.shape[-1] != side:
-        maps = F.interpolate(maps[:, None], size=(side, side), mode="bilinear", align_corners=False,
-                             antialias=True)[:, 0]
-    top, left = (side - rows) // 2, (side - cols) // 2
-    return np.clip(maps[:, top:top + rows, left:left + cols].numpy(), 0.0, 1.0).astype(np.float32)
-
-
 class HemorrhageModel:
     """DrCT2 behind the model contract, for one of :data:`SPEC` and :data:`SPEC_CQ500`.
 
@@ -154,23 +125,26 @@ class HemorrhageModel:
         self.card: ModelCard | None = None
         self.device = torch.device("cpu")
 
-    def load(self, weights: Path | None, device: str = "cpu") -> None:
-        """Load the checkpoint ``weights`` (``None``: the demo weights at :func:`demo_weights_path`).
+    @classmethod
+    def from_network(cls, spec: ModelSpec, net: DrCT2, card: ModelCard, device: str = "cpu") -> HemorrhageModel:
+        """The model around a network in memory (training evaluates it through :meth:`predict`)."""
+        model = cls(spec)
+        if net.config.n_labels != len(spec.labels):
+            raise ValueError(f"{spec.name}: network has {net.config.n_labels} outputs for {len(spec.labels)} labels")
+        target = torch_device(device)
+        model.net, model.card, model.device = net.to(target).eval(), card, target
+        return model
 
-        Raises ValueError naming the file and what is wrong: missing (for demo weights: how to
-        build them), not a checkpoint of this model, labels other than the spec's, a state
-        dict that does not fit its configuration.
+    def load(self, weights: Path, device: str = "cpu") -> None:
+        """Load the checkpoint ``weights`` onto ``device``.
+
+        Raises ValueError naming the file and what is wrong: missing, not a checkpoint of this
+        model, labels other than the spec's, a state dict that does not fit its configuration,
+        an unknown or unavailable device.
         """
         name = self.spec.name
-        if weights is None:
-            path = demo_weights_path(name)
-            if not path.is_file():
-                raise ValueError(
-                    f"no demo weights for {name} at {path}: run `neuroread train-demo {name}` to build them, "
-                    f"set {WEIGHTS_ENV} to the folder holding {path.name}, or configure a weights file")
-        else:
-            path = Path(weights)
-        target = _torch_device(device)
+        path = Path(weights)
+        target = torch_device(device)
         ckpt = load_checkpoint(path, name)
         expected = tuple(lb.name for lb in self.spec.labels)
         if ckpt.labels != expected:
@@ -193,7 +167,7 @@ class HemorrhageModel:
                  ckpt.card.weights_sha256[:12], config.name, ckpt.card.demo, target)
 
     def predict(self, inputs: dict[str, SeriesVolume]) -> ModelResult:
-        """Findings, key slices, attention heatmap and slice-attention table for one head CT.
+        """Findings, key slices, attention heatmap and slice attention for one head CT.
 
         ``inputs["ct"]``: the series in HU, array (slices, rows, columns), any number of
         slices >= 1 (sampled to the configuration's m). Deterministic for given weights and
@@ -224,23 +198,22 @@ class HemorrhageModel:
             KeySlice(uid, int(slices[j]), vol.sop_instance_uids[int(slices[j])], float(merged[j]), rank)
             for rank, j in enumerate(ranked, start=1))
         heat = np.zeros(vol.array.shape, np.float32)
-        heat[slices[ranked]] = _to_series_grid(maps, *vol.array.shape[1:])
-        # Within the 64 characters a Parametric Map's LUT Explanation keeps.
-        heatmap = Heatmap(uid, "attention", heat,
-                          f"feature attention on {len(ranked)} key slices, each 0-1; 0 elsewhere")
-        rows = tuple((i, int(k), vol.sop_instance_uids[int(k)], float(a))
-                     for i, (k, a) in enumerate(zip(sampled, attention)))
-        table = Table(SLICE_ATTENTION_TABLE, ("sampled position", "slice index", "SOP Instance UID", "attention"), rows)
+        # The maps back through the square padding and resizing (bilinear keeps [0, 1]; the clip removes rounding).
+        heat[slices[ranked]] = square_record(*vol.array.shape[1:], config.input_size).inverse(maps, clip=(0.0, 1.0))
+        heatmap = Heatmap(uid, "attention", heat, explains=self.spec.labels[0].name, value_range=(0.0, 1.0),
+                          description=f"feature attention on {len(ranked)} key slices, each 0-1; 0 elsewhere")
+        scores = SliceScores(uid, SLICE_ATTENTION, tuple(int(k) for k in slices), tuple(float(a) for a in merged),
+                             UCUM_RATIO)
         findings = tuple(Finding(lb.name, lb.code, float(p), lb.threshold)
                          for lb, p in zip(self.spec.labels, probabilities))
         return ModelResult(model=self.spec.name, version=self.spec.version, findings=findings, card=self.card,
-                           key_slices=key_slices, heatmaps=(heatmap,), tables=(table,))
+                           key_slices=key_slices, slice_scores=(scores,), heatmaps=(heatmap,))
 
 
 # The node registers ENTRY by default (neuroread.models.registry.default_registry). Both models read the
 # same head CTs, so registering both would run both on every one: a site that wants CQ500's nine
 # labels adds ENTRY_CQ500 as a plugin (``plugins: [neuroread.models.ct_hemorrhage.model:ENTRY_CQ500]``)
 # with its own weights. Training knows both (ENTRIES).
-ENTRY = ModelEntry(SPEC, functools.partial(HemorrhageModel, SPEC))
+ENTRY = ModelEntry(SPEC, functools.partial(HemorrhageModel, SPEC), demo_weights=DEMO_WEIGHTS)
 ENTRY_CQ500 = ModelEntry(SPEC_CQ500, functools.partial(HemorrhageModel, SPEC_CQ500))
 ENTRIES = [ENTRY, ENTRY_CQ500]

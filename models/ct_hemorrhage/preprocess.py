@@ -42,7 +42,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from ..transforms import SquareRecord, SquareResize
 
 
 @dataclass(frozen=True)
@@ -77,19 +78,20 @@ def apply_windows(slices_hu: np.ndarray, windows: Sequence[Window] = WINDOWS) ->
 
 def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
     """Images ``[n, c, rows, cols]`` → ``[n, c, size, size]``: zero-padded to a centred square
-    (aspect ratio kept), then bilinear with antialiasing."""
+    (aspect ratio kept), then bilinear with antialiasing (:class:`~neuroread.models.transforms.SquareResize`,
+    whose record maps the explanation maps back: :func:`square_record`)."""
     if images.ndim != 4:
         raise ValueError(f"resize_square: expected [n, c, rows, cols], got shape {tuple(images.shape)}")
     if size < 1:
         raise ValueError(f"resize_square: size must be >= 1, got {size}")
-    rows, cols = images.shape[-2:]
-    side = max(rows, cols)
-    if rows != cols:
-        top, left = (side - rows) // 2, (side - cols) // 2
-        images = F.pad(images, (left, side - cols - left, top, side - rows - top))
-    if side == size:
-        return images.contiguous()
-    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    out, _ = SquareResize(size).forward(images)
+    return out.contiguous()
+
+
+def square_record(rows: int, cols: int, size: int) -> SquareRecord:
+    """How :func:`resize_square` maps slices of ``rows`` x ``cols`` to ``size`` x ``size`` (its
+    ``inverse`` puts a map back onto the slice's own grid)."""
+    return SquareResize(size).forward(torch.zeros(1, 1, rows, cols))[1]
 
 
 def _check_counts(n: int, m: int) -> None:

@@ -1,10 +1,11 @@
 """The head-CT hemorrhage model through the whole node, with the product's model registry.
 
-Tiny DrCT2 weights, trained here by ``neuroread.training.train`` on the session's phantoms (so the
-checkpoint is a real one, marked demo), are configured for ``ct-hemorrhage``; dcmtk
-``storescu`` sends a phantom head CT, dcmtk ``storescp`` receives the SR, KOS, Secondary
-Captures (key-slice overlays and the report page) and the Parametric Map, each valid for
-dciodvfy, each saying the weights are demo weights.
+Tiny DrCT2 weights, trained here by the shared training loop (:func:`neuroread.training.loop.fit`
+with the model's recipe) on the session's phantoms (so the checkpoint is a real one, marked
+demo), are configured for ``ct-hemorrhage``: the test does not depend on the demo weights
+committed with the model. dcmtk ``storescu`` sends a phantom head CT,
+dcmtk ``storescp`` receives the SR, KOS, Secondary Captures (key-slice overlays and the report
+page) and the Parametric Map, each valid for dciodvfy, each saying the weights are demo weights.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""DrCT2 networks and loss: shapes, attention normalisation, key slices, training step, weights.
+"""DrCT2 networks and loss: shapes, attention normalisation, key slices, the two poolings,
+training step, weights.
 
 Everything runs on tiny configurations (a few slices, 32-pixel slices, a two-conv backbone)
 except the paper preset's structure (built, never run: one forward of it takes minutes on this
@@ -13,8 +14,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from torch import nn
 
 from neuroread.models.ct_hemorrhage.network import (
+    POOLINGS,
+    VGG16_LAYOUT,
     DrCT2,
     DrCT2Config,
     DrCT2Output,
@@ -35,6 +39,7 @@ TINY = DrCT2Config(
     freeze_backbone=False,
     name="test",
 )
+ATTENTION = dataclasses.replace(TINY, pooling="attention")
 
 
 def _model(config: DrCT2Config = TINY, seed: int = 0) -> DrCT2:
@@ -67,6 +72,71 @@ def test_tiny_forward_shapes():
     for probs in (out.probabilities, out.primary_probabilities, out.aps_probabilities):
         assert probs.shape == (2, 3) and bool(((probs > 0) & (probs < 1)).all())
     assert torch.equal(out.probabilities, torch.sigmoid(out.fusion_logits))
+
+
+@pytest.mark.parametrize(("pooling", "widths"), [("flatten", (6 * 8, 3 * 8, 3 * 8)), ("attention", (8, 8, 8))])
+def test_the_heads_read_the_flattened_matrix_or_its_attention_weighted_sum(pooling, widths):
+    """Primary, APS and fusion heads (2·gru_hidden = 8 per row, 6 slices, 3 key slices): flattened
+    rows (the paper) or one row, the rows summed (attention-weighted mean; APS rows averaged)."""
+    model = _model(dataclasses.replace(TINY, pooling=pooling)).eval()
+    assert (model.primary.head[0].in_features, model.aps.head[0].in_features,
+            model.fusion[0].in_features) == widths
+    seen: dict[str, object] = {}
+    hooks = [model.primary.register_forward_hook(lambda _m, _a, out: seen.__setitem__("primary", out)),
+             model.aps.dependencies.register_forward_hook(lambda _m, _a, out: seen.__setitem__("aps", out)),
+             model.aps.head.register_forward_pre_hook(lambda _m, a: seen.__setitem__("aps_head", a[0])),
+             model.fusion.register_forward_pre_hook(lambda _m, a: seen.__setitem__("fusion", a[0]))]
+    try:
+        with torch.no_grad():
+            out = model(_batch())
+    finally:
+        for hook in hooks:
+            hook.remove()
+    weighted, aps = seen["primary"].weighted, seen["aps"]
+    assert weighted.shape == (2, 6, 8) and aps.shape == (2, 3, 8)
+    rows = torch.arange(2).unsqueeze(1)
+    key_rows = weighted[rows, out.key_slices]
+    if pooling == "attention":
+        primary_in, aps_in, fusion_in = weighted.sum(1), aps.mean(1), key_rows.sum(1) + aps.mean(1)
+    else:
+        primary_in, aps_in, fusion_in = weighted.flatten(1), aps.flatten(1), (key_rows + aps).flatten(1)
+    with torch.no_grad():
+        torch.testing.assert_close(out.primary_logits, model.primary.head(primary_in))
+    torch.testing.assert_close(seen["aps_head"], aps_in)
+    torch.testing.assert_close(seen["fusion"], fusion_in)
+
+
+def _position_free(config: DrCT2Config, seed: int = 0) -> DrCT2:
+    """A network whose recurrences are replaced by the same layer on every slice, so nothing but
+    the pooling can tell one slice position from another."""
+    model = _model(config, seed)
+    width = 2 * config.gru_hidden
+    model.primary.dependencies = nn.Sequential(nn.Linear(config.features, width), nn.Tanh())
+    model.aps.dependencies = nn.Sequential(nn.Linear(config.aps_fc, width), nn.Tanh())
+    return model.eval()
+
+
+def test_attention_pooling_counts_a_lesion_the_same_at_any_slice_position():
+    gen = torch.Generator().manual_seed(5)
+    base, zoomed_base = torch.rand(2, 8, generator=gen)
+    lesion, zoomed_lesion = base + 3.0, zoomed_base + 3.0  # bright on every feature
+
+    def series(position: int, normal: torch.Tensor, odd: torch.Tensor) -> torch.Tensor:
+        x = normal.expand(1, 6, 8).clone()
+        x[0, position] = odd
+        return x
+
+    logits = {}
+    for pooling in POOLINGS:
+        model = _position_free(dataclasses.replace(TINY, pooling=pooling))
+        with torch.no_grad():
+            logits[pooling] = [model.decode(series(p, base, lesion), series(p, zoomed_base, zoomed_lesion))
+                               for p in (1, 4)]
+    near, far = logits["attention"]
+    for name in ("primary_logits", "aps_logits", "fusion_logits"):
+        torch.testing.assert_close(getattr(near, name), getattr(far, name), rtol=1e-5, atol=1e-6)
+    near, far = logits["flatten"]  # the flattened heads weigh each position on its own
+    assert float((near.primary_logits - far.primary_logits).abs().max()) > 1e-4  # float noise is ~1e-7
 
 
 def test_attention_normalisation_and_feature_attention_is_softmax_of_pooled_maps():
@@ -243,11 +313,14 @@ def test_paper_preset_is_torchvision_vgg16_and_loads_its_state_dict(tmp_path):
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected
 
 
-def test_demo_preset_forward_on_one_series():
+def test_demo_preset_is_vgg16_bn_at_an_eighth_without_its_fourth_pool_and_runs_one_series():
     config = DrCT2Config.demo(9)
-    assert config.name == "demo" and config.to_dict()["name"] == "demo"
-    assert config.backbone == (8, 8, "M", 16, 16, "M", 32, 32, 32, "M", 64, 64, 64, "M", 64, 64, 64, "M")
-    assert (config.slices, config.key_slices, config.input_size, config.zoom_size) == (16, 8, 128, 256)
+    assert config.name == "demo" and config.to_dict()["name"] == "demo" and config.pooling == "attention"
+    assert config.backbone == (8, 8, "M", 16, 16, "M", 32, 32, 32, "M", 64, 64, 64, 64, 64, 64, "M")
+    assert config.backbone.count("M") == 4 == VGG16_LAYOUT.count("M") - 1
+    assert [c for c in config.backbone if c != "M"] == [c // 8 for c in VGG16_LAYOUT if c != "M"]
+    assert (config.slices, config.key_slices, config.input_size, config.zoom_size) == (24, 8, 128, 256)
+    assert (config.gru_hidden, config.aps_fc, config.head) == (32, 64, (64, 32))
     assert config.freeze_backbone and config.backbone_batch_norm  # pre-trained on phantom slices, then frozen
     model = _model(config).eval()
     assert sum(p.numel() * 4 for p in model.parameters()) < 5 * 1024 * 1024  # float32 weights under 5 MB
@@ -255,7 +328,8 @@ def test_demo_preset_forward_on_one_series():
         out = model(_batch(config, batch=1))
     assert out.fusion_logits.shape == (1, 9)
     assert out.key_slices.shape == (1, 8)
-    assert out.conv_maps.shape == (1, 16, 64, 8, 8)
+    # 128 px through three pools to the last convolutions: 16×16 maps (the fourth pool follows them)
+    assert out.conv_maps.shape == (1, 24, 64, 16, 16)
     assert model.spatial_maps(out).shape == (1, 8, 128, 128)
 
 
@@ -297,7 +371,8 @@ def test_spatial_map_follows_the_attended_channel():
     assert torch.equal(spatial[0, 0], torch.zeros(32, 32))  # slice 0 has no contrast
 
 
-@pytest.mark.parametrize("config", [TINY, DrCT2Config.paper(6, slices=32), DrCT2Config.demo(9)], ids=["tiny", "paper", "demo"])
+@pytest.mark.parametrize("config", [TINY, ATTENTION, DrCT2Config.paper(6, slices=32), DrCT2Config.demo(9)],
+                         ids=["tiny", "attention", "paper", "demo"])
 def test_config_round_trips_through_its_dict(config):
     data = config.to_dict()
     assert data["paper"].startswith("Wang, Fu, Li, Pei")
@@ -312,6 +387,9 @@ def test_config_from_dict_names_unknown_and_missing_keys():
         DrCT2Config.from_dict(data)
     with pytest.raises(ValueError, match="'n_labels' is missing"):
         DrCT2Config.from_dict({"slices": 28})
+    older = TINY.to_dict()
+    del older["pooling"]  # written before the heads had a choice: the paper's flattened matrix
+    assert DrCT2Config.from_dict(older).pooling == "flatten"
 
 
 @pytest.mark.parametrize(
@@ -328,6 +406,7 @@ def test_config_from_dict_names_unknown_and_missing_keys():
         ({"gru_hidden": True}, r"gru_hidden must be a positive integer, got True"),
         ({"head": (8,)}, r"head must be two positive widths"),
         ({"freeze_backbone": "yes"}, r"freeze_backbone must be true or false"),
+        ({"pooling": "mean"}, r"pooling must be one of \('flatten', 'attention'\), got 'mean'"),
     ],
 )
 def test_config_refuses_invalid_values(change, message):
@@ -335,10 +414,11 @@ def test_config_refuses_invalid_values(change, message):
         dataclasses.replace(TINY, **change)
 
 
-def test_decode_from_encoded_slices_matches_forward():
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_decode_from_encoded_slices_matches_forward(pooling):
     """Training with a frozen encoder runs decode() on vectors encoded once per slice; it must
-    give what forward() gives on the images (same key slices, same logits)."""
-    config = dataclasses.replace(TINY, backbone_batch_norm=True, freeze_backbone=True)
+    give what forward() gives on the images (same key slices, same logits), with either pooling."""
+    config = dataclasses.replace(TINY, backbone_batch_norm=True, freeze_backbone=True, pooling=pooling)
     model = _model(config).eval()
     x = _batch(config)
     with torch.no_grad():

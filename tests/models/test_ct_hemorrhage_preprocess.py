@@ -1,4 +1,5 @@
-"""CT windows, resizing and the paper's fixed-length sampling with its unsampled-slice sets."""
+"""CT windows, resizing (and its record, which maps explanations back) and the paper's fixed-length
+sampling with its unsampled-slice sets."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,6 +14,7 @@ from neuroread.models.ct_hemorrhage.preprocess import (
     prepare,
     resize_square,
     sample_indices,
+    square_record,
     to_input,
 )
 
@@ -52,6 +54,30 @@ def test_resize_keeps_range_and_pads_to_square():
         assert y.shape == (3, 3, size, size)
         assert 0.0 <= float(y.min()) and float(y.max()) <= 1.0
     torch.testing.assert_close(resize_square(x, 16), resize_square(x, 16), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("rows", "cols", "top", "left"), [(60, 90, 15, 0), (90, 60, 0, 15), (64, 64, 0, 0)])
+def test_square_record_says_how_resize_square_padded_and_resized(rows, cols, top, left):
+    record = square_record(rows, cols, 32)
+    assert (record.rows, record.cols, record.side, record.top, record.left, record.size) == (
+        rows, cols, max(rows, cols), top, left, 32)
+    image = torch.rand(2, 3, rows, cols, generator=torch.Generator().manual_seed(rows))
+    padded = torch.zeros(2, 3, record.side, record.side)
+    padded[..., top:top + rows, left:left + cols] = image
+    torch.testing.assert_close(resize_square(image, 32), resize_square(padded, 32), rtol=0, atol=0)
+
+
+def test_square_record_inverse_puts_a_map_back_where_the_image_was():
+    """What the model does with its heatmaps: a spot on a wide slice, through the padding and the
+    resize and back, lands where it was, on the slice's own grid, in [0, 1]."""
+    rows, cols, size = 60, 90, 32  # wide: padded with 15 rows above and below, then 90 -> 32
+    image = np.zeros((1, 1, rows, cols), np.float32)
+    image[0, 0, 40:50, 10:22] = 1.0
+    square = resize_square(torch.from_numpy(image), size)[:, 0]
+    back = square_record(rows, cols, size).inverse(square.numpy(), clip=(0.0, 1.0))[0]
+    assert back.shape == (rows, cols) and back.min() >= 0.0 and back.max() <= 1.0
+    centre = np.argwhere(back >= 0.5 * back.max()).mean(axis=0)
+    assert centre == pytest.approx([44.5, 15.5], abs=1.0)
 
 
 @pytest.mark.parametrize("n,m,expected", [
