@@ -24,7 +24,7 @@ from typing import Any, Union
 MODALITIES = ("CT", "MR")
 # Sequence classes the node's MR classifier assigns (from acquisition parameters).
 MR_SEQUENCES = ("T1", "T2", "FLAIR", "STIR", "SWI", "DWI", "PD", "T2FS")
-EXPLANATION_KINDS = ("attention", "gradcam", "lrp", "guided_backprop", "mask", "instance_weight")
+EXPLANATION_KINDS = ("attention", "lesion_map", "gradcam", "lrp", "guided_backprop", "mask", "instance_weight")
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 

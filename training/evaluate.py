@@ -17,7 +17,9 @@ alone (so every model gets the same measurements for the same kind of output):
 - **heatmaps** against lesion masks, on the key slices that hold a lesion: the pointing game
   (the map's peak inside a lesion or within ``tolerance_mm``; ``pointing.hit_rate``), the map's
   mass inside the lesions (``pointing.mass_in_lesion``) and, beside it, the lesions' share of
-  the slice's soft tissue (``pointing.lesion_share``: what a map spread evenly would score).
+  the slice's soft tissue (``pointing.lesion_share``: what a map spread evenly would score); for
+  the main map (the first one explaining the first label or decided class, as the overlays
+  show it) and, as ``pointing.<kind>.*``, for every kind of whole-network map.
 
 The metrics are a flat ``name → value`` dict, the format of the model card's ``metrics``.
 ``neuroread evaluate MODEL --data DIR`` writes them for any dataset.
@@ -55,19 +57,24 @@ class Collected:
     slice_truth: list[np.ndarray] = field(default_factory=list)
     key_hits: list[int] = field(default_factory=list)               # per positive study: key slices with a lesion
     key_counts: list[int] = field(default_factory=list)
-    pointing: list[bool] = field(default_factory=list)
-    mass_in: list[float] = field(default_factory=list)
+    pointing: dict[str, list[bool]] = field(default_factory=dict)   # by map kind; "" the main map
+    mass_in: dict[str, list[float]] = field(default_factory=dict)
     share: list[float] = field(default_factory=list)
 
 
-def _main_heatmap(result: ModelResult, series_uid: str, spec: ModelSpec) -> Heatmap | None:
-    """The map the pointing game reads: of the series, explaining the first label (or decided class)."""
+def _pointing_maps(result: ModelResult, series_uid: str, spec: ModelSpec) -> dict[str, Heatmap]:
+    """The maps the pointing game reads, by kind ("" for the main one): of the series, whole-network,
+    each kind's map explaining the earliest decided class or label (the main map: the first of those)."""
     maps = [h for h in result.heatmaps if h.series_instance_uid == series_uid and not h.branch]
-    if not maps:
-        return None
     first = [c.decided for c in result.classifications] + [lb.name for lb in spec.labels]
     order = {t: i for i, t in enumerate(first)}
-    return min(maps, key=lambda h: order.get(h.explains, len(order)))
+    ranked = sorted(maps, key=lambda h: order.get(h.explains, len(order)))  # stable: model order within a target
+    out: dict[str, Heatmap] = {}
+    for h in ranked:
+        out.setdefault(h.kind, h)
+    if ranked:
+        out[""] = ranked[0]
+    return out
 
 
 def _soft_tissue(volume: SeriesVolume) -> np.ndarray:
@@ -79,28 +86,28 @@ def _soft_tissue(volume: SeriesVolume) -> np.ndarray:
     return a > np.percentile(a, 10)
 
 
-def _pointing(col: Collected, heat: Heatmap, volume: SeriesVolume, lesion: np.ndarray, slices: Sequence[int],
-              tolerance_mm: float) -> None:
+def _pointing(col: Collected, maps: dict[str, Heatmap], volume: SeriesVolume, lesion: np.ndarray,
+              slices: Sequence[int], tolerance_mm: float) -> None:
     row_mm, col_mm = volume.spacing[1], volume.spacing[0]
     tissue = _soft_tissue(volume)
     for k in slices:
         mask = lesion[k]
         if not mask.any():
             continue
-        plane = heat.array[k]
-        if float(np.abs(plane).max()) <= 0:
-            col.pointing.append(False)
-            continue
-        r, c = np.unravel_index(int(np.argmax(plane)), plane.shape)
-        if mask[r, c]:
-            hit = True
-        else:
-            dist = ndimage.distance_transform_edt(~mask, sampling=(row_mm, col_mm))
-            hit = bool(dist[r, c] <= tolerance_mm)
-        col.pointing.append(hit)
-        positive = np.clip(plane, 0, None)
-        col.mass_in.append(float(positive[mask].sum() / max(positive.sum(), 1e-12)))
         col.share.append(float(mask.sum() / max((tissue[k] | mask).sum(), 1)))
+        dist = None
+        for kind, heat in maps.items():
+            plane = heat.array[k]
+            hits, mass = col.pointing.setdefault(kind, []), col.mass_in.setdefault(kind, [])
+            if float(np.abs(plane).max()) <= 0:  # an empty map points nowhere and has no mass to place
+                hits.append(False)
+                continue
+            r, c = np.unravel_index(int(np.argmax(plane)), plane.shape)
+            if not mask[r, c] and dist is None:
+                dist = ndimage.distance_transform_edt(~mask, sampling=(row_mm, col_mm))
+            hits.append(bool(mask[r, c] or dist[r, c] <= tolerance_mm))
+            positive = np.clip(plane, 0, None)
+            mass.append(float(positive[mask].sum() / max(positive.sum(), 1e-12)))
 
 
 def collect(model: Model, records: Sequence[StudyRecord], *, thresholds: Mapping[str, float] | None = None,
@@ -147,10 +154,10 @@ def collect(model: Model, records: Sequence[StudyRecord], *, thresholds: Mapping
         if lesion_slices.any() and keys:
             col.key_hits.append(int(sum(lesion_slices[k.slice_index] for k in keys)))
             col.key_counts.append(len(keys))
-            heat = _main_heatmap(result, volume.series_instance_uid, spec)
-            lesion = record.load_mask(volume)
-            if heat is not None and lesion is not None:
-                _pointing(col, heat, volume, lesion > 0, [k.slice_index for k in keys], tolerance_mm)
+            maps = _pointing_maps(result, volume.series_instance_uid, spec)
+            lesion = record.load_mask(volume) if maps else None
+            if lesion is not None:
+                _pointing(col, maps, volume, lesion > 0, [k.slice_index for k in keys], tolerance_mm)
     return col
 
 
@@ -174,10 +181,12 @@ def metrics(col: Collected) -> dict[str, float]:
     if col.key_counts:
         out[f"key_slice.top{max(col.key_counts)}_lesion_fraction"] = sum(col.key_hits) / sum(col.key_counts)
         out["key_slice.positive_studies"] = float(len(col.key_counts))
-    if col.pointing:
-        out["pointing.hit_rate"] = float(np.mean(col.pointing))
-        out["pointing.n"] = float(len(col.pointing))
-        out["pointing.mass_in_lesion"] = float(np.mean(col.mass_in))
+    for kind, hits in col.pointing.items():
+        prefix = f"pointing.{kind}." if kind else "pointing."
+        out[prefix + "hit_rate"] = float(np.mean(hits))
+        out[prefix + "mass_in_lesion"] = float(np.mean(col.mass_in[kind]))
+    if col.share:
+        out["pointing.n"] = float(len(col.share))
         out["pointing.lesion_share"] = float(np.mean(col.share))
     return {k: float(v) for k, v in out.items() if not (isinstance(v, float) and math.isnan(v))}
 

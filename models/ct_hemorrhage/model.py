@@ -30,10 +30,13 @@ demo weights run through the same code. :func:`paper_config` gives the paper's f
 - the five key slices: the series slices with the highest slice attention. When a series has
   fewer slices than m, sampling repeats slices, and a slice's score is the highest attention
   of its repeats (a sum would rank a slice higher only because the sampling repeated it);
-- one ``attention`` heatmap on the series' own grid, explaining ``any``, values in [0, 1]: on
-  each key slice, that slice's spatial map (feature-attention-weighted last convolutional
-  maps, scaled to [0, 1]) mapped back through the square padding and resizing of
-  :func:`~neuroread.models.ct_hemorrhage.preprocess.prepare`; zero on every other slice;
+- heatmaps on the series' own grid, explaining ``any``, values in [0, 1], zero off the key
+  slices, each mapped back through the square padding and resizing of
+  :func:`~neuroread.models.ct_hemorrhage.preprocess.prepare`: first, when the network has a
+  lesion head (the demo network), its probability of a hemorrhage per cell on each key slice
+  (``lesion_map``: the sharper one, drawn on the overlays); then the paper's spatial map of
+  each key slice (``attention``: the feature-attention-weighted last convolutional maps,
+  scaled to [0, 1]);
 - the slice attention of every sampled slice as :class:`~neuroread.models.SliceScores` (a
   slice sampled several times keeps its highest attention), so the report shows it as the
   paper's Figure 2 does.
@@ -93,7 +96,7 @@ SLOT = InputSlot(
 def _spec(name: str, keys: tuple[str, ...], labels_said: str) -> ModelSpec:
     return ModelSpec(name=name, version=VERSION, summary=f"DrCT2 head-CT hemorrhage ({labels_said})",
                      slots=(SLOT,), outcomes=(MultiLabel(tuple(_LABELS[k] for k in keys)),),
-                     explanations=("attention",))
+                     explanations=("lesion_map", "attention"))
 
 
 SPEC = _spec("ct-hemorrhage", RSNA_KEYS, "RSNA labels: any, IPH, IVH, SDH, EDH, SAH")
@@ -191,23 +194,29 @@ class HemorrhageModel:
             # Repeats are the same image with the same feature attention, so any one gives its map.
             positions = torch.as_tensor(first[ranked], dtype=torch.int64, device=self.device)[None]
             maps = net.spatial_maps(out, positions)[0].float().cpu()
+            lesion = net.lesion_maps(out, positions)[0].float().cpu() if net.lesion is not None else None
             probabilities = out.probabilities[0].cpu().tolist()
 
         uid = vol.series_instance_uid
         key_slices = tuple(
             KeySlice(uid, int(slices[j]), vol.sop_instance_uids[int(slices[j])], float(merged[j]), rank)
             for rank, j in enumerate(ranked, start=1))
-        heat = np.zeros(vol.array.shape, np.float32)
         # The maps back through the square padding and resizing (bilinear keeps [0, 1]; the clip removes rounding).
-        heat[slices[ranked]] = square_record(*vol.array.shape[1:], config.input_size).inverse(maps, clip=(0.0, 1.0))
-        heatmap = Heatmap(uid, "attention", heat, explains=self.spec.labels[0].name, value_range=(0.0, 1.0),
-                          description=f"feature attention on {len(ranked)} key slices, each 0-1; 0 elsewhere")
+        back = square_record(*vol.array.shape[1:], config.input_size)
+        heatmaps = []
+        for kind, found, said in (("lesion_map", lesion, "lesion probability"), ("attention", maps, "feature attention")):
+            if found is None:
+                continue
+            heat = np.zeros(vol.array.shape, np.float32)
+            heat[slices[ranked]] = back.inverse(found, clip=(0.0, 1.0))
+            heatmaps.append(Heatmap(uid, kind, heat, explains=self.spec.labels[0].name, value_range=(0.0, 1.0),
+                                    description=f"{said} on {len(ranked)} key slices, 0-1; 0 elsewhere"))
         scores = SliceScores(uid, SLICE_ATTENTION, tuple(int(k) for k in slices), tuple(float(a) for a in merged),
                              UCUM_RATIO)
         findings = tuple(Finding(lb.name, lb.code, float(p), lb.threshold)
                          for lb, p in zip(self.spec.labels, probabilities))
         return ModelResult(model=self.spec.name, version=self.spec.version, findings=findings, card=self.card,
-                           key_slices=key_slices, slice_scores=(scores,), heatmaps=(heatmap,))
+                           key_slices=key_slices, slice_scores=(scores,), heatmaps=tuple(heatmaps))
 
 
 # The node registers ENTRY by default (neuroread.models.registry.default_registry). Both models read the

@@ -106,7 +106,7 @@ def test_specs_use_training_label_keys_and_coded_labels():
     for spec in (SPEC, SPEC_CQ500):  # one multi-label outcome, no exclusive classes
         assert spec.outcomes == (MultiLabel(spec.labels),) and spec.multi_class == ()
         assert spec.targets == tuple(lb.name for lb in spec.labels)
-    assert SPEC.explanations == ("attention",) and SPEC.version == "1.0.0"
+    assert SPEC.explanations == ("lesion_map", "attention") and SPEC.version == "1.0.0"
     assert (paper_config(SPEC).slices, paper_config(SPEC_CQ500).slices) == (28, 32)
     assert (paper_config(SPEC).n_labels, paper_config(SPEC_CQ500).n_labels) == (6, 9)
     assert paper_config(SPEC).pooling == "flatten"

@@ -63,3 +63,23 @@ def test_choose_thresholds_per_label() -> None:
     assert choose_thresholds(probs, [[0, 0]] * 4, ["a", "b"]) == {"a": 0.5, "b": 0.5}
     with pytest.raises(ValueError, match=r"must both be \[studies, 3\]"):
         choose_thresholds(probs, targets, ["a", "b", "c"])
+
+
+def test_the_threshold_is_the_middle_of_the_best_f1_plateau():
+    # positives at 0.62, 0.7, 0.9; negatives at 0.1, 0.2, 0.3, 0.65: any cut in (0.3, 0.62] calls all
+    # three positives and no negative below 0.62 (F1 6/7 with the 0.65 false positive, or 1.0 above 0.65
+    # missing one: F1 0.8); the plateau within 0.02 of the best is the one at F1 6/7.
+    p = [0.1, 0.2, 0.3, 0.62, 0.65, 0.7, 0.9]
+    y = [0, 0, 0, 1, 0, 1, 1]
+    t = best_f1_threshold(p, y)
+    assert 0.3 < t <= 0.62
+    assert best_f1_threshold(p, y, tolerance=0.0) == 0.5  # 0.46 and 0.5 tie: the one closer to 0.5
+    # candidates and their F1: 0.025 and 0.075 -> 0.6, 0.15 -> 0.75, 0.25 -> 0.571, 0.35 -> 0.667,
+    # 0.45 and 0.5 -> 0.8, 0.65 -> 0.5, 0.9 -> 0: the middle of those within the tolerance of the best
+    p2 = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.8]
+    y2 = [0, 0, 1, 0, 0, 1, 1]
+    assert best_f1_threshold(p2, y2, tolerance=0.0) == 0.5              # {0.45, 0.5}: the one closer to 0.5
+    assert best_f1_threshold(p2, y2, tolerance=0.1) == pytest.approx(0.45)   # {0.15, 0.45, 0.5}: the median
+    assert best_f1_threshold(p2, y2, tolerance=0.2) == pytest.approx(0.35)   # six: the two middle, closer to 0.5
+    with pytest.raises(ValueError, match="tolerance"):
+        best_f1_threshold(p2, y2, tolerance=1.0)

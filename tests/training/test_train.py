@@ -290,6 +290,34 @@ def test_encoder_pretraining_without_masks_uses_slice_labels_only(records, case)
     assert row["total"] == pytest.approx(row["slices"])
 
 
+def test_the_lesion_head_learns_the_masks_is_kept_frozen_and_refuses_data_without_masks(records):
+    settings = _settings(network={**FROZEN, "lesion_head": True}, pretrain_epochs=2, precision="fp32")
+    with deterministic(0, threads=1):
+        net, encoder = _encoder(records, settings)
+        before = net.lesion.weight.detach().clone()
+        run_stages([encoder], progress=False)
+    assert not torch.equal(before, net.lesion.weight)  # it is the head the masks trained, kept in the network
+    assert not any(p.requires_grad for p in net.lesion.parameters())
+    assert "lesion.weight" in net.state_dict()
+    bare = [dataclasses.replace(r, mask=None, mask_types=()) for r in records]
+    net, encoder = _encoder(bare, settings)
+    with pytest.raises(ValueError, match="lesion head .* learns from lesion masks: 0 of 4 training series have one"):
+        run_stages([encoder], progress=False)
+
+
+def test_each_encoder_epoch_takes_every_lesion_slice_and_a_share_of_the_others(records):
+    settings = _settings(network=FROZEN, pretrain_epochs=1, negatives=0.25, pretrain_batch=1000, precision="fp32")
+    net, encoder = _encoder(records, settings)
+    encoder.start()
+    (x, y, m), = list(encoder.batches(0))  # one batch holds the whole epoch
+    lesion_slices = sum(int((r.slice_labels.max(axis=1) > 0).sum()) for r in records)
+    others = sum(r.n_slices for r in records) - lesion_slices
+    assert int((y.max(dim=1).values > 0).sum()) == lesion_slices
+    assert len(y) == len(x) == len(m) == lesion_slices + round(0.25 * others)
+    with pytest.raises(ValueError, match="negatives must be in"):
+        _settings(negatives=0.0)
+
+
 def test_encoder_pretraining_needs_slice_labels(records):
     bare = [dataclasses.replace(r, slice_uids=None, slice_labels=None) for r in records[:2]]
     net, encoder = _encoder(bare, _settings(network=FROZEN, pretrain_epochs=1))

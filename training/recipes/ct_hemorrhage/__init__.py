@@ -80,9 +80,11 @@ class Recipe:
         return data.read_records(path, fmt, self.outputs(), labels_csv=labels_csv, progress=progress)
 
 
+# Sized for at most 15 minutes of `neuroread train-demo ct-hemorrhage` on a 2-core CPU (see the card).
 DEMO_PLAN = DemoPlan(
-    task="ct-hemorrhage", studies=320, phantom_seed=20220601, heldout_studies=160, heldout_seed=20221107,
-    settings={"epochs": 40, "batch_size": 8, "seed": 0, "threads": 2, "balance": True, "pretrain_epochs": 8},
+    task="ct-hemorrhage", studies=512, phantom_seed=20220601, heldout_studies=160, heldout_seed=20221107,
+    settings={"epochs": 40, "batch_size": 8, "seed": 0, "threads": 2, "balance": True, "pretrain_epochs": 8,
+              "negatives": 0.5},
 )
 RECIPE = Recipe("ct-hemorrhage", demo_plan=DEMO_PLAN)
 RECIPE_CQ500 = Recipe("ct-hemorrhage-cq500", demo_plan=DEMO_PLAN)

@@ -46,7 +46,8 @@ class Settings:
     backbone, the paper's). ``pretrain_epochs`` > 0 first trains the encoder on the labelled
     slices with Adam at ``pretrain_lr`` (one-cycle schedule) in batches of ``pretrain_batch``:
     per-slice labels, and, where the records carry lesion masks, the lesions' pixels with
-    weight ``mask_weight`` (0: slice labels only); ``None`` takes the preset's (demo 8, else 0).
+    weight ``mask_weight`` (0: slice labels only); each epoch takes every slice with a lesion and
+    a random ``negatives`` share of the others; ``None`` takes the preset's (demo 8, else 0).
     ``precision``: ``"bf16"`` runs the encoder's pre-training in bfloat16 autocast, ``"fp32"``
     does not, ``"auto"`` uses bf16 where the CPU runs it natively (:func:`bf16_supported`);
     inference is always float32. ``threads``: torch CPU threads while training; ``device``: a
@@ -68,6 +69,7 @@ class Settings:
     pretrain_lr: float = 3e-3
     pretrain_batch: int = 32
     mask_weight: float = 1.0
+    negatives: float = 1.0
     precision: str = "auto"
     device: str = "cpu"
 
@@ -93,6 +95,9 @@ class Settings:
                 raise ValueError(f"Settings.{key} must be a positive learning rate, got {value!r}")
         if isinstance(self.mask_weight, bool) or not isinstance(self.mask_weight, (int, float)) or self.mask_weight < 0:
             raise ValueError(f"Settings.mask_weight must be a number >= 0, got {self.mask_weight!r}")
+        if isinstance(self.negatives, bool) or not isinstance(self.negatives, (int, float)) \
+                or not 0 < self.negatives <= 1:
+            raise ValueError(f"Settings.negatives must be in (0, 1], got {self.negatives!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"Settings.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if isinstance(self.network, str) and self.network not in PRESETS:
@@ -147,6 +152,7 @@ class Settings:
         encoder = "ImageNet VGG weights" if self.backbone_weights is not None else "initialised as torchvision does"
         if self.pretrain_epochs:
             what = "per-slice labels" + (f" and lesion masks (weight {self.mask_weight:g})" if self.mask_weight else "")
+            what += f", every lesion slice and {self.negatives:.0%} of the others per epoch"
             encoder += (f", pre-trained {self.pretrain_epochs} epochs on {what} (Adam one-cycle lr {self.pretrain_lr:g}, "
                         f"batch {self.pretrain_batch}, {'bfloat16' if self.bf16 else 'float32'})")
         encoder += ", then frozen" if net.freeze_backbone else ", trained with the network"

@@ -6,15 +6,17 @@ it. No ImageNet weights exist for the narrower demo encoder, and trained end to 
 scratch on a few hundred phantom series it does not learn (held-out macro-F1 0.13). So:
 
 1. **encoder** (:func:`encoder_stage`, when ``pretrain_epochs`` > 0): the encoder plus two
-   small heads dropped afterwards learn every labelled slice: a linear layer on its pooled
-   vector learns the slice's labels (binary cross-entropy, positives weighted by their rarity,
-   up to 20), and, where the records carry lesion masks, a 1×1 convolution on its last feature
-   maps learns which cells hold each label's lesions (the same loss per cell, weight
-   ``mask_weight``, positives weighted up to 10). Left-right flips; a one-cycle learning rate;
-   bfloat16 autocast where the CPU runs it natively. The masks teach the maps where lesions are,
-   which the paper's spatial maps (feature-attention-weighted last maps) then show: on the
-   phantoms they point at the lesion about twice as often as with slice labels alone. The
-   encoder is then frozen (batch-norm statistics included), as the paper freezes its VGG16.
+   small heads learn the labelled slices: a linear layer on its pooled vector (dropped
+   afterwards) learns the slice's labels (binary cross-entropy, positives weighted by their
+   rarity, up to 20), and, where the records carry lesion masks, a 1×1 convolution on its last
+   feature maps learns which cells hold each label's lesions (the same loss per cell, weight
+   ``mask_weight``, positives weighted up to 10); that convolution is the network's lesion
+   head when its configuration has one (kept, frozen, read as an explanation), else dropped.
+   Each epoch takes every slice with a lesion and a fresh random ``negatives`` share of the
+   others (most slices are normal; seeing all of them each epoch costs time and teaches little
+   more). Left-right flips; a one-cycle learning rate; bfloat16 autocast where the CPU runs it
+   natively. The encoder is then frozen (batch-norm statistics included), as the paper freezes
+   its VGG16.
 2. **decoder**: with a frozen encoder every slice gets the same vector in every epoch, so
    :func:`decoder_stage` encodes each slice once (at the input size and zoomed) and trains the
    rest of DrCT2 on those vectors (:meth:`~neuroread.models.ct_hemorrhage.network.DrCT2.decode`,
@@ -59,7 +61,7 @@ class _EncoderData:
 
     def __init__(self) -> None:
         self.stacks: list[SliceStack] = []
-        self.images = self.targets = self.masks = None
+        self.images = self.targets = self.masks = self.positive = None
 
 
 def encoder_stage(net: DrCT2, records: Sequence[StudyRecord], settings: Settings, data: _EncoderData,
@@ -68,7 +70,7 @@ def encoder_stage(net: DrCT2, records: Sequence[StudyRecord], settings: Settings
     config = net.config
     classes = len(records[0].label_names)
     slice_head = nn.Linear(config.features, classes).to(settings.device)
-    mask_head = nn.Conv2d(config.features, classes, 1).to(settings.device)
+    mask_head = net.lesion if net.lesion is not None else nn.Conv2d(config.features, classes, 1).to(settings.device)
     generator = torch.Generator().manual_seed(settings.seed)
     pooled_side = config.input_size // 2 ** (config.backbone.count("M") - 1)
 
@@ -82,6 +84,11 @@ def encoder_stage(net: DrCT2, records: Sequence[StudyRecord], settings: Settings
         data.images = torch.cat([s.images for s in labelled])
         data.targets = torch.from_numpy(np.concatenate([s.slice_labels for s in labelled]).astype(np.float32))
         with_masks = [s.masks is not None for s in labelled]
+        if net.lesion is not None and not (settings.mask_weight > 0 and all(with_masks)):
+            raise ValueError("the network has a lesion head (DrCT2Config.lesion_head), which learns from lesion masks: "
+                             f"{sum(with_masks)} of {len(with_masks)} training series have one and mask_weight is "
+                             f"{settings.mask_weight:g}; train a network without it (lesion_head: false) on this data")
+        data.positive = torch.from_numpy(np.concatenate([s.slice_labels for s in labelled]).max(axis=1) > 0)
         if settings.mask_weight > 0 and all(with_masks):
             full = torch.cat([s.masks for s in labelled]).float()
             data.masks = F.adaptive_max_pool2d(full, pooled_side)  # does a cell hold any lesion pixel
@@ -90,22 +97,31 @@ def encoder_stage(net: DrCT2, records: Sequence[StudyRecord], settings: Settings
                         sum(with_masks), len(with_masks))
         net.backbone.requires_grad_(True)
         net.backbone.train()
-        log.info("encoder pre-training: %d labelled slices of %d series, masks %s, %s", len(data.images),
-                 len(labelled), "yes" if data.masks is not None else "no", "bfloat16" if settings.bf16 else "float32")
+        mask_head.requires_grad_(True)
+        log.info("encoder pre-training: %d labelled slices of %d series (%d with a lesion), masks %s, %s",
+                 len(data.images), len(labelled), int(data.positive.sum()), "yes" if data.masks is not None else "no",
+                 "bfloat16" if settings.bf16 else "float32")
 
     def optimizer() -> torch.optim.Optimizer:
         return torch.optim.Adam([*net.backbone.parameters(), *slice_head.parameters(), *mask_head.parameters()],
                                 lr=settings.pretrain_lr)
 
+    def chosen_count() -> int:
+        positives = int(data.positive.sum())
+        return positives + int(round(settings.negatives * (len(data.positive) - positives)))
+
     def steps() -> int:
-        return -(-len(data.images) // settings.pretrain_batch)
+        return -(-chosen_count() // settings.pretrain_batch)
 
     def scheduler(opt: torch.optim.Optimizer, total: int):
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.pretrain_lr, total_steps=max(total, 1),
                                                    pct_start=0.15)
 
     def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-        order = torch.randperm(len(data.images), generator=generator)
+        negatives = torch.nonzero(~data.positive).flatten()
+        keep = negatives[torch.randperm(len(negatives), generator=generator)[:chosen_count() - int(data.positive.sum())]]
+        chosen = torch.cat([torch.nonzero(data.positive).flatten(), keep])
+        order = chosen[torch.randperm(len(chosen), generator=generator)]
         flips = torch.rand(len(order), generator=generator) < 0.5
         for begin in range(0, len(order), settings.pretrain_batch):
             index = order[begin:begin + settings.pretrain_batch]
@@ -142,7 +158,9 @@ def encoder_stage(net: DrCT2, records: Sequence[StudyRecord], settings: Settings
         net.backbone.eval()
         net.backbone.requires_grad_(not config.freeze_backbone)
         net.backbone.to(memory_format=torch.contiguous_format)
-        data.images = data.targets = data.masks = None
+        if net.lesion is not None:
+            net.lesion.requires_grad_(False)
+        data.images = data.targets = data.masks = data.positive = None
 
     net.backbone.to(memory_format=torch.channels_last)
     return Stage("encoder", settings.pretrain_epochs or 0, optimizer, batches, loss, start=start, finish=finish,
