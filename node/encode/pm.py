@@ -19,7 +19,8 @@ from neuroread.models import Heatmap
 
 from .context import Job, ensure_laterality, freeze_dimension_uid
 
-KIND_TEXT = {"attention": "attention", "gradcam": "Grad-CAM", "lrp": "LRP relevance",
+KIND_TEXT = {"attention": "attention", "lesion_map": "lesion probability", "gradcam": "Grad-CAM",
+             "lrp": "LRP relevance",
              "guided_backprop": "guided backpropagation", "mask": "mask", "instance_weight": "MIL instance weight"}
 
 
