@@ -13,7 +13,7 @@ def _describe_outcome(outcome, spec) -> str:
     from neuroread.models import MultiLabel
 
     if isinstance(outcome, MultiLabel):
-        return "multi-label " + ", ".join(f"{lb.name}@{spec.label(lb.name).threshold:g}" for lb in outcome.labels)
+        return "multi-label " + ", ".join(f"{lb.name}@{spec.label(lb.name).threshold:.3g}" for lb in outcome.labels)
     return f"one of ({outcome.concept.meaning}) " + " | ".join(c.name for c in outcome.classes)
 
 

@@ -383,8 +383,11 @@ def report_page(title: str, subtitle: str, sections: list[Section], demo_text: s
         canvas.draw.rectangle((16, y, width - 16, y + 34), outline=WARN, width=2)
         canvas.draw.text((28, y + 6), demo_text, fill=WARN, font=_font(18))
         y += 46
-    canvas.draw.text((MARGIN, y), headline, fill=PRESENT if headline_positive else ABSENT, font=_font(18))
-    y += 30
+    font = _font(18)
+    for line in _wrap(headline, font, width - 2 * MARGIN):  # a long verdict on as many lines as it needs
+        canvas.draw.text((MARGIN, y), line, fill=PRESENT if headline_positive else ABSENT, font=font)
+        y += 24
+    y += 6
     left_out = []
     for section in sections:
         need = section.height(width)
