@@ -157,6 +157,15 @@ def _bar(canvas: Canvas, x: int, y: int, fraction: float, color: tuple[int, int,
         canvas.draw.line((mx, y, mx, y + 16), fill=TEXT, width=2)
 
 
+def _bar_rows(canvas: Canvas, y: int, rows: list[tuple[str, float, tuple[int, int, int], float | None]]) -> None:
+    """One line per (text, probability, colour, marker): the text, and a bar with the marker (a threshold)."""
+    small = _font(14)
+    for text, probability, color, marker in rows:
+        canvas.draw.text((MARGIN + 8, y), text, fill=color, font=small)
+        _bar(canvas, canvas.width - 276, y, probability, color, marker=marker)
+        y += 22
+
+
 @dataclass(frozen=True)
 class FindingLine:
     """One finding as the report page prints it."""
@@ -177,15 +186,9 @@ class FindingsSection:
         return 28 + 22 * len(self.findings) + 10
 
     def render(self, canvas: Canvas, y: int) -> None:
-        y = _heading(canvas, y, self.title)
-        small = _font(14)
-        for f in self.findings:
-            color = PRESENT if f.present else ABSENT
-            state = "present" if f.present else "absent"
-            canvas.draw.text((MARGIN + 8, y), f"{f.label}: {f.probability:.3f} / {f.threshold:.2f}  {state}  ({f.meaning})",
-                             fill=color, font=small)
-            _bar(canvas, canvas.width - 276, y, f.probability, color, marker=f.threshold)
-            y += 22
+        _bar_rows(canvas, _heading(canvas, y, self.title), [
+            (f"{f.label}: {f.probability:.3f} / {f.threshold:.2f}  {'present' if f.present else 'absent'}  "
+             f"({f.meaning})", f.probability, PRESENT if f.present else ABSENT, f.threshold) for f in self.findings])
 
 
 @dataclass(frozen=True)
@@ -210,14 +213,9 @@ class ClassificationSection:
         return 28 + 22 * len(self.classes) + 10
 
     def render(self, canvas: Canvas, y: int) -> None:
-        y = _heading(canvas, y, self.title)
-        small = _font(14)
-        for c in self.classes:
-            color = PRESENT if c.decided else ABSENT
-            mark = "  <- decided" if c.decided else ""
-            canvas.draw.text((MARGIN + 8, y), f"{c.meaning}: {c.probability:.3f}{mark}", fill=color, font=small)
-            _bar(canvas, canvas.width - 276, y, c.probability, color)
-            y += 22
+        _bar_rows(canvas, _heading(canvas, y, self.title), [
+            (f"{c.meaning}: {c.probability:.3f}{'  <- decided' if c.decided else ''}", c.probability,
+             PRESENT if c.decided else ABSENT, None) for c in self.classes])
 
 
 @dataclass(frozen=True)

@@ -22,16 +22,6 @@ PLAN = DemoPlan(task="ct-hemorrhage", studies=10, heldout_studies=10,
                           "batch_size": 4, "seed": 0, "threads": 1})
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Torch on one thread (restored after): tiny convolutions on a shared, busy CPU run many times
-    faster than with threads that wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
 def test_train_demo_writes_weights_and_their_card(tmp_path, caplog, monkeypatch):
     cache = tmp_path / "cache"

@@ -8,7 +8,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 
 from neuroread.models import (
     UCUM_RATIO,
@@ -29,16 +28,6 @@ from neuroread.training.datasets import StudyRecord, read_phantoms
 from neuroread.training.evaluate import evaluate
 from neuroread.training.metrics import classification_metrics
 from support.tiny_model import ENTRY
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Torch on one thread (restored after): tiny convolutions on a shared, busy CPU run many times
-    faster than with threads that wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _as_finding(record: StudyRecord) -> StudyRecord:

@@ -39,16 +39,6 @@ TINY = {"slices": 4, "key_slices": 2, "input_size": 32, "zoom_size": 64, "backbo
 FROZEN = {**TINY, "backbone_batch_norm": True, "freeze_backbone": True, "name": "tiny-frozen"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Torch on one thread (restored after): tiny convolutions on a shared, busy CPU run many times
-    faster than with threads that wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def records(phantom_sets) -> list[StudyRecord]:
     """The four small ct-hemorrhage phantoms (seed 7: normal, EDH, normal, IVH), RSNA labels, with
