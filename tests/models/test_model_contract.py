@@ -274,3 +274,47 @@ def test_a_network_is_left_as_found_by_predict(loaded):
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     assert hooks == sum(len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks)
                         for m in net.modules())
+
+
+# -- shared modules know no particular model -------------------------------------------------------
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+MODEL_PACKAGES = {"neuroread.models.ct_hemorrhage", "neuroread.training.recipes.ct_hemorrhage"}
+
+
+def _shared_modules():
+    """Every module of the shared layers: the contract and pieces in models/, the node, the training
+    loop and its shared modules (not a model's package, a model's recipe, nor the phantom generators)."""
+    for folder, package in (("models", "neuroread.models"), ("node", "neuroread.node"),
+                            ("training", "neuroread.training")):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            dotted = package + "." + ".".join(path.relative_to(REPO / folder).with_suffix("").parts)
+            if any(dotted.startswith(p) for p in MODEL_PACKAGES) or dotted.startswith("neuroread.training.phantoms"):
+                continue
+            yield path, dotted
+
+
+def test_no_shared_module_imports_a_model_or_names_one():
+    import ast
+
+    offences = []
+    for path, dotted in _shared_modules():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: resolve against the module's package
+                    parent = dotted.rsplit(".", node.level)[0]
+                    base = f"{parent}.{base}" if base else parent
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                targets = []
+            offences += [f"{path.relative_to(REPO)} imports {t}" for t in targets
+                         if any(t == p or t.startswith(p + ".") for p in MODEL_PACKAGES)]
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Name)):
+                name = node.name if not isinstance(node, ast.Name) else node.id
+                if any(word in name.lower() for word in ("drct2", "hemorrhage", "slice_attention")):
+                    offences.append(f"{path.relative_to(REPO)} names {name}")
+    assert not offences, "shared modules that know a particular model:\n" + "\n".join(offences)
