@@ -385,7 +385,8 @@ def test_orthanc_destination_through_an_injected_rest_call(empty_orthanc, module
 @pytest.fixture
 def node_config(tmp_path) -> Path:
     cfg = tmp_path / "node.yaml"
-    cfg.write_text(f"storage: {{root: {tmp_path / 'node'}}}\nplugins: ['support.tiny_model:ENTRY']\n")
+    cfg.write_text(f"storage: {{root: {tmp_path / 'node'}}}\nplugins: ['support.tiny_model:ENTRY']\n"
+                   "models: {ct-hemorrhage: {enabled: false}}\n")
     return cfg
 
 

@@ -57,7 +57,9 @@ def orthanc(tmp_path_factory, faults, module_storescp):
     folder = tmp_path_factory.mktemp("orthanc-plugin")
     (folder / "node.yaml").write_text(
         f"storage: {{root: {folder / 'node'}}}\n"
-        "plugins: ['support.tiny_model:ENTRY']\n")
+        "plugins: ['support.tiny_model:ENTRY']\n"
+        # the product head-CT model (committed weights) would take the same CTs: only the test model here
+        "models: {ct-hemorrhage: {enabled: false}}\n")
     env = {FAIL_ENV: str(faults["fail"]), HOLD_ENV: str(faults["hold"])}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # Orthanc (and so the plugin) inherits them

@@ -156,6 +156,8 @@ class ServeNode:
             "deliver": {"interval_s": 0.5, "retry_base_s": 2},
             "queue": {"torch_threads": 1},
             "plugins": ["support.tiny_model:ENTRY"],
+            # the product head-CT model would take the same CTs: these tests are about the node, with the test model
+            "models": {"ct-hemorrhage": {"enabled": False}},
         }
         root.mkdir(parents=True, exist_ok=True)
         self.config_path = root / "neuroread.yaml"
