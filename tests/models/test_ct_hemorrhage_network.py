@@ -16,15 +16,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from neuroread.models.ct_hemorrhage.network import (
-    POOLINGS,
-    VGG16_LAYOUT,
-    DrCT2,
-    DrCT2Config,
-    DrCT2Output,
-    drct2_loss,
-    make_optimizer,
-)
+from neuroread.models.ct_hemorrhage.config import POOLINGS, VGG16_LAYOUT
+from neuroread.models.ct_hemorrhage.network import DrCT2, DrCT2Config, DrCT2Output, drct2_loss, make_optimizer
 
 TINY = DrCT2Config(
     n_labels=3,
