@@ -362,6 +362,20 @@ class ModelResult:
     lesions: tuple[Lesion, ...] = ()
     tables: tuple[Table, ...] = ()
 
+    def main_targets(self) -> list[str]:
+        """What the result says first, in order: the decided class of each classification, then the
+        present findings by probability, then the other findings by probability."""
+        findings = sorted(self.findings, key=lambda f: (not f.present, -f.probability))
+        return [c.decided for c in self.classifications] + [f.label for f in findings]
+
+    def ranked_heatmaps(self, series_uid: str) -> list[Heatmap]:
+        """The heatmaps of ``series_uid``, the one to show first first: by the earliest of
+        :meth:`main_targets` they explain, whole-network maps before branch maps, then in the
+        model's order. The overlays draw the first; evaluation plays the pointing game on it."""
+        order = {t: i for i, t in enumerate(self.main_targets())}
+        maps = [h for h in self.heatmaps if h.series_instance_uid == series_uid]
+        return sorted(maps, key=lambda h: (order.get(h.explains, len(order)), bool(h.branch)))
+
     def check(self, spec: ModelSpec, inputs: dict[str, SeriesVolume]) -> None:
         """Raise ``ValueError`` naming the problem if this result breaks ``spec``'s contract.
 

@@ -35,7 +35,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from neuroread.models import Heatmap, Model, ModelResult, ModelSpec, SeriesVolume
+from neuroread.models import Heatmap, Model, ModelResult, SeriesVolume
 from neuroread.training.datasets import StudyRecord
 from neuroread.training.metrics import classification_metrics, key_slice_tasks, multiclass_metrics
 
@@ -62,18 +62,13 @@ class Collected:
     share: list[float] = field(default_factory=list)
 
 
-def _pointing_maps(result: ModelResult, series_uid: str, spec: ModelSpec) -> dict[str, Heatmap]:
-    """The maps the pointing game reads, by kind ("" for the main one): of the series, whole-network,
-    each kind's map explaining the earliest decided class or label (the main map: the first of those)."""
-    maps = [h for h in result.heatmaps if h.series_instance_uid == series_uid and not h.branch]
-    first = [c.decided for c in result.classifications] + [lb.name for lb in spec.labels]
-    order = {t: i for i, t in enumerate(first)}
-    ranked = sorted(maps, key=lambda h: order.get(h.explains, len(order)))  # stable: model order within a target
-    out: dict[str, Heatmap] = {}
+def _pointing_maps(result: ModelResult, series_uid: str) -> dict[str, Heatmap]:
+    """The maps the pointing game reads, by kind ("" for the main one, the map the overlays show):
+    of the series, whole-network, each kind's first in :meth:`ModelResult.ranked_heatmaps`."""
+    ranked = [h for h in result.ranked_heatmaps(series_uid) if not h.branch]
+    out: dict[str, Heatmap] = {"": ranked[0]} if ranked else {}
     for h in ranked:
         out.setdefault(h.kind, h)
-    if ranked:
-        out[""] = ranked[0]
     return out
 
 
@@ -154,7 +149,7 @@ def collect(model: Model, records: Sequence[StudyRecord], *, thresholds: Mapping
         if lesion_slices.any() and keys:
             col.key_hits.append(int(sum(lesion_slices[k.slice_index] for k in keys)))
             col.key_counts.append(len(keys))
-            maps = _pointing_maps(result, volume.series_instance_uid, spec)
+            maps = _pointing_maps(result, volume.series_instance_uid)
             lesion = record.load_mask(volume) if maps else None
             if lesion is not None:
                 _pointing(col, maps, volume, lesion > 0, [k.slice_index for k in keys], tolerance_mm)

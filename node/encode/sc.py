@@ -1,7 +1,7 @@
 """Secondary Capture pictures: a heatmap overlay per key slice and a one-page report.
 
 Overlays (instances 1..n, rank order) show the source slice windowed with the heatmap that
-explains the main outcome blended in (:func:`overlay_heatmap`), a caption with rank, score and
+explains the main outcome blended in (:meth:`neuroread.models.ModelResult.ranked_heatmaps`), a caption with rank, score and
 what the map shows and, for demo weights, the demo warning. The report page (last instance)
 is built from the result's typed fields alone (:mod:`.pictures`' sections): the verdict, the
 findings, each classification, the slice scores with the key slices outlined, the key-slice
@@ -15,7 +15,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from neuroread.models import Heatmap, ModelResult
+from neuroread.models import Heatmap
 
 from . import pictures as render
 from .context import DEMO_TEXT, Job, ensure_laterality
@@ -32,24 +32,6 @@ def _orientation(ds: pydicom.Dataset) -> tuple[str, str]:
         axis = int(np.argmax(np.abs(vec)))
         out.append(_AXIS_LETTERS[axis][0 if vec[axis] > 0 else 1])
     return out[0], out[1]
-
-
-def main_targets(result: ModelResult) -> list[str]:
-    """What the result says first, in order: the decided class of each classification, then the
-    present findings by probability, then the other findings by probability."""
-    targets = [c.decided for c in result.classifications]
-    findings = sorted(result.findings, key=lambda f: (not f.present, -f.probability))
-    return targets + [f.label for f in findings]
-
-
-def overlay_heatmap(result: ModelResult, series_uid: str) -> Heatmap | None:
-    """The heatmap drawn on ``series_uid``'s key slices: the one explaining the earliest of
-    :func:`main_targets`, whole-network before branch maps; else the series' first; else None."""
-    maps = [h for h in result.heatmaps if h.series_instance_uid == series_uid]
-    if not maps:
-        return None
-    order = {t: i for i, t in enumerate(main_targets(result))}
-    return min(maps, key=lambda h: (order.get(h.explains, len(order)), bool(h.branch)))
 
 
 def _scaled(heat: Heatmap) -> np.ndarray:
@@ -121,7 +103,8 @@ def build_secondary_captures(job: Job) -> list[pydicom.Dataset]:
     for ks in sorted(job.result.key_slices, key=lambda k: k.rank):
         src = job.instances_of(ks.series_instance_uid)[ks.slice_index]
         if ks.series_instance_uid not in heat_cache:
-            heat_cache[ks.series_instance_uid] = overlay_heatmap(job.result, ks.series_instance_uid)
+            ranked = job.result.ranked_heatmaps(ks.series_instance_uid)
+            heat_cache[ks.series_instance_uid] = ranked[0] if ranked else None
         heat = heat_cache[ks.series_instance_uid]
         rgb = render.heat_colors(render.windowed(src), None if heat is None else _scaled(heat)[ks.slice_index],
                                  signed=heat is not None and heat.signed)
