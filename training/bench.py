@@ -125,6 +125,24 @@ def bench(model_name: str, presets: list[str], *, slices: int, size: int, repeat
     return rows
 
 
+def report(model_name: str, presets: list[str] | None, *, slices: int, size: int, repeats: int, threads: int,
+           json_path: Path | None = None) -> list[dict]:
+    """Benchmark ``presets`` (default: all of the model's recipe's), printing a header and a line per
+    preset as each finishes (and writing the rows as JSON to ``json_path``); the rows."""
+    from neuroread.training.recipes import recipe as recipe_of
+
+    presets = presets or list(recipe_of(model_name).presets)
+    print(f"{model_name} inference per series: {slices} slices of {size}x{size}, {threads} threads, "
+          f"{repeats} timed runs after one warm-up", flush=True)
+    rows = []
+    for preset in presets:
+        rows += bench(model_name, [preset], slices=slices, size=size, repeats=repeats, threads=threads)
+        print(describe(rows[-1]), flush=True)
+    if json_path is not None:
+        Path(json_path).write_text(json.dumps(rows, indent=1) + "\n")
+    return rows
+
+
 def describe(row: dict) -> str:
     return (f"{row['preset']:6s} {row['parameters'] / 1e6:7.2f} M parameters: {row['seconds']:7.2f} s per series "
             f"(runs {row['runs']}), peak {row['peak_rss_mb']:6.0f} MB, {row['gflops']:8.1f} GFLOP; at this "
@@ -149,16 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         print(json.dumps(run_preset(args.model, args.one, args.slices, args.size, args.repeats)))
         return 0
-    from neuroread.training.recipes import recipe as recipe_of
-
-    presets = args.presets or list(recipe_of(args.model).presets)
-    print(f"{args.model} inference per series: {args.slices} slices of {args.size}x{args.size}, {args.threads} "
-          f"threads, {args.repeats} timed runs after one warm-up", flush=True)
-    rows = bench(args.model, presets, slices=args.slices, size=args.size, repeats=args.repeats, threads=args.threads)
-    for row in rows:
-        print(describe(row), flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+    report(args.model, args.presets, slices=args.slices, size=args.size, repeats=args.repeats, threads=args.threads,
+           json_path=Path(args.json) if args.json else None)
     return 0
 
 

@@ -293,15 +293,9 @@ def _generic_records(spec, data: Path, fmt: str, *, labels_csv=None, progress: b
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from neuroread.training.bench import bench, describe
-    from neuroread.training.recipes import recipe as recipe_of
+    from neuroread.training.bench import report
 
-    presets = args.presets or list(recipe_of(args.model).presets)
-    print(f"{args.model} inference per series: {args.slices} slices of {args.size}x{args.size}, {args.threads} "
-          f"threads, {args.repeats} timed runs after one warm-up", flush=True)
-    for row in bench(args.model, presets, slices=args.slices, size=args.size, repeats=args.repeats,
-                     threads=args.threads):
-        print(describe(row), flush=True)
+    report(args.model, args.presets, slices=args.slices, size=args.size, repeats=args.repeats, threads=args.threads)
     return 0
 
 
