@@ -10,6 +10,7 @@ ko     Key Object Selection of the key slices ("Of Interest")
 seg    binary Segmentation, one segment per lesion, one instance per source series
 pm     float32 Parametric Map per heatmap
 sc     RGB Secondary Capture: one overlay per key slice, then the report page
+report Enhanced SR "Diagnostic imaging report": the findings as text (any viewer)
 =====  =========================================================================
 
 UIDs come from (sorted input Series Instance UIDs, model name and version, the weights' SHA-256
@@ -32,6 +33,7 @@ from .pm import build_parametric_maps
 from .sc import build_secondary_captures
 from .seg import build_segmentations
 from .sr import build_report, probability_of
+from .text import build_text_report
 from .tolerant import Withheld, fill_series_level, withhold_invalid, withhold_invalid_all
 from .uids import UidFactory, derive_uid
 
@@ -94,7 +96,7 @@ def encode_result(result: ModelResult, spec: ModelSpec, sources: dict[str, list[
         stamp=source_stamp(evidence), evidence=evidence,
     )
     segs, segments = build_segmentations(job)
-    objects = build_report(job, segments) + build_key_objects(job) + segs
+    objects = build_report(job, segments) + build_text_report(job) + build_key_objects(job) + segs
     objects += build_parametric_maps(job) + build_secondary_captures(job)
     for ds in objects:
         freeze_dates(ds, job.stamp)

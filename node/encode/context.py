@@ -7,6 +7,7 @@ deterministic date/time) so that each object module is a plain function of it.
 from __future__ import annotations
 
 import datetime
+import functools
 from dataclasses import dataclass, field
 
 import highdicom as hd
@@ -15,11 +16,13 @@ from pydicom.sr.codedict import codes
 from pydicom.valuerep import DA, DT, TM
 
 from neuroread.models import ModelResult, ModelSpec
+from neuroread.models.places import Place
+from neuroread.models.places import places as find_places
 
 from .uids import UidFactory
 
 # Kinds of result object, in the order series numbers are given (base + 1 + position).
-KINDS = ("sr", "ko", "seg", "pm", "sc")
+KINDS = ("sr", "ko", "seg", "pm", "sc", "report")
 PRIVATE_SCHEME = "99NEUROREAD"
 DEMO_TEXT = "DEMO WEIGHTS - synthetic training data - not for clinical use"
 # Used when no source carries a date: fixed, so results stay deterministic.
@@ -37,7 +40,7 @@ def _check_lo(name: str, value: str, *, empty_ok: bool = False) -> None:
 class EncodeInfo:
     """The equipment that writes result objects (the node), and where its series are numbered.
 
-    ``series_number_base`` + 1..5 numbers the SR, KOS, SEG, PM and SC series.
+    ``series_number_base`` + 1..6 numbers the SR, KOS, SEG, PM, SC and text report series.
     """
 
     manufacturer: str = "neuroread"
@@ -52,7 +55,7 @@ class EncodeInfo:
             _check_lo(name, getattr(self, name))
         _check_lo("institution_name", self.institution_name, empty_ok=True)
         if not 0 <= self.series_number_base <= 2**31 - 1 - len(KINDS):
-            raise ValueError(f"EncodeInfo.series_number_base must be in [0, 2^31-6], got {self.series_number_base}")
+            raise ValueError(f"EncodeInfo.series_number_base must be in [0, 2^31-7], got {self.series_number_base}")
 
     def series_number(self, kind: str) -> int:
         return self.series_number_base + 1 + KINDS.index(kind)
@@ -76,6 +79,13 @@ class Job:
     @property
     def demo(self) -> bool:
         return self.result.card.demo
+
+    @functools.cached_property
+    def places(self) -> list[Place]:
+        """Where the result's findings, decided classes and lesions are (:func:`neuroread.models.places.places`),
+        computed once per encoding: the SR draws them and the text report names them."""
+        return find_places(self.result, {uid: [str(ds.SOPInstanceUID) for ds in instances]
+                                         for uid, instances in self.series.items()})
 
     @property
     def reference(self) -> pydicom.Dataset:

@@ -1,29 +1,31 @@
-"""The result as a Comprehensive 3D SR holding a TID 1500 Measurement Report.
+"""Where the findings are, as a Comprehensive 3D SR holding a TID 1500 Measurement Report.
 
-Every field of a :class:`~neuroread.models.ModelResult` that is not an image lands here (a test
-builds a result with every field filled and finds each value in the SR):
+This is the report measurement viewers draw: every group in it is tied to an image. OHIF 3.13's
+SR viewport (``@ohif/extension-cornerstone-dicom-sr``) shows a report titled "Imaging Measurement
+Report" on the image of its first measurement and draws each measurement with its labels (the
+NUMs' concept, value and unit); a measurement group without image coordinates makes its loader
+throw (``_checkIfCanAddMeasurementsToDisplaySet`` reads ``coords[0]`` of a group that has none)
+and the viewer shows "Something went wrong" instead of the study. So the groups here are:
 
-- one group per **finding** of a multi-label outcome (TID 1501): the finding's code as finding
-  type, a qualitative evaluation (the code, Present/Absent at its threshold), the probability
-  as a NUM "Probability of <finding>" ({probability}) and its threshold as a NUM
-  "Decision threshold", with the key slices of its series as source images;
-- one group per **classification** (TID 1501): the outcome's concept as finding type, the
-  decided class as a qualitative evaluation (concept → class code) and one NUM
-  "Probability of <class>" per class;
-- one group per **lesion** (TID 1411): its code as finding type, its coded location as finding
-  site, volume (mm3), probability, MIL instance weight and every other measurement with its
-  unit, its centroid as a SCOORD3D point ("Center"), a tracking identifier shared with its SEG
-  segment, which it references;
-- one group per **table row** (TID 1501): the table's concept as finding type, the row's code as
-  finding site, one NUM per column (the column's concept and unit);
-- one group per slice of each **slice score** (TID 1501): the score's concept and unit, with
-  that slice as source image;
-- the **key slices** as each finding group's source images (and in the KOS);
+- one planar ROI group (TID 1410) per **finding with a place** (a present finding or decided class
+  that a heatmap explains, :mod:`neuroread.models.places`): a closed POLYLINE around the area on
+  its key image, the finding type with its qualitative evaluation (the finding code → Present,
+  or the outcome's concept → the decided class, as IHE AI Results asks), the probability as a
+  NUM "Probability of <finding>" ({probability}, every class's for a classification), the
+  decision threshold, and the area (mm2);
+- per **lesion**, a planar ROI group (TID 1410) with its outline on the slice where it is
+  largest (probability, volume, area, site), and a volumetric ROI group (TID 1411): its code as
+  finding type, its coded location as finding site, volume (mm3), probability, MIL instance
+  weight and every other measurement with its unit, its centroid as a SCOORD3D point
+  ("Center"), a tracking identifier shared with its SEG segment, which it references;
 - the **card**: the model as device observer and in each group's algorithm identification
   (TID 4019: name, version, weights SHA-256, thresholds, demo or not, training data); demo
   weights are also stated in a root-level TEXT comment.
 
-Heatmaps and lesion masks are images: they go to the Parametric Maps and the Segmentation.
+A result with nothing to draw (no finding with a place, no lesion) gets no Measurement Report:
+an empty one throws in OHIF as well. Every finding, class, table and slice score, placed or not,
+is in the text report (:mod:`.text`) as coded content; heatmaps and lesion masks are images (the
+Parametric Maps and the Segmentation).
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from pydicom.sr.coding import Code
 
 from neuroread.models import UCUM_PROBABILITY, UCUM_RATIO
 from neuroread.models import Code as ModelCode
+from neuroread.models.places import Place
 
 from .context import DEMO_TEXT, PRIVATE_SCHEME, Job
 from .seg import lesion_tracking
@@ -68,7 +71,7 @@ def _algorithm(job: Job) -> hd.sr.AlgorithmIdentification:
     return hd.sr.AlgorithmIdentification(name=job.spec.name, version=job.spec.version, parameters=params)
 
 
-def _observation_context(job: Job) -> hd.sr.ObservationContext:
+def observation_context(job: Job) -> hd.sr.ObservationContext:
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=job.uids.other("sr", "device-observer"),
         name=job.spec.name[:64],
@@ -90,43 +93,61 @@ def _tracking(job: Job, part: str, index: int, text: str) -> hd.sr.TrackingIdent
     return hd.sr.TrackingIdentifier(uid=job.uids.other("sr", part, index), identifier=text[:64])
 
 
-def _key_images(job: Job) -> list[hd.sr.SourceImageForMeasurementGroup]:
-    """The key slices the model chose (any series), in rank order."""
-    return [hd.sr.SourceImageForMeasurementGroup.from_source_image(
-                job.instances_of(ks.series_instance_uid)[ks.slice_index])
-            for ks in sorted(job.result.key_slices, key=lambda k: k.rank)]
+def _region(job: Job, place: Place) -> hd.sr.ImageRegion:
+    """The place's outline as a closed POLYLINE on its source image."""
+    source = job.instances_of(place.series_instance_uid)[place.slice_index]
+    return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=place.outline,
+                             source_image=hd.sr.SourceImageForRegion.from_source_image(source))
 
 
-def _finding_groups(job: Job, algorithm: hd.sr.AlgorithmIdentification) -> list:
-    sources = _key_images(job) or None  # findings are study-level statements; cite the key slices
+def _area(job: Job, place: Place, algorithm: hd.sr.AlgorithmIdentification) -> list[hd.sr.Measurement]:
+    """The place's area in mm2 when its image says its pixel spacing."""
+    spacing = job.instances_of(place.series_instance_uid)[place.slice_index].get("PixelSpacing")
+    if not spacing:
+        return []
+    return [_num(codes.SCT.Area, place.area_px * float(spacing[0]) * float(spacing[1]), codes.UCUM.SquareMillimeter,
+                 algorithm)]
+
+
+def _finding_groups(job: Job, algorithm: hd.sr.AlgorithmIdentification, where: dict[str, Place]) -> list:
+    """A planar ROI group per finding with a place, in the result's order."""
     groups = []
     for i, f in enumerate(job.result.findings):
-        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+        place = where.get(f.label)
+        if place is None:
+            continue
+        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=_tracking(job, "finding", i, f"finding {f.label}"),
+            referenced_region=_region(job, place),
             finding_type=code(f.code),
             algorithm_id=algorithm,
             measurements=[_num(probability_of(f.code), f.probability, UCUM_PROBABILITY, algorithm),
-                          _num(DECISION_THRESHOLD, f.threshold, UCUM_PROBABILITY, algorithm)],
+                          _num(DECISION_THRESHOLD, f.threshold, UCUM_PROBABILITY, algorithm),
+                          *_area(job, place, algorithm)],
             qualitative_evaluations=[hd.sr.QualitativeEvaluation(
                 name=code(f.code), value=codes.SCT.Present if f.present else codes.SCT.Absent)],
-            source_images=sources,
         ))
     return groups
 
 
-def _classification_groups(job: Job, algorithm: hd.sr.AlgorithmIdentification) -> list:
-    sources = _key_images(job) or None
+def _classification_groups(job: Job, algorithm: hd.sr.AlgorithmIdentification, where: dict[str, Place]) -> list:
+    """A planar ROI group per classification whose decided class has a place."""
     groups = []
     for i, c in enumerate(job.result.classifications):
-        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+        place = where.get(c.decided)
+        if place is None:
+            continue
+        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=_tracking(job, "classification", i, f"{c.outcome}: {c.decided}"),
+            referenced_region=_region(job, place),
             finding_type=code(c.concept),
             algorithm_id=algorithm,
+            # the decided class's probability first: viewers label a region with its first NUMs
             measurements=[_num(probability_of(p.code), p.probability, UCUM_PROBABILITY, algorithm)
-                          for p in c.probabilities],
+                          for p in sorted(c.probabilities, key=lambda p: p.name != c.decided)]
+                         + _area(job, place, algorithm),
             qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=code(c.concept),
                                                                  value=code(c.decided_class.code))],
-            source_images=sources,
         ))
     return groups
 
@@ -176,46 +197,42 @@ def _lesion_groups(job: Job, segments: dict, algorithm: hd.sr.AlgorithmIdentific
     return groups
 
 
-def _table_groups(job: Job, algorithm: hd.sr.AlgorithmIdentification) -> list:
+def _lesion_region_groups(job: Job, lesion_places: list[Place], algorithm: hd.sr.AlgorithmIdentification) -> list:
+    """Each lesion's outline on the slice where it is largest (TID 1410), beside its volumetric
+    group: viewers that draw only image regions (OHIF) show the lesion there."""
     groups = []
-    n = 0
-    for table in job.result.tables:
-        for row in table.rows:
-            groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=_tracking(job, "table-row", n, f"{table.name}: {row.code.meaning}"),
-                finding_type=code(table.concept),
-                finding_sites=[hd.sr.FindingSite(code(row.code))],
-                algorithm_id=algorithm,
-                measurements=[_num(code(col.concept), v, col.unit, algorithm) for col, v in zip(table.columns, row.values)],
-            ))
-            n += 1
-    return groups
-
-
-def _slice_score_groups(job: Job, algorithm: hd.sr.AlgorithmIdentification) -> list:
-    groups = []
-    n = 0
-    for scores in job.result.slice_scores:
-        instances = job.instances_of(scores.series_instance_uid)
-        for k, value in zip(scores.slice_indices, scores.scores):
-            groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=_tracking(job, "slice-score", n, f"{scores.concept.meaning}: slice {k}"),
-                algorithm_id=algorithm,
-                measurements=[_num(code(scores.concept), value, scores.unit, algorithm)],
-                source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(instances[k])],
-            ))
-            n += 1
+    if len(lesion_places) != len(job.result.lesions):
+        raise ValueError(f"{len(lesion_places)} lesion places for {len(job.result.lesions)} lesions")
+    for i, place in enumerate(lesion_places):
+        les = job.result.lesions[i]
+        measurements = []
+        if les.probability is not None:
+            measurements.append(_num(LESION_PROBABILITY, les.probability, UCUM_PROBABILITY, algorithm))
+        measurements += [hd.sr.Measurement(name=codes.SCT.Volume, value=float(les.volume_mm3),
+                                           unit=codes.UCUM.CubicMillimeter, algorithm_id=algorithm)]
+        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=_tracking(job, "lesion-region", i, place.tracking_id),
+            referenced_region=_region(job, place),
+            finding_type=code(les.code),
+            finding_sites=[hd.sr.FindingSite(code(les.location))] if les.location is not None else None,
+            algorithm_id=algorithm,
+            measurements=measurements + _area(job, place, algorithm),
+        ))
     return groups
 
 
 def build_report(job: Job, segments: dict[int, tuple[pydicom.Dataset, int]]) -> list[pydicom.Dataset]:
-    """The SR document; ``segments`` maps each lesion index to its (SEG, segment number)."""
+    """The Measurement Report, or none when nothing is tied to an image; ``segments`` maps each
+    lesion index to its (SEG, segment number)."""
     algorithm = _algorithm(job)
-    groups = (_finding_groups(job, algorithm) + _classification_groups(job, algorithm)
-              + _lesion_groups(job, segments, algorithm) + _table_groups(job, algorithm)
-              + _slice_score_groups(job, algorithm))
+    where = {p.target: p for p in job.places if p.source != "lesion"}
+    lesion_places = [p for p in job.places if p.source == "lesion"]
+    groups = (_finding_groups(job, algorithm, where) + _classification_groups(job, algorithm, where)
+              + _lesion_region_groups(job, lesion_places, algorithm) + _lesion_groups(job, segments, algorithm))
+    if not groups:
+        return []  # nothing tied to an image: the text report carries the findings
     report = hd.sr.MeasurementReport(
-        observation_context=_observation_context(job),
+        observation_context=observation_context(job),
         procedure_reported=IMAGING_PROCEDURE,
         imaging_measurements=groups,
         title=codes.cid7021.ImagingMeasurementReport,
@@ -240,4 +257,17 @@ def build_report(job: Job, segments: dict[int, tuple[pydicom.Dataset, int]]) -> 
             designator=PRIVATE_SCHEME, name="neuroread private codes", responsible_organization="neuroread")],
         **job.common_kwargs("sr"),
     )
+    _separate(sr)
     return [sr]
+
+
+def _separate(owner: pydicom.Dataset) -> None:
+    """Every container of the document SEPARATE, not CONTINUOUS (highdicom's default): its items
+    are measurements to be read one by one, not running text, and renderers that honour
+    continuity (dcmtk's dsr2html) otherwise print the values without their concept names."""
+    for item in owner.get("ContentSequence", []):
+        if item.ValueType == "CONTAINER":
+            item.ContinuityOfContent = "SEPARATE"
+        _separate(item)
+    if "ContinuityOfContent" in owner:
+        owner.ContinuityOfContent = "SEPARATE"

@@ -22,14 +22,24 @@ from neuroread.node.infer.runner import ModelRunner
 from neuroread.node.route.rules import Route, default_routes, parse_condition
 from neuroread.node.route.study_slots import Candidate, fill_slots
 from neuroread.training.phantoms.baseline import load_truth
-from support.node_checks import code_value, content_items, referenced_uids, storescu, wait_for
+from support.node_checks import (
+    KINDS,
+    KO,
+    PM,
+    SEG,
+    SR,
+    TEXT_SR,
+    code_value,
+    content_items,
+    referenced_uids,
+    storescu,
+    wait_for,
+)
 from support.peers import StoreSCP
 from support.tiny_model import ENTRY as TINY
 from support.tiny_pair_model import ENTRY as PAIR
 from support.tiny_pair_model import SPEC as PAIR_SPEC
 
-SR, KO, SEG, PM, SC = ("1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.59",
-                       "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.30", "1.2.840.10008.5.1.4.1.1.7")
 REGISTRY = ModelRegistry([TINY, PAIR])
 FINDING = PAIR_SPEC.label("finding").code  # the same finding in both test models
 
@@ -273,7 +283,7 @@ def test_run_files_pairs_series_by_study(tmp_path, axspa, caplog):
     datasets = [pydicom.dcmread(p) for p in written]
     study0 = str(pydicom.dcmread(files_of(whole, s0["t1"])[0], stop_before_pixels=True).StudyInstanceUID)
     assert {str(ds.StudyInstanceUID) for ds in datasets} == {study0}
-    assert {str(ds.SOPClassUID) for ds in datasets} == {SR, KO, SEG, PM, SC}
+    assert {str(ds.SOPClassUID) for ds in datasets} == KINDS
     (sr,) = [ds for ds in datasets if ds.SOPClassUID == SR]
     assert {s0["t1"]["series_instance_uid"], s0["fs"]["series_instance_uid"]} <= referenced_uids(sr)
     assert any("incomplete" in r.message and "fs: missing" in r.message and s3["t1"]["series_instance_uid"] in r.message
@@ -286,11 +296,14 @@ def test_threshold_overrides_reach_the_finding_and_the_sr(tmp_path, phantom_sets
     study = sorted(p.parent for p in phantom_sets["ct-hemorrhage"].glob("*/truth.json"))[0]
     models = {"tiny-test": {"thresholds": {"finding": threshold}}}
     written = run_files([study / "S01"], tmp_path / "out", make_config(tmp_path, {}, models), ModelRegistry([TINY]))
+    (text,) = [ds for ds in map(pydicom.dcmread, written) if ds.SOPClassUID == TEXT_SR]
+    assert finding_states(text) == [state.value]
+    assert decision_thresholds(text) == [pytest.approx(threshold)]
+    assert len(probabilities(text)) == 1 and 0.5 < probabilities(text)[0] < 0.9, probabilities(text)
+    # the Measurement Report (the lesion is drawn) names the thresholds in its algorithm identification
     (sr,) = [ds for ds in map(pydicom.dcmread, written) if ds.SOPClassUID == SR]
-    assert finding_states(sr) == [state.value]
-    assert decision_thresholds(sr) == [pytest.approx(threshold)]
     assert f"threshold_finding={threshold:g}" in texts(sr) and "threshold_finding=0.5" not in texts(sr)
-    assert len(probabilities(sr)) == 1 and 0.5 < probabilities(sr)[0] < 0.9, probabilities(sr)
+    assert finding_states(sr) == ([state.value] if state == codes.SCT.Present else [])  # drawn only when present
 
 
 def test_runner_threshold_override_errors():

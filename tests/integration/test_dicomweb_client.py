@@ -40,7 +40,8 @@ from support.tiny_model import ENTRY
 USER, PASSWORD = "neuro", "secret"
 PW_ENV = "NEUROREAD_TEST_ORTHANC_PASSWORD"
 KINDS = {"1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.59", "1.2.840.10008.5.1.4.1.1.66.4",
-         "1.2.840.10008.5.1.4.1.1.30", "1.2.840.10008.5.1.4.1.1.7"}  # SR, KOS, SEG, PM, SC
+         "1.2.840.10008.5.1.4.1.1.30", "1.2.840.10008.5.1.4.1.1.7",
+         "1.2.840.10008.5.1.4.1.1.88.22"}  # SR, KOS, SEG, PM, SC, text report
 BACKOFF = Backoff(base=10, cap=60)
 
 

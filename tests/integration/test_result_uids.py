@@ -3,8 +3,9 @@ UIDs, in this release and the next; a refactor that changes how a UID is derived
 
 The golden file was written again (``NEUROREAD_WRITE_GOLDEN=1``) when the weights' identity
 (their SHA-256 and the effective thresholds) became part of every result UID: every series and
-instance UID changed then, by design (the study UID is the source's). Write it again only for
-such a deliberate change, and say so.
+instance UID changed then, by design (the study UID is the source's); and when the text report
+(an Enhanced SR) joined the results: one entry added, every other unchanged. Write it again only
+for such a deliberate change, and say so.
 
 The input is the first small ct-hemorrhage phantom (seed 7, deterministic UIDs) and the model
 is the tiny test network with its committed weights (``tests/data/tiny-test.pt``, from a fixed

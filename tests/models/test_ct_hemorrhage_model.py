@@ -289,11 +289,13 @@ def test_the_result_encodes_into_valid_dicom(run, ct, dciodvfy):
     info = EncodeInfo(manufacturer="neuroread", device_name="neuroread test node", software_version="0.1.0")
     objects = encode_result(result, SPEC, {"ct": sources}, node_info=info)
     kinds = [ds.SOPClassUID.name for ds in objects]
-    assert {k: kinds.count(k) for k in kinds} == {
-        "Comprehensive 3D SR Storage": 1, "Key Object Selection Document Storage": 1, "Parametric Map Storage": 1,
-        "Secondary Capture Image Storage": 6}  # five key-slice overlays and the report page
-    sr, = (ds for ds in objects if ds.Modality == "SR")
-    attention = [item for item in _items(sr) if item.ValueType == "NUM"
+    # a Measurement Report only when "any" is present (its lesion map gives it a place)
+    drawn = 1 if next(f for f in result.findings if f.label == "any").present else 0
+    assert {k: kinds.count(k) for k in kinds} == {k: v for k, v in {
+        "Comprehensive 3D SR Storage": drawn, "Enhanced SR Storage": 1, "Key Object Selection Document Storage": 1,
+        "Parametric Map Storage": 1, "Secondary Capture Image Storage": 6}.items() if v}  # five overlays, the report page
+    text, = (ds for ds in objects if ds.SOPClassUID.name == "Enhanced SR Storage")
+    attention = [item for item in _items(text) if item.ValueType == "NUM"
                  and item.ConceptNameCodeSequence[0].get("CodeValue") == SLICE_ATTENTION.value]
     assert len(attention) == M  # one measurement per slice score
     for ds in objects:

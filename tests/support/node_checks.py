@@ -20,7 +20,8 @@ KO = "1.2.840.10008.5.1.4.1.1.88.59"
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 PM = "1.2.840.10008.5.1.4.1.1.30"
 SC = "1.2.840.10008.5.1.4.1.1.7"
-KINDS = {SR, KO, SEG, PM, SC}
+TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.22"  # Enhanced SR: the text report
+KINDS = {SR, KO, SEG, PM, SC, TEXT_SR}
 
 def storescu(port: int, files) -> None:
     proc = subprocess.run([dcmtk_tool("storescu"), "-aet", "STORESCU", "-aec", "NEUROREAD", "127.0.0.1", str(port),

@@ -25,14 +25,10 @@ from neuroread.node.encode import EncodeInfo, encode_result
 from neuroread.node.receive.dimse import StorageSCP
 from neuroread.node.spool.store import Spool
 from neuroread.node.tools.dcmtk import DcmtkMissing, dcmtk_tool
+from support.node_checks import KINDS, KO, PM, SC, SEG, SR
 from support.peers import StoreSCP, free_port
 from support.tiny_model import SPEC
 
-SR = "1.2.840.10008.5.1.4.1.1.88.34"
-KO = "1.2.840.10008.5.1.4.1.1.88.59"
-SEG = "1.2.840.10008.5.1.4.1.1.66.4"
-PM = "1.2.840.10008.5.1.4.1.1.30"
-SC = "1.2.840.10008.5.1.4.1.1.7"
 T0 = 1_700_000_000.0
 BACKOFF = Backoff(base=10.0, cap=40.0)
 
@@ -47,10 +43,10 @@ def _tools():
 
 @pytest.fixture(scope="module")
 def objects(ct_case) -> list[Dataset]:
-    """SR, KOS, SEG, PM and SCs of the tiny model on a phantom CT (conftest's ct_case)."""
+    """SR, text report, KOS, SEG, PM and SCs of the tiny model on a phantom CT (conftest's ct_case)."""
     _, sources, result = ct_case
     out = encode_result(result, SPEC, {"ct": sources}, node_info=EncodeInfo("neuroread", "test node", "0.1.0"))
-    assert {ds.SOPClassUID for ds in out} == {SR, KO, SEG, PM, SC}
+    assert {ds.SOPClassUID for ds in out} == KINDS
     return out
 
 
@@ -181,7 +177,7 @@ def test_rejected_objects_recorded_not_retried_others_sent(tmp_path, objects):
         outbox.add("job-1", objects, ["pacs"])
         report = outbox.deliver_due()
         n_sc = sum(ds.SOPClassUID == SC for ds in objects)
-        assert (report.sent, report.rejected, report.retrying) == (2, len(objects) - 2, 0)  # SR + KO
+        assert (report.sent, report.rejected, report.retrying) == (3, len(objects) - 3, 0)  # SR, text report, KO
         by_class = {}
         for item in outbox.status("job-1"):
             by_class.setdefault(item.sop_class_uid, []).append(item)
@@ -196,14 +192,14 @@ def test_rejected_objects_recorded_not_retried_others_sent(tmp_path, objects):
 
         # one association for the batch, proposing exactly the objects' SOP classes
         assert peer.associations == 1
-        assert peer.proposed == [{SR, KO, SEG, PM, SC}]
+        assert peer.proposed == [KINDS]
         stores = len(peer.stores)
         for later in (T0 + 60, T0 + 3600, T0 + 86400):  # no retry loop
             assert outbox.deliver_due(later) == type(report)()
         assert len(peer.stores) == stores and peer.associations == 1
 
-        assert outbox.requeue("job-1") == len(objects) - 2  # an operator's explicit retry
-        assert outbox.deliver_due().rejected == len(objects) - 2
+        assert outbox.requeue("job-1") == len(objects) - 3  # an operator's explicit retry
+        assert outbox.deliver_due().rejected == len(objects) - 3
     finally:
         peer.server.shutdown()
 

@@ -18,6 +18,7 @@ SR = "1.2.840.10008.5.1.4.1.1.88.34"
 KO = "1.2.840.10008.5.1.4.1.1.88.59"
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 PM = "1.2.840.10008.5.1.4.1.1.30"
+TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.22"
 INFO = EncodeInfo(manufacturer="neuroread", device_name="neuroread test node", software_version="0.1.0")
 
 
@@ -62,7 +63,7 @@ def _bytes(ds) -> bytes:
 
 def test_every_kind_passes_dciodvfy(objects, dciodvfy):
     kinds = {ds.SOPClassUID for ds in objects}
-    assert kinds == {SR, KO, SEG, PM, SC}
+    assert kinds == {SR, KO, SEG, PM, SC, TEXT_SR}
     for ds in objects:
         assert validate(ds, dciodvfy=dciodvfy) == [], ds.SOPClassUID.name
 
@@ -85,7 +86,7 @@ def test_objects_join_the_source_study_one_series_per_kind(case, objects):
         assert ds.AccessionNumber == src.AccessionNumber
         series.setdefault(ds.SOPClassUID, set()).add((ds.SeriesInstanceUID, ds.SeriesNumber))
     assert all(len(v) == 1 for v in series.values())
-    assert len({next(iter(v))[0] for v in series.values()}) == 5
+    assert len({next(iter(v))[0] for v in series.values()}) == 6
     assert src.SeriesInstanceUID not in {next(iter(v))[0] for v in series.values()}
     assert len({ds.SOPInstanceUID for ds in objects}) == len(objects)
 
@@ -125,9 +126,46 @@ def test_objects_reference_the_right_source_instances(case, objects):
     assert [ds.SourceImageSequence[0].ReferencedSOPInstanceUID for ds in overlays] == ko_refs
 
 
-def test_sr_carries_findings_lesion_volumes_tables_and_algorithm(case, objects):
+def test_maps_and_segmentations_are_laid_out_as_viewers_read_them(case, objects):
+    """OHIF's PMAP and SEG viewports fuse a map or a mask over its source series by the top-level
+    Referenced Series Sequence and each frame's derivation reference and position: the PM has one
+    frame per source slice, in slice order, on the source geometry; the SEG the same for
+    each slice a lesion touches (empty frames are left out, as the standard allows)."""
+    _, sources = case
+    position = {str(ds.SOPInstanceUID): [float(v) for v in ds.ImagePositionPatient] for ds in sources}
+    src = sources[0]
+    normal = np.cross(*np.reshape(np.asarray(src.ImageOrientationPatient, float), (2, 3)))
+    for ds in _by_class(objects, PM) + _by_class(objects, SEG):
+        name = ds.SOPClassUID.name
+        (series,) = ds.ReferencedSeriesSequence
+        assert series.SeriesInstanceUID == src.SeriesInstanceUID, name
+        assert {str(r.ReferencedSOPInstanceUID) for r in series.ReferencedInstanceSequence} <= set(position), name
+        assert (ds.Rows, ds.Columns) == (src.Rows, src.Columns), name
+        assert ds.FrameOfReferenceUID == src.FrameOfReferenceUID, name
+        shared = ds.SharedFunctionalGroupsSequence[0]
+        assert np.allclose(shared.PixelMeasuresSequence[0].PixelSpacing, src.PixelSpacing), name
+        assert np.allclose(shared.PlaneOrientationSequence[0].ImageOrientationPatient, src.ImageOrientationPatient), name
+        frames = ds.PerFrameFunctionalGroupsSequence
+        assert len(frames) == int(ds.NumberOfFrames), name
+        refs = [str(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID) for f in frames]
+        for f, ref in zip(frames, refs, strict=True):  # each frame lies where its source slice lies
+            assert np.allclose(f.PlanePositionSequence[0].ImagePositionPatient, position[ref]), name
+        runs: dict[int, list[float]] = {}  # a SEG's frames come segment by segment
+        for f in frames:
+            segment = int(f.SegmentIdentificationSequence[0].ReferencedSegmentNumber) if "SegmentIdentificationSequence" in f else 0
+            runs.setdefault(segment, []).append(float(np.dot(f.PlanePositionSequence[0].ImagePositionPatient, normal)))
+        for along in runs.values():
+            assert along == sorted(along) or along == sorted(along, reverse=True), f"{name}: frames out of slice order"
+        if ds.SOPClassUID == PM:
+            assert sorted(refs) == sorted(position) and len(refs) == len(set(refs)), "one PM frame per source slice"
+
+
+def test_reports_carry_findings_lesion_volumes_tables_and_algorithm(case, objects):
+    """The Measurement Report: the finding drawn where it is, the lesions; the text report: the
+    table (not tied to an image)."""
     result, _ = case
     (sr,) = _by_class(objects, SR)
+    (text,) = _by_class(objects, TEXT_SR)
     items = list(_items(sr))
     nums = [(i.ConceptNameCodeSequence[0].CodeMeaning, float(i.MeasuredValueSequence[0].NumericValue),
              i.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue)
@@ -137,7 +175,8 @@ def test_sr_carries_findings_lesion_volumes_tables_and_algorithm(case, objects):
     finding = result.findings[0]
     assert any(m == "Probability of Clinical finding" and u == "{probability}"
                and v == pytest.approx(finding.probability, rel=1e-6) for m, v, u in nums)
-    assert sum(m == "relevance" for m, _, _ in nums) == 2
+    assert not any(m == "relevance" for m, _, _ in nums)
+    assert sum(i.ConceptNameCodeSequence[0].CodeMeaning == "relevance" for i in _items(text) if i.ValueType == "NUM") == 2
     codes = [(i.ConceptNameCodeSequence[0].CodeValue, i.ConceptCodeSequence[0].CodeMeaning)
              for i in items if i.ValueType == "CODE"]
     assert (finding.code.value, "Present" if finding.present else "Absent") in codes

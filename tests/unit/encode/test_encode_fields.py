@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import highdicom as hd
 import numpy as np
 import pytest
 
@@ -34,7 +35,9 @@ from neuroread.models import (
     Table,
     TableRow,
 )
+from neuroread.models.places import places
 from neuroread.node.encode import EncodeInfo, encode_result, probability_of, validate
+from support.findings_check import check_findings_agree
 
 SUBTYPE = MultiClass("subtype", Code("439401001", "SCT", "Diagnosis"), (
     ClassLabel("asvd", Code("ASVD", "99NEUROREAD", "Arteriolosclerosis")),
@@ -97,7 +100,7 @@ def _items(owner):
 
 
 def _sr(objects):
-    return next(ds for ds in objects if ds.Modality == "SR")
+    return next(ds for ds in objects if ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34")  # the Measurement Report
 
 
 def _groups(sr):
@@ -122,23 +125,79 @@ def _group_with(sr, text: str):
     return found
 
 
+def _outline(group):
+    """(referenced SOP Instance UID, (n, 2) vertices) of a group's image region, or None."""
+    found = [i for i in _items(group) if i.ValueType == "SCOORD"]
+    if not found:
+        return None
+    (item,) = found
+    assert item.GraphicType == "POLYLINE"
+    xy = np.asarray(item.GraphicData, float).reshape(-1, 2)
+    assert np.array_equal(xy[0], xy[-1]), "the outline is closed"
+    return item.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID, xy
+
+
+def _check_place(result, sources, group, target):
+    """A group's region is its target's place (None when it has none)."""
+    where = {p.target: p for p in places(result, {sources[0].SeriesInstanceUID: [ds.SOPInstanceUID for ds in sources]})
+             if p.source != "lesion"}
+    outline = _outline(group)
+    if target not in where:
+        assert outline is None
+        return
+    place = where[target]
+    assert outline is not None and outline[0] == sources[place.slice_index].SOPInstanceUID
+    assert np.allclose(outline[1], place.outline)
+    heat = next(h for h in result.heatmaps if h.explains == target).array[place.slice_index]
+    peak_row, peak_col = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    xy = outline[1]
+    assert xy[:, 0].min() <= peak_col + 0.5 <= xy[:, 0].max() and xy[:, 1].min() <= peak_row + 0.5 <= xy[:, 1].max()
+    assert _nums(group)["Area"][1] == "mm2"
+
+
+def _text(objects):
+    return next(ds for ds in objects if ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.22")  # the text report
+
+
+def _box(objects, meaning: str):
+    """The text report's container named ``meaning`` (a finding, an outcome, a score, a table)."""
+    found = [i for i in _items(_text(objects)) if i.ValueType == "CONTAINER"
+             and i.ConceptNameCodeSequence[0].CodeMeaning == meaning]
+    assert len(found) == 1, f"{len(found)} containers {meaning!r} in the text report"
+    return found[0]
+
+
 def check_findings(result, sources, objects):
-    sr = _sr(objects)
+    assert [f.label for f in result.findings if f.present] == ["bleed"]  # bleed's attention gives it a place
     for f in result.findings:
-        (group,) = _group_with(sr, f"finding {f.label}")
+        box = _box(objects, f.code.meaning)
+        assert _nums(box)[probability_of(f.code).meaning] == (round(f.probability, 3), UCUM_PROBABILITY.value)
+        assert (f.code.meaning, "Present" if f.present else "Absent") in _codes(box)
+        drawn = [g for g in _groups(_sr(objects)) if any(i.ValueType == "TEXT" and i.TextValue == f"finding {f.label}"
+                                                         for i in _items(g))]
+        if not f.present:
+            assert drawn == []  # an absent finding has no place: nothing drawn
+            continue
+        (group,) = drawn
+        _check_place(result, sources, group, f.label)
         nums = _nums(group)
         assert nums[probability_of(f.code).meaning] == (pytest.approx(f.probability), UCUM_PROBABILITY.value)
         assert nums["Decision threshold"][0] == pytest.approx(f.threshold)
-        assert (f.code.meaning, "Present" if f.present else "Absent") in _codes(group)
+        assert (f.code.meaning, "Present") in _codes(group)
 
 
 def check_classifications(result, sources, objects):
-    sr = _sr(objects)
     for c in result.classifications:
-        (group,) = _group_with(sr, f"{c.outcome}: {c.decided}")
+        box = _box(objects, c.concept.meaning)
+        for p in c.probabilities:
+            assert _nums(box)[probability_of(p.code).meaning][0] == round(p.probability, 3)
+        assert (c.concept.meaning, c.decided_class.code.meaning) in _codes(box)
+        (group,) = _group_with(_sr(objects), f"{c.outcome}: {c.decided}")
+        _check_place(result, sources, group, c.decided)  # caa's relevance, off the key slices: on slice 3
         nums = _nums(group)
         for p in c.probabilities:
             assert nums[probability_of(p.code).meaning][0] == pytest.approx(p.probability)
+        assert next(iter(nums)) == probability_of(c.decided_class.code).meaning  # a region's label starts with it
         assert (c.concept.meaning, c.decided_class.code.meaning) in _codes(group)
 
 
@@ -146,18 +205,22 @@ def check_key_slices(result, sources, objects):
     ko = next(ds for ds in objects if ds.Modality == "KO")
     refs = [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in ko.ContentSequence if i.ValueType == "IMAGE"]
     assert refs == [k.sop_instance_uid for k in sorted(result.key_slices, key=lambda k: k.rank)]
-    sr_refs = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in _items(_sr(objects)) if i.ValueType == "IMAGE"}
-    assert {k.sop_instance_uid for k in result.key_slices} <= sr_refs
+    said = next(i.TextValue for i in _items(_text(objects)) if i.ValueType == "TEXT"
+                and i.ConceptNameCodeSequence[0].CodeMeaning == "Key Images")
+    numbers = {ds.SOPInstanceUID: ds.InstanceNumber for ds in sources}
+    assert said == "; ".join(f"image {numbers[r]} of series 1" for r in refs) + "."
 
 
 def check_slice_scores(result, sources, objects):
-    sr = _sr(objects)
     for s in result.slice_scores:
-        for k, value in zip(s.slice_indices, s.scores):
-            (group,) = _group_with(sr, f"{s.concept.meaning}: slice {k}")
-            assert _nums(group)[s.concept.meaning] == (pytest.approx(value), s.unit.value)
-            images = [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in _items(group) if i.ValueType == "IMAGE"]
-            assert images == [sources[k].SOPInstanceUID]
+        box = _box(objects, s.concept.meaning)
+        nums = [i for i in box.ContentSequence if i.ValueType == "NUM"]
+        assert [float(i.MeasuredValueSequence[0].NumericValue) for i in nums] == pytest.approx(list(s.scores))
+        assert {i.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue for i in nums} == {s.unit.value}
+        images = [i.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in nums]
+        assert images == [sources[k].SOPInstanceUID for k in s.slice_indices]
+        line = next(i.TextValue for i in box.ContentSequence if i.ValueType == "TEXT")
+        assert line.startswith(f"{s.concept.meaning} by image: image {sources[s.slice_indices[0]].InstanceNumber}: ")
 
 
 def check_heatmaps(result, sources, objects):
@@ -184,7 +247,17 @@ def check_lesions(result, sources, objects):
     sr = _sr(objects)
     seg = next(ds for ds in objects if ds.Modality == "SEG")
     for i, les in enumerate(result.lesions):
-        (group,) = _group_with(sr, les.tracking_id or f"lesion {i + 1}")
+        region, group = _group_with(sr, les.tracking_id or f"lesion {i + 1}")  # its outline, then its volume
+        outline = [i for i in _items(region) if i.ValueType == "SCOORD"]
+        assert len(outline) == 1 and outline[0].GraphicType == "POLYLINE"
+        largest = int(np.argmax(les.mask.sum(axis=(1, 2))))
+        assert outline[0].ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == \
+            sources[largest].SOPInstanceUID
+        xy = np.asarray(outline[0].GraphicData, float).reshape(-1, 2)
+        rows, cols = np.nonzero(les.mask[largest])
+        assert cols.min() <= xy[:, 0].min() and xy[:, 0].max() <= cols.max() + 1
+        assert rows.min() <= xy[:, 1].min() and xy[:, 1].max() <= rows.max() + 1
+        assert _nums(region)["Volume"][0] == pytest.approx(les.volume_mm3)
         nums = _nums(group)
         assert nums["Volume"] == (pytest.approx(les.volume_mm3), "mm3")
         assert nums["Detection probability"][0] == pytest.approx(les.probability)
@@ -203,12 +276,12 @@ def check_lesions(result, sources, objects):
 
 
 def check_tables(result, sources, objects):
-    sr = _sr(objects)
     for t in result.tables:
+        table = _box(objects, t.concept.meaning)
+        rows = {i.ConceptNameCodeSequence[0].CodeMeaning: i for i in table.ContentSequence if i.ValueType == "CONTAINER"}
+        assert list(rows) == [row.code.meaning for row in t.rows]
         for row in t.rows:
-            (group,) = _group_with(sr, f"{t.name}: {row.code.meaning}")
-            assert ("Finding Site", row.code.meaning) in _codes(group)
-            nums = _nums(group)
+            nums = _nums(rows[row.code.meaning])
             for col, value in zip(t.columns, row.values):
                 assert nums[col.concept.meaning] == (pytest.approx(value), col.unit.value)
 
@@ -247,3 +320,26 @@ def test_the_field_reaches_its_object(full, field):
 def test_the_objects_of_a_full_result_pass_dciodvfy(full, dciodvfy):
     for ds in full[2]:
         assert validate(ds, dciodvfy=dciodvfy) == [], f"{ds.Modality} {ds.SOPClassUID.name}"
+
+
+def test_the_sr_the_text_report_and_the_regions_agree(full):
+    """The full result's findings read back from the Measurement Report, the text report and the
+    KOS agree with each other and the result (the check every model's end-to-end test runs)."""
+    result, sources, objects = full
+    counts = check_findings_agree(result, objects, {sources[0].SeriesInstanceUID: sources})
+    assert counts == {"findings": 3, "places": 3}  # bleed's attention, caa's relevance, the lesion
+
+
+def test_the_text_report_holds_only_what_text_viewers_show_and_passes_dciodvfy(full, dciodvfy):
+    result, sources, objects = full
+    (text,) = [ds for ds in objects if ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.22"]
+    assert text.ConceptNameCodeSequence[0].CodeValue == "18748-4"
+    assert text.ConceptNameCodeSequence[0].CodingSchemeDesignator == "LN"
+    assert text.SeriesDescription == "fields-test text report"
+    assert validate(text, dciodvfy=dciodvfy) == []
+    read = hd.sr.EnhancedSR.from_dataset(text)
+    assert read.SOPInstanceUID == text.SOPInstanceUID
+    sentences = [str(i.TextValue) for i in _items(text) if i.ValueType == "TEXT"]
+    assert "Intracranial hemorrhage: present, probability 0.830 (threshold 0.40); marked on image 3 of series 1 " \
+           "(HEAD STD 5mm)." in sentences
+    assert "Mass effect: absent, probability 0.120 (threshold 0.60)." in sentences
