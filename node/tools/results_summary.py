@@ -1,11 +1,12 @@
 """What came back: a short summary of the result objects in a folder (``neuroread results DIR``).
 
 A PACS or a ``storescp`` folder holds the node's results as plain DICOM files. This reads them
-back the way a viewer would: files grouped by study, counted by kind (SR, KOS, SC, PM, SEG),
-and each Structured Report's findings read with highdicom's SR classes: the TID 1501 groups with
-a qualitative evaluation of their finding type, either Present/Absent with the finding's
-probability (multi-label outcomes) or the decided class with its probability (multi-class). Demo weights are flagged as the results say.
-No patient names are printed: studies are named by their UIDs.
+back the way a viewer would: files grouped by study, counted by kind (SR for the Measurement
+Report, report for the text report, KOS, SC, PM, SEG), and the findings read from each text
+report, which codes every finding (the Measurement Report holds only those with a place): either
+Present/Absent with the finding's probability (multi-label outcomes) or the decided class with
+its probability (multi-class). Demo weights are flagged as the results say. No patient names are
+printed: studies are named by their UIDs.
 """
 from __future__ import annotations
 
@@ -20,16 +21,16 @@ from pydicom import uid
 from pydicom.errors import InvalidDicomError
 from pydicom.sr.codedict import codes
 
-from neuroread.models import Code
-from neuroread.node.encode import DEMO_TEXT, probability_of
+from neuroread.node.encode import DEMO_TEXT
 
 logger = logging.getLogger(__name__)
+FINDINGS = "121070"  # DCM Findings: the text report's section
 HIGHDICOM = str(hd.ContributingEquipment.for_highdicom().ManufacturerModelName)
 
 KIND_NAMES = {
     uid.Comprehensive3DSRStorage: "SR",
     uid.ComprehensiveSRStorage: "SR",
-    uid.EnhancedSRStorage: "SR",
+    uid.EnhancedSRStorage: "report",
     uid.KeyObjectSelectionDocumentStorage: "KOS",
     uid.SecondaryCaptureImageStorage: "SC",
     uid.ParametricMapStorage: "PM",
@@ -56,28 +57,33 @@ class StudyResults:
     files: list[Path] = field(default_factory=list)
 
 
-def _probability(group, concept) -> float | None:
-    name = probability_of(Code(concept.value, concept.scheme_designator, concept.meaning))
-    return next((float(m.value) for m in group.get_measurements(name=name)), None)
+def _meaning(item: pydicom.Dataset) -> str:
+    return str(item.ConceptNameCodeSequence[0].CodeMeaning)
 
 
-def _findings(path: Path) -> list[Finding]:
-    """The findings and decided classes of the TID 1500 report in the SR file ``path``, via highdicom
-    (groups without a qualitative evaluation of their finding type, such as lesions and table
-    rows, are measurements, not findings)."""
+def _findings(ds: pydicom.Dataset) -> list[Finding]:
+    """The findings and decided classes of a text report (Enhanced SR "Diagnostic imaging report"):
+    each container of its Findings section that holds a CODE item named as the container (the
+    finding → Present/Absent, or the outcome → the decided class), with the NUM "Probability of"
+    that finding or class. Tables and slice scores (containers without such a CODE) are not findings."""
     out = []
-    for group in hd.sr.srread(path).content.get_image_measurement_groups():
-        kind = group.finding_type
-        if kind is None:
+    for section in ds.get("ContentSequence", []):
+        if section.ValueType != "CONTAINER" or section.ConceptNameCodeSequence[0].CodeValue != FINDINGS:
             continue
-        evaluations = group.get_qualitative_evaluations(name=kind)
-        if not evaluations:
-            continue
-        value = evaluations[0].value
-        if value.meaning.lower() in ("present", "absent", "yes", "no"):
-            out.append(Finding(kind.meaning, value.meaning.lower() in ("present", "yes"), _probability(group, kind)))
-        else:  # a multi-class outcome: the decided class
-            out.append(Finding(f"{kind.meaning}: {value.meaning}", True, _probability(group, value)))
+        for box in section.get("ContentSequence", []):
+            if box.ValueType != "CONTAINER":
+                continue
+            name = _meaning(box)
+            coded = [i for i in box.ContentSequence if i.ValueType == "CODE" and _meaning(i) == name]
+            if not coded:
+                continue
+            value = str(coded[0].ConceptCodeSequence[0].CodeMeaning)
+            numbers = {_meaning(i): float(i.MeasuredValueSequence[0].NumericValue) for i in box.ContentSequence
+                       if i.ValueType == "NUM"}
+            if value.lower() in ("present", "absent"):
+                out.append(Finding(name, value.lower() == "present", numbers.get(f"Probability of {name}"[:64])))
+            else:  # a multi-class outcome: the decided class
+                out.append(Finding(f"{name}: {value}", True, numbers.get(f"Probability of {value}"[:64])))
     return out
 
 
@@ -105,8 +111,8 @@ def summarize(folder: Path) -> list[StudyResults]:
                 models.append(str(item.get("ManufacturerModelName", "")))
                 study.demo |= DEMO_TEXT in str(item.get("ContributionDescription", ""))
         study.models.update(m for m in models if m)
-        if kind == "SR":
-            study.findings += [(models[0] if models else "", f) for f in _findings(path)]
+        if kind == "report":
+            study.findings += [(models[0] if models else "", f) for f in _findings(pydicom.dcmread(path))]
     return [studies[k] for k in sorted(studies)]
 
 
@@ -120,7 +126,8 @@ def render(studies: list[StudyResults], folder: Path) -> str:
         return f"no result objects under {folder}"
     lines = []
     for study in studies:
-        counts = ", ".join(f"{study.kinds[k]} {k}" for k in ("SR", "KOS", "SC", "PM", "SEG") if study.kinds[k])
+        counts = ", ".join(f"{study.kinds[k]} {k}" for k in ("SR", "report", "KOS", "SC", "PM", "SEG")
+                           if study.kinds[k])
         lines.append(f"study {study.study_uid}: {', '.join(sorted(study.models)) or 'no model named'} - {counts}")
         if study.demo:
             lines.append(f"  {DEMO_TEXT}")
