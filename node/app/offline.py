@@ -7,7 +7,7 @@ Single-series models run per series, multi-series models per study with the node
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pydicom
@@ -20,7 +20,7 @@ from neuroread.node.encode import find_dciodvfy
 from neuroread.node.route import Candidate, fill_slots
 
 from .build import build_routes, decide, encode_info, make_runner, multi_series_specs
-from .job import PipelineError, process_inputs
+from .job import PipelineError, Processed, process_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -61,10 +61,10 @@ def _write(objects: Iterable[pydicom.Dataset], out_dir: Path) -> list[Path]:
     return written
 
 
-def run_files(paths: Iterable[Path], out_dir: Path, config: Config, registry: ModelRegistry) -> list[Path]:
-    """Route, infer, encode and validate every series under ``paths`` (single-series models)
-    and every study (multi-series models, slots filled as in the module docstring); write the
-    results to ``out_dir/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm`` and return the files written.
+def process_files(paths: Iterable[Path], config: Config, registry: ModelRegistry) -> Iterator[tuple[str, str, Processed]]:
+    """Route, infer, encode and validate every series under ``paths`` (single-series models) and
+    every study (multi-series models, slots filled as in the module docstring); yield (what ran:
+    ``series <uid>`` or ``study <uid>``, the model, its :class:`Processed`: result and objects).
 
     A series that is unrouted or unusable, or a study missing a slot, is logged (with the
     reason) and skipped.
@@ -75,18 +75,16 @@ def run_files(paths: Iterable[Path], out_dir: Path, config: Config, registry: Mo
     studies: dict[str, dict[str, tuple[pydicom.Dataset, list[Path]]]] = {}
     for uid, (header, files) in _series_files(paths).items():
         studies.setdefault(str(header.get("StudyInstanceUID", "")), {})[uid] = (header, files)
-    written: list[Path] = []
 
-    def run(model: str, inputs: dict[str, list[Path]], what: str) -> None:
+    def run(model: str, inputs: dict[str, list[Path]], what: str) -> Processed | None:
         try:
-            _, objects, withheld, _ = process_inputs(inputs, model, runner, info, dciodvfy)
+            processed = process_inputs(inputs, model, runner, info, dciodvfy)
         except PipelineError as exc:
             logger.error("%s, %s: %s", what, model, exc.reason)
-            return
-        for w in withheld:
+            return None
+        for w in processed.withheld:
             logger.warning("%s, %s: source attribute left out of the results: %s", what, model, w)
-        written.extend(_write(objects, out_dir))
-        logger.info("%s → %s: %d objects written", what, model, len(objects))
+        return processed
 
     for study_uid, series in sorted(studies.items()):
         candidates = []
@@ -95,7 +93,8 @@ def run_files(paths: Iterable[Path], out_dir: Path, config: Config, registry: Mo
             if not decision.routed:
                 logger.warning("series %s unrouted: %s", uid, decision.reason)
             for route in single:
-                run(route.model, {route.slot: files}, f"series {uid}")
+                if (done := run(route.model, {route.slot: files}, f"series {uid}")) is not None:
+                    yield f"series {uid}", route.model, done
             candidates += [Candidate.of(uid, route, header, len(files)) for route in multi]
         for spec in multi_series_specs(registry):
             filling = fill_slots(spec, candidates)
@@ -104,5 +103,16 @@ def run_files(paths: Iterable[Path], out_dir: Path, config: Config, registry: Mo
                     logger.warning("study %s incomplete, skipped: %s", study_uid, filling.describe())
                 continue
             logger.info("study %s: %s", study_uid, filling.describe())
-            run(spec.name, {slot: series[c.series_uid][1] for slot, c in filling.chosen.items()}, f"study {study_uid}")
+            inputs = {slot: series[c.series_uid][1] for slot, c in filling.chosen.items()}
+            if (done := run(spec.name, inputs, f"study {study_uid}")) is not None:
+                yield f"study {study_uid}", spec.name, done
+
+
+def run_files(paths: Iterable[Path], out_dir: Path, config: Config, registry: ModelRegistry) -> list[Path]:
+    """:func:`process_files`, with the results written to
+    ``out_dir/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``; the files written."""
+    written: list[Path] = []
+    for what, model, processed in process_files(paths, config, registry):
+        written.extend(_write(processed.objects, out_dir))
+        logger.info("%s → %s: %d objects written", what, model, len(processed.objects))
     return written

@@ -5,7 +5,8 @@ with the model's recipe) on the session's phantoms (so the checkpoint is a real 
 demo), are configured for ``ct-hemorrhage``: the test does not depend on the demo weights
 committed with the model. dcmtk ``storescu`` sends a phantom head CT,
 dcmtk ``storescp`` receives the SR, KOS, Secondary Captures (key-slice overlays and the report
-page) and the Parametric Map, each valid for dciodvfy, each saying the weights are demo weights.
+page), the Parametric Map and the text report, each valid for dciodvfy, each saying the weights
+are demo weights; their findings agree with the model's result.
 """
 from __future__ import annotations
 
@@ -20,12 +21,16 @@ from pydicom.sr.codedict import codes
 from neuroread.models import default_registry
 from neuroread.models.checkpoint import load_checkpoint
 from neuroread.models.ct_hemorrhage.model import RSNA_KEYS, SPEC
+from neuroread.models.places import places
+from neuroread.models.volume import load_series
 from neuroread.node.app.node import Node
+from neuroread.node.app.offline import process_files
 from neuroread.node.config import parse_config
 from neuroread.node.encode import DEMO_TEXT, validate
 from neuroread.node.tools.results_summary import summarize
 from neuroread.training.phantoms.baseline import load_truth
-from support.node_checks import KO, PM, SC, SR, delivered_outputs, referenced_uids, storescu, wait_for
+from support.findings_check import check_findings_agree
+from support.node_checks import KO, PM, SC, SR, TEXT_SR, delivered_outputs, referenced_uids, storescu, wait_for
 from support.peers import StoreSCP
 
 
@@ -77,13 +82,24 @@ def test_a_head_ct_through_the_node_comes_back_as_sr_kos_sc_and_pm(tmp_path, pha
     for ds in received:
         assert validate(ds) == [], ds.SOPClassUID.name
         by_class.setdefault(str(ds.SOPClassUID), []).append(ds)
-    assert set(by_class) == {SR, KO, SC, PM}
 
-    sr, = by_class[SR]
-    items = list(_content_items(sr))
-    concepts = {(str(i.ConceptCodeSequence[0].CodeValue), str(i.ConceptCodeSequence[0].CodingSchemeDesignator))
-             for i in items if "ConceptCodeSequence" in i}
-    for label in SPEC.labels:  # one finding per RSNA label, with its code
+    # the node's objects are those the pipeline makes offline from the same files (same UIDs), and
+    # their findings agree with the model's result: Measurement Report, text report, regions, KOS
+    ((_, _, processed),) = process_files(files, config, registry)
+    assert sorted(ds.SOPInstanceUID for ds in processed.objects) == sorted(ds.SOPInstanceUID for ds in received)
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in (pydicom.dcmread(p, stop_before_pixels=True) for p in files)}
+    volume = [by_uid[u] for u in load_series(files).sop_instance_uids]
+    check_findings_agree(processed.result, received, {info["series_instance_uid"]: volume})
+    # the Measurement Report holds the findings placed on an image: with the session's small
+    # weights "any" may be judged absent, and then nothing has a place and no report is written
+    placed = bool(places(processed.result, {info["series_instance_uid"]: [str(ds.SOPInstanceUID) for ds in volume]}))
+    assert set(by_class) == {TEXT_SR, KO, SC, PM} | ({SR} if placed else set())
+
+    text, = by_class[TEXT_SR]
+    items = list(_content_items(text))
+    concepts = {(str(i.ConceptNameCodeSequence[0].CodeValue), str(i.ConceptNameCodeSequence[0].CodingSchemeDesignator))
+                for i in items if i.ValueType == "CODE"}
+    for label in SPEC.labels:  # one finding per RSNA label, with its code, said present or absent
         assert (label.code.value, label.code.scheme) in concepts, label.name
     assert len(SPEC.labels) == len(RSNA_KEYS) == 6
     for ds in received:  # every object says the weights are demo weights
@@ -114,15 +130,17 @@ def test_a_head_ct_through_the_node_comes_back_as_sr_kos_sc_and_pm(tmp_path, pha
     studies = summarize(storescp.out)
     assert len(studies) == 1
     study = studies[0]
-    assert study.study_uid == str(sr.StudyInstanceUID) and study.models == {"ct-hemorrhage"}
-    assert dict(study.kinds) == {"SR": 1, "KOS": 1, "SC": 6, "PM": 1} and study.demo
+    assert study.study_uid == str(text.StudyInstanceUID) and study.models == {"ct-hemorrhage"}
+    assert dict(study.kinds) == {**({"SR": 1} if placed else {}), "report": 1, "KOS": 1, "SC": 6, "PM": 1}
+    assert study.demo
     meanings = [f.meaning for _, f in study.findings]
     assert meanings == [lb.code.meaning for lb in SPEC.labels]
     assert all(0.0 <= f.probability <= 1.0 and f.present == (f.probability >= 0.5) for _, f in study.findings)
     res = subprocess.run([sys.executable, "-m", "neuroread.cli", "results", str(storescp.out)],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
-    assert f"study {study.study_uid}: ct-hemorrhage - 1 SR, 1 KOS, 6 SC, 1 PM" in res.stdout
+    sr_count = "1 SR, " if placed else ""
+    assert f"study {study.study_uid}: ct-hemorrhage - {sr_count}1 report, 1 KOS, 6 SC, 1 PM" in res.stdout
     assert DEMO_TEXT in res.stdout and ("may have:" in res.stdout) and str(storescp.out) in res.stdout
 
 
