@@ -1,18 +1,21 @@
 """The results open in a real viewer: OHIF's prebuilt viewer (npm ``@ohif/app``, fetched by
 ``.ci/ohif``) in Debian's headless Chromium, served against a real Orthanc's DICOMweb.
 
-The head-CT model (tiny DrCT2 weights trained here, or the checkpoint named by
-``NEUROREAD_VIEWER_WEIGHTS``) processes a phantom head CT with ``neuroread.node.app.offline.run_files``; the
-source series, its SR, KOS, Secondary Captures (key-slice overlays and the report page) and
-Parametric Map, and the Segmentation the tiny test model makes of the same series, go into
-Orthanc. The browser then opens OHIF's basic viewer on the study and checks what a reader sees:
+The head-CT model (its committed demo weights, or the checkpoint named by
+``NEUROREAD_VIEWER_WEIGHTS``) processes a phantom head CT with hemorrhage with
+``neuroread.node.app.offline.run_files``; the source series, its Measurement Report, text report,
+KOS, Secondary Captures (key-slice overlays and the report page) and Parametric Maps, and the
+Segmentation the tiny test model makes of the same series, go into Orthanc. The browser then opens
+OHIF's basic viewer on the study and checks what a reader sees:
 
 * every series in the study browser, under its own description;
 * the report page (a Secondary Capture) drawn in the viewport, in colour;
-* the SR's findings and probabilities. OHIF 3.13's SR viewport draws only measurements with
-  spatial coordinates (for a TID 1500 report it shows the referenced image with the
-  annotations); findings without coordinates, such as ours, it parses and leaves undrawn. Its
-  DICOM Tag Browser shows every content item, so the findings are looked up there;
+* the text report (Enhanced SR, "Diagnostic imaging report") in OHIF's SR text viewport: every
+  finding's sentence with its probability, the demo-weights warning, no "not supported" item;
+* the Measurement Report (TID 1500) in OHIF's SR measurement viewport: the key image with the
+  finding's region drawn on it, labelled "Probability of …: <value>" and the decision threshold.
+  OHIF 3.13 reads the image coordinates of every measurement group and fails on a group without
+  them, which is why the Measurement Report holds only findings with a place;
 * the Segmentation in OHIF's segmentation panel, with its segment, and drawn on the CT;
 * the Parametric Map as a colour overlay on the CT (OHIF's PMAP viewport).
 
@@ -24,6 +27,7 @@ folder, there too.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -32,7 +36,6 @@ from typing import TypeVar
 
 import pydicom
 import pytest
-from pydicom.sr.codedict import codes
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver import ActionChains, Chrome
 from selenium.webdriver.common.by import By
@@ -41,7 +44,10 @@ from selenium.webdriver.common.keys import Keys
 from neuroread.models import ModelRegistry, default_registry
 from neuroread.node.app.offline import run_files
 from neuroread.node.config import parse_config
+from neuroread.node.encode import DEMO_TEXT
 from neuroread.training.phantoms.baseline import load_truth
+from support.findings_check import regions_of
+from support.node_checks import content_items
 from support.ohif import OhifServer, headless_chromium, ohif_dist
 from support.orthanc_peer import OrthancServer
 from support.tiny_model import ENTRY as TINY_TEST
@@ -70,10 +76,12 @@ return [...document.querySelectorAll('[data-cy^="study-browser-thumbnail"]')].ma
   e.querySelector('[data-cy="series-modality-label"]')?.innerText ?? '',
   e.querySelector('[data-cy="series-description-label"]')?.innerText ?? '']);
 """
-# A React-controlled input takes a new value through the native setter and an input event.
-SET_INPUT = """
-Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, 'value').set.call(arguments[0], arguments[1]);
-arguments[0].dispatchEvent(new Event('input', {bubbles: true}));
+# The texts and the shapes cornerstone draws over the viewport's image (annotations are SVG).
+SVG_TEXTS = """
+return [...document.querySelectorAll('[data-cy="viewport-pane"] svg text')].map(t => t.textContent);
+"""
+SVG_SHAPES = """
+return document.querySelectorAll('[data-cy="viewport-pane"] svg polyline, [data-cy="viewport-pane"] svg path').length;
 """
 TOOLTIPS = "return [...document.querySelectorAll('[role=tooltip]')].map(e => e.innerText);"
 
@@ -81,22 +89,20 @@ TOOLTIPS = "return [...document.querySelectorAll('[role=tooltip]')].map(e => e.i
 # -- data -------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def checkpoint(request) -> Path:
-    """The ct-hemorrhage weights: ``$NEUROREAD_VIEWER_WEIGHTS`` (e.g. the demo checkpoint, for
-    the README's screenshot) or the tiny checkpoint trained on the session's phantoms."""
-    given = os.environ.get(WEIGHTS_ENV)
-    if given:
-        if not Path(given).is_file():
-            pytest.fail(f"{WEIGHTS_ENV}={given}: no such checkpoint")
-        return Path(given)
-    return request.getfixturevalue("weights")
+def checkpoint() -> Path:
+    """The ct-hemorrhage weights: ``$NEUROREAD_VIEWER_WEIGHTS`` when set, else the demo weights
+    committed with the model (they find the hemorrhage, so the study has a marked finding)."""
+    given = os.environ.get(WEIGHTS_ENV) or str(default_registry().entry("ct-hemorrhage").demo_weights)
+    if not Path(given).is_file():
+        pytest.fail(f"{given}: no such checkpoint")
+    return Path(given)
 
 
 @pytest.fixture(scope="module")
 def study(phantom_sets, checkpoint, tmp_path_factory) -> dict:
     """A phantom head CT with hemorrhage and its results: ``files`` (source and results, to
-    upload), ``study_uid``, ``ct`` (source datasets) and ``by_kind`` (result datasets by SR, KO,
-    SC, PM, SEG)."""
+    upload), ``study_uid``, ``ct`` (source datasets) and ``by_kind`` (result datasets by SR, TEXT
+    (the text report), KO, SC, PM, SEG)."""
     folder = next(p.parent for p in sorted(phantom_sets["ct-hemorrhage"].glob("*/truth.json"))
                   if load_truth(p.parent)["labels"]["any"])
     source = sorted((folder / load_truth(folder)["series"]["ct"]["folder"]).glob("*.dcm"))
@@ -108,14 +114,14 @@ def study(phantom_sets, checkpoint, tmp_path_factory) -> dict:
     # yet); its other objects would only crowd the study.
     segs = [p for p in run_files(source, out / "tiny-test", parse_config(storage, out), ModelRegistry([TINY_TEST]))
             if pydicom.dcmread(p, stop_before_pixels=True).Modality == "SEG"]
-    kinds = {"SR": "SR", "KO": "KO", "SEG": "SEG"}
+    kinds = {"Comprehensive 3D SR Storage": "SR", "Enhanced SR Storage": "TEXT", "Parametric Map Storage": "PM",
+             "Key Object Selection Document Storage": "KO", "Segmentation Storage": "SEG"}
     by_kind: dict[str, list[pydicom.Dataset]] = {}
     for p in product + segs:
         ds = pydicom.dcmread(p)
-        kind = kinds.get(ds.Modality) or ("PM" if ds.SOPClassUID.name == "Parametric Map Storage" else "SC")
-        by_kind.setdefault(kind, []).append(ds)
-    assert sorted((k, len(v)) for k, v in by_kind.items()) == [("KO", 1), ("PM", 1), ("SC", 6), ("SEG", 1),
-                                                                ("SR", 1)]
+        by_kind.setdefault(kinds.get(ds.SOPClassUID.name, "SC"), []).append(ds)
+    assert sorted((k, len(v)) for k, v in by_kind.items()) == [("KO", 1), ("PM", 2), ("SC", 6), ("SEG", 1),
+                                                                ("SR", 1), ("TEXT", 1)]
     ct = [pydicom.dcmread(p, stop_before_pixels=True) for p in source]
     return {"files": source + product + segs, "study_uid": str(ct[0].StudyInstanceUID), "ct": ct,
             "by_kind": by_kind}
@@ -192,36 +198,6 @@ def overlay(driver: Chrome, corner: str) -> str:
     return driver.find_element(By.CSS_SELECTOR, f'[data-cy="viewport-overlay-{corner}"]').text
 
 
-def sr_findings(sr: pydicom.Dataset) -> list[tuple[str, str]]:
-    """(finding's code meaning, its probability as written) of each measurement group of ``sr``
-    that holds a Finding."""
-    found = []
-    for group in sr.ContentSequence:
-        for item in group.get("ContentSequence", []) if group.ValueType == "CONTAINER" else []:
-            children = list(item.get("ContentSequence", []))
-            finding = [c for c in children if c.ValueType == "CODE"
-                       and c.ConceptNameCodeSequence[0].CodeValue == codes.DCM.Finding.value]
-            numbers = [c for c in children if c.ValueType == "NUM"]
-            if finding and numbers:
-                found.append((str(finding[0].ConceptCodeSequence[0].CodeMeaning),
-                              str(numbers[0].MeasuredValueSequence[0].NumericValue)))
-    return found
-
-
-def search_tags(driver: Chrome, text: str) -> None:
-    """Type ``text`` into the Tag Browser's search box at once (key by key, React would filter
-    the whole list on every key)."""
-    box = driver.find_element(By.CSS_SELECTOR, 'input[placeholder="Search metadata"]')
-    driver.execute_script(SET_INPUT, box, text)
-
-
-def tag_rows(driver: Chrome) -> list[str]:
-    """The rows the DICOM Tag Browser shows now (it renders only the visible part of the list)."""
-    return driver.execute_script(
-        "return [...document.querySelectorAll('.dicom-tag-browser-content .flex-row.items-center')]"
-        ".map(e => e.innerText.replace(/\\s+/g, ' '));")
-
-
 # -- the test ---------------------------------------------------------------------------------------
 
 def test_the_results_open_in_ohif(dist, browser, study, orthanc, viewer, tmp_path):
@@ -230,20 +206,22 @@ def test_the_results_open_in_ohif(dist, browser, study, orthanc, viewer, tmp_pat
     shots = Shots(browser, tmp_path / "screenshots")
     by_kind = study["by_kind"]
     sr, = by_kind["SR"]
+    text, = by_kind["TEXT"]
     ko, = by_kind["KO"]
-    pm, = by_kind["PM"]
+    pm = min(by_kind["PM"], key=lambda ds: int(ds.InstanceNumber))  # the map the overlays draw
     seg, = by_kind["SEG"]
     pictures = sorted(by_kind["SC"], key=lambda ds: int(ds.InstanceNumber))
     page = next(ds for ds in pictures if "report page" in str(ds.DerivationDescription))
 
     browser.get(viewer.viewer_url(study["study_uid"]))
     expected = {(study["ct"][0].Modality, str(study["ct"][0].SeriesDescription)),
-                ("SR", str(sr.SeriesDescription)), ("KO", str(ko.SeriesDescription)),
+                ("SR", str(sr.SeriesDescription)), ("SR", str(text.SeriesDescription)),
+                ("KO", str(ko.SeriesDescription)),
                 ("OT", str(page.SeriesDescription)), ("PMAP", str(pm.SeriesDescription)),
                 ("SEG", str(seg.SeriesDescription))}
     listed = until(lambda: (rows := browser.execute_script(SERIES_LIST)) and {tuple(r) for r in rows} >= expected
                    and rows, 90, f"OHIF's study browser listing {sorted(expected)}", shots)
-    assert sorted(map(tuple, listed)) == sorted(expected)  # one entry per series, nothing else
+    assert sorted(map(tuple, listed)) == sorted(expected)  # one entry per series (both maps in one), nothing else
     until(lambda: "(1/" in overlay(browser, "bottom-right"), 60, "the CT in the viewport", shots)
     shots("01-study")
 
@@ -269,34 +247,35 @@ def test_the_results_open_in_ohif(dist, browser, study, orthanc, viewer, tmp_pat
     assert stats["lit"] > 0.3 * stats["total"], stats  # a page, not a black viewport with a few pixels
     shots("02-report-page")
 
-    # The SR's findings: the SR viewport draws nothing for findings without coordinates (see
-    # the module docstring); the DICOM Tag Browser shows each content item.
+    # The text report: OHIF's SR text viewport shows its content tree; every finding's sentence,
+    # with its probability, is on screen.
+    open_series(browser, str(text.SeriesDescription))
+    sentences = [str(i.TextValue) for i in content_items(text) if i.ValueType == "TEXT"
+                 and i.ConceptNameCodeSequence[0].CodeMeaning == "Finding"]
+    said = [x for x in sentences if re.search(r": (present|absent), probability \d\.\d{3} ", x)]
+    assert len(said) == 6, sentences  # RSNA's six labels, each present or absent with its probability
+    shown = until(lambda: (t := " ".join(browser.find_element(By.TAG_NAME, "body").text.split()))
+                  and all(x in t for x in sentences) and t, 60, f"the text report's {len(sentences)} findings", shots)
+    assert DEMO_TEXT in shown and "Diagnostic imaging report" in shown
+    assert "not supported" not in shown  # nothing in it that OHIF cannot render
+    shots("03-text-report")
+
+    # The Measurement Report: OHIF's SR viewport draws each finding that has a place on its key
+    # image, labelled with its probability.
+    drawn = regions_of(sr)
+    assert drawn, "no finding with a place in the Measurement Report"
     open_series(browser, str(sr.SeriesDescription))
-    browser.find_element(By.CSS_SELECTOR, '[data-cy="MoreTools-split-button-secondary"]').click()
-    until(lambda: browser.find_element(By.XPATH, '//*[text()="DICOM Tag Browser"]'), 10, "the More Tools menu",
-          shots).click()
-    select = until(lambda: browser.find_element(By.CSS_SELECTOR, '[data-cy="dicom-tag-series-select-trigger"]'),
-                   15, "the DICOM Tag Browser", shots)
-    if str(sr.SeriesDescription) not in select.text:
-        select.click()
-        until(lambda: [o for o in browser.find_elements(By.CSS_SELECTOR, '[role="option"]')
-                       if f"(SR): {sr.SeriesDescription}" in o.text], 10, "the SR in the series menu", shots)[0].click()
-    until(lambda: f"(SR): {sr.SeriesDescription}" in select.text, 10, "the SR selected in the Tag Browser", shots)
-    findings = sr_findings(sr)
-    assert len(findings) == 6, findings  # RSNA's six labels
-    for meaning, probability in findings:
-        search_tags(browser, meaning)
-        until(lambda: any(f"CodeMeaning {meaning}" in r for r in tag_rows(browser)), 10,
-              f"the finding {meaning!r} in the Tag Browser", shots)
-        search_tags(browser, probability)
-        until(lambda: any(f"NumericValue {probability}" in r for r in tag_rows(browser)), 10,
-              f"the probability {probability} of {meaning!r} in the Tag Browser", shots)
-    search_tags(browser, findings[0][0])
-    time.sleep(0.5)
-    shots("03-sr-findings")
-    ActionChains(browser).send_keys(Keys.ESCAPE).perform()
-    until(lambda: not browser.find_elements(By.CSS_SELECTOR, '[data-cy="dicom-tag-series-select-trigger"]'), 10,
-          "the Tag Browser closed", shots)
+    tracking, probability, _ = drawn[0]
+    meaning, value = next(iter(probability.items()))
+    label = f"{meaning}: {value:.2f}"
+
+    def labelled() -> list[str] | None:
+        texts = browser.execute_script(SVG_TEXTS)
+        return texts if any(label in t for t in texts) and browser.execute_script(SVG_SHAPES) else None
+
+    texts = until(labelled, 60, f"the region of {tracking!r} drawn and labelled {label!r}", shots)
+    assert any("Decision threshold" in t for t in texts), texts
+    shots("04-measurement-report")
 
     # The Segmentation: OHIF asks whether to load it, then lists it and its segments.
     open_series(browser, str(seg.SeriesDescription))
@@ -310,7 +289,7 @@ def test_the_results_open_in_ohif(dist, browser, study, orthanc, viewer, tmp_pat
     assert "Segmentations" in panel
     until(lambda: (s := browser.execute_script(CANVAS_STATS)) and s["colour"] > 0, 30,
           "the segment drawn in colour on the (grey) CT", shots)
-    shots("04-segmentation")
+    shots("05-segmentation")
 
     # The Parametric Map: OHIF's PMAP viewport fuses it, in colour, over the CT. Attention is 0
     # outside the key slices, so step through the slices until one shows it. Last, because OHIF
@@ -331,7 +310,7 @@ def test_the_results_open_in_ohif(dist, browser, study, orthanc, viewer, tmp_pat
         return None
 
     until(a_coloured_slice, 90, f"a slice of the CT with {pm.SeriesDescription!r} over it in colour", shots)
-    shots("05-parametric-map")
+    shots("06-parametric-map")
 
     failed = [(path, status) for path, status in viewer.requests if status >= 400]
     assert failed == [], f"requests the viewer or Orthanc refused: {failed[:10]}"
