@@ -5,6 +5,7 @@ import copy
 import dataclasses
 import io
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
@@ -66,6 +67,21 @@ def test_every_kind_passes_dciodvfy(objects, dciodvfy):
     assert kinds == {SR, KO, SEG, PM, SC, TEXT_SR}
     for ds in objects:
         assert validate(ds, dciodvfy=dciodvfy) == [], ds.SOPClassUID.name
+
+
+def test_highdicom_reads_every_object_back(objects):
+    """Each object, written to bytes and read back, is what highdicom's class for it accepts (the
+    Secondary Captures as images, highdicom has no SC reader class)."""
+    readers = {SR: hd.sr.Comprehensive3DSR, TEXT_SR: hd.sr.EnhancedSR, KO: hd.ko.KeyObjectSelectionDocument,
+               SEG: hd.seg.Segmentation, PM: hd.pm.ParametricMap}
+    for ds in objects:
+        again = pydicom.dcmread(io.BytesIO(_bytes(ds)))
+        if ds.SOPClassUID == SC:
+            image = hd.imread(io.BytesIO(_bytes(ds)))
+            assert image.get_frame(1).shape == (ds.Rows, ds.Columns, 3)
+            continue
+        read = readers[ds.SOPClassUID].from_dataset(again)
+        assert read.SOPInstanceUID == ds.SOPInstanceUID, ds.SOPClassUID.name
 
 
 def test_validate_reports_errors_of_a_broken_object(objects, dciodvfy):
