@@ -36,7 +36,8 @@ class Place:
     """One finding's place: ``outline`` is a closed polygon (first vertex = last) of (column, row)
     image coordinates on slice ``slice_index`` of its series, in DICOM's convention (0, 0 is the
     top-left corner of the top-left pixel; a pixel's centre is at +0.5). ``source`` says what
-    drew it: ``"lesion"`` or the heatmap's kind; ``area_px`` is the area in pixels."""
+    drew it: ``"lesion"`` or the heatmap's kind; ``area_px`` is the area in pixels; ``lesion`` is
+    the lesion's index in the result's lesions (``None`` for a finding or class)."""
 
     target: str
     code: Code
@@ -48,6 +49,7 @@ class Place:
     area_px: int
     source: str
     tracking_id: str
+    lesion: int | None = None
 
     @property
     def peak(self) -> tuple[float, float]:
@@ -129,5 +131,5 @@ def places(result: ModelResult, sop_instance_uids: dict[str, list[str]] | None =
         if sop is None:
             continue
         out.append(Place(les.label, les.code, les.probability, les.series_instance_uid, k, sop,
-                         outline_of(les.mask[k]), int(areas[k]), "lesion", (les.tracking_id or f"lesion {i + 1} {les.label}")[:64]))
+                         outline_of(les.mask[k]), int(areas[k]), "lesion", les.name(i), lesion=i))
     return out

@@ -297,6 +297,11 @@ class Lesion:
         if len(self.tracking_id) > 64:
             raise ValueError(f"Lesion {self.label!r}: tracking_id must fit 64 characters")
 
+    def name(self, index: int) -> str:
+        """How the objects name the lesion at ``index`` of its result (SEG segment, SR tracking
+        id, text report): its own tracking id, else ``lesion N <label>``, within 64 characters."""
+        return (self.tracking_id or f"lesion {index + 1} {self.label}")[:64]
+
 
 @dataclass(frozen=True)
 class Column:

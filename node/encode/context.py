@@ -25,6 +25,8 @@ from .uids import UidFactory
 KINDS = ("sr", "ko", "seg", "pm", "sc", "report")
 PRIVATE_SCHEME = "99NEUROREAD"
 DEMO_TEXT = "DEMO WEIGHTS - synthetic training data - not for clinical use"
+#: What the reports say, as a comment, when the weights are demo weights.
+DEMO_COMMENT = f"{DEMO_TEXT}. The weights were trained on synthetic phantoms; no clinical accuracy is claimed."
 # Used when no source carries a date: fixed, so results stay deterministic.
 FALLBACK_STAMP = datetime.datetime(2000, 1, 1, 0, 0, 0)
 
@@ -86,6 +88,16 @@ class Job:
         computed once per encoding: the SR draws them and the text report names them."""
         return find_places(self.result, {uid: [str(ds.SOPInstanceUID) for ds in instances]
                                          for uid, instances in self.series.items()})
+
+    @property
+    def target_places(self) -> dict[str, Place]:
+        """The places of findings and decided classes, by label or class name."""
+        return {p.target: p for p in self.places if p.lesion is None}
+
+    @property
+    def lesion_places(self) -> dict[int, Place]:
+        """The places of lesions, by the lesion's index in the result."""
+        return {p.lesion: p for p in self.places if p.lesion is not None}
 
     @property
     def reference(self) -> pydicom.Dataset:

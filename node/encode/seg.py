@@ -20,9 +20,7 @@ ABNORMAL_STRUCTURE = Code("49755003", "SCT", "Morphologically Abnormal Structure
 def lesion_tracking(job: Job, lesion_index: int) -> tuple[str, str]:
     """(tracking UID, tracking ID) of lesion ``lesion_index``, shared by SEG and SR: the lesion's own
     tracking id when the model gives one, else ``lesion N <label>``."""
-    les = job.result.lesions[lesion_index]
-    return (job.uids.other("lesion", "tracking", lesion_index),
-            (les.tracking_id or f"lesion {lesion_index + 1} {les.label}")[:64])
+    return job.uids.other("lesion", "tracking", lesion_index), job.result.lesions[lesion_index].name(lesion_index)
 
 
 def build_segmentations(job: Job) -> tuple[list[pydicom.Dataset], dict[int, tuple[pydicom.Dataset, int]]]:

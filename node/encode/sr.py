@@ -42,7 +42,7 @@ from neuroread.models import UCUM_PROBABILITY, UCUM_RATIO
 from neuroread.models import Code as ModelCode
 from neuroread.models.places import Place
 
-from .context import DEMO_TEXT, PRIVATE_SCHEME, Job
+from .context import DEMO_COMMENT, PRIVATE_SCHEME, Job
 from .seg import lesion_tracking
 
 DECISION_THRESHOLD = Code("DECISIONTHRESH", PRIVATE_SCHEME, "Decision threshold")
@@ -109,47 +109,44 @@ def _area(job: Job, place: Place, algorithm: hd.sr.AlgorithmIdentification) -> l
                  algorithm)]
 
 
-def _finding_groups(job: Job, algorithm: hd.sr.AlgorithmIdentification, where: dict[str, Place]) -> list:
+def _planar_group(job: Job, algorithm: hd.sr.AlgorithmIdentification, place: Place, tracking: hd.sr.TrackingIdentifier,
+                  finding_type: Code, measurements: list, evaluation: Code | None = None,
+                  site: Code | None = None) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """A planar ROI group (TID 1410): the place's outline on its image, the finding type, the
+    measurements (then the area), and the finding type's qualitative evaluation when given."""
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
+        referenced_region=_region(job, place),
+        finding_type=finding_type,
+        finding_sites=[hd.sr.FindingSite(site)] if site is not None else None,
+        algorithm_id=algorithm,
+        measurements=measurements + _area(job, place, algorithm),
+        qualitative_evaluations=([hd.sr.QualitativeEvaluation(name=finding_type, value=evaluation)]
+                                 if evaluation is not None else None),
+    )
+
+
+def _finding_groups(job: Job, algorithm: hd.sr.AlgorithmIdentification) -> list:
     """A planar ROI group per finding with a place, in the result's order."""
-    groups = []
-    for i, f in enumerate(job.result.findings):
-        place = where.get(f.label)
-        if place is None:
-            continue
-        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=_tracking(job, "finding", i, f"finding {f.label}"),
-            referenced_region=_region(job, place),
-            finding_type=code(f.code),
-            algorithm_id=algorithm,
-            measurements=[_num(probability_of(f.code), f.probability, UCUM_PROBABILITY, algorithm),
-                          _num(DECISION_THRESHOLD, f.threshold, UCUM_PROBABILITY, algorithm),
-                          *_area(job, place, algorithm)],
-            qualitative_evaluations=[hd.sr.QualitativeEvaluation(
-                name=code(f.code), value=codes.SCT.Present if f.present else codes.SCT.Absent)],
-        ))
-    return groups
+    where = job.target_places
+    return [_planar_group(job, algorithm, where[f.label], _tracking(job, "finding", i, f"finding {f.label}"),
+                          code(f.code),
+                          [_num(probability_of(f.code), f.probability, UCUM_PROBABILITY, algorithm),
+                           _num(DECISION_THRESHOLD, f.threshold, UCUM_PROBABILITY, algorithm)],
+                          codes.SCT.Present if f.present else codes.SCT.Absent)
+            for i, f in enumerate(job.result.findings) if f.label in where]
 
 
-def _classification_groups(job: Job, algorithm: hd.sr.AlgorithmIdentification, where: dict[str, Place]) -> list:
-    """A planar ROI group per classification whose decided class has a place."""
-    groups = []
-    for i, c in enumerate(job.result.classifications):
-        place = where.get(c.decided)
-        if place is None:
-            continue
-        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=_tracking(job, "classification", i, f"{c.outcome}: {c.decided}"),
-            referenced_region=_region(job, place),
-            finding_type=code(c.concept),
-            algorithm_id=algorithm,
-            # the decided class's probability first: viewers label a region with its first NUMs
-            measurements=[_num(probability_of(p.code), p.probability, UCUM_PROBABILITY, algorithm)
-                          for p in sorted(c.probabilities, key=lambda p: p.name != c.decided)]
-                         + _area(job, place, algorithm),
-            qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=code(c.concept),
-                                                                 value=code(c.decided_class.code))],
-        ))
-    return groups
+def _classification_groups(job: Job, algorithm: hd.sr.AlgorithmIdentification) -> list:
+    """A planar ROI group per classification whose decided class has a place; the decided class's
+    probability first, as viewers label a region with its first NUMs."""
+    where = job.target_places
+    return [_planar_group(job, algorithm, where[c.decided], _tracking(job, "classification", i, f"{c.outcome}: {c.decided}"),
+                          code(c.concept),
+                          [_num(probability_of(p.code), p.probability, UCUM_PROBABILITY, algorithm)
+                           for p in sorted(c.probabilities, key=lambda p: p.name != c.decided)],
+                          code(c.decided_class.code))
+            for i, c in enumerate(job.result.classifications) if c.decided in where]
 
 
 def _referenced_segment(job: Job, seg: pydicom.Dataset, number: int, lesion_index: int) -> hd.sr.ReferencedSegment:
@@ -172,8 +169,7 @@ def _lesion_groups(job: Job, segments: dict, algorithm: hd.sr.AlgorithmIdentific
     for i, les in enumerate(job.result.lesions):
         seg, number = segments[i]
         uid, tid = lesion_tracking(job, i)
-        measurements = [hd.sr.Measurement(name=codes.SCT.Volume, value=float(les.volume_mm3),
-                                          unit=codes.UCUM.CubicMillimeter, algorithm_id=algorithm)]
+        measurements = [_num(codes.SCT.Volume, les.volume_mm3, codes.UCUM.CubicMillimeter, algorithm)]
         if les.probability is not None:
             measurements.append(_num(LESION_PROBABILITY, les.probability, UCUM_PROBABILITY, algorithm))
         if les.instance_weight is not None:
@@ -197,27 +193,18 @@ def _lesion_groups(job: Job, segments: dict, algorithm: hd.sr.AlgorithmIdentific
     return groups
 
 
-def _lesion_region_groups(job: Job, lesion_places: list[Place], algorithm: hd.sr.AlgorithmIdentification) -> list:
+def _lesion_region_groups(job: Job, algorithm: hd.sr.AlgorithmIdentification) -> list:
     """Each lesion's outline on the slice where it is largest (TID 1410), beside its volumetric
     group: viewers that draw only image regions (OHIF) show the lesion there."""
     groups = []
-    if len(lesion_places) != len(job.result.lesions):
-        raise ValueError(f"{len(lesion_places)} lesion places for {len(job.result.lesions)} lesions")
-    for i, place in enumerate(lesion_places):
+    for i, place in sorted(job.lesion_places.items()):
         les = job.result.lesions[i]
-        measurements = []
-        if les.probability is not None:
-            measurements.append(_num(LESION_PROBABILITY, les.probability, UCUM_PROBABILITY, algorithm))
-        measurements += [hd.sr.Measurement(name=codes.SCT.Volume, value=float(les.volume_mm3),
-                                           unit=codes.UCUM.CubicMillimeter, algorithm_id=algorithm)]
-        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=_tracking(job, "lesion-region", i, place.tracking_id),
-            referenced_region=_region(job, place),
-            finding_type=code(les.code),
-            finding_sites=[hd.sr.FindingSite(code(les.location))] if les.location is not None else None,
-            algorithm_id=algorithm,
-            measurements=measurements + _area(job, place, algorithm),
-        ))
+        measurements = [_num(LESION_PROBABILITY, les.probability, UCUM_PROBABILITY, algorithm)] \
+            if les.probability is not None else []
+        measurements.append(_num(codes.SCT.Volume, les.volume_mm3, codes.UCUM.CubicMillimeter, algorithm))
+        groups.append(_planar_group(job, algorithm, place, _tracking(job, "lesion-region", i, place.tracking_id),
+                                    code(les.code), measurements,
+                                    site=code(les.location) if les.location is not None else None))
     return groups
 
 
@@ -225,10 +212,8 @@ def build_report(job: Job, segments: dict[int, tuple[pydicom.Dataset, int]]) -> 
     """The Measurement Report, or none when nothing is tied to an image; ``segments`` maps each
     lesion index to its (SEG, segment number)."""
     algorithm = _algorithm(job)
-    where = {p.target: p for p in job.places if p.source != "lesion"}
-    lesion_places = [p for p in job.places if p.source == "lesion"]
-    groups = (_finding_groups(job, algorithm, where) + _classification_groups(job, algorithm, where)
-              + _lesion_region_groups(job, lesion_places, algorithm) + _lesion_groups(job, segments, algorithm))
+    groups = (_finding_groups(job, algorithm) + _classification_groups(job, algorithm)
+              + _lesion_region_groups(job, algorithm) + _lesion_groups(job, segments, algorithm))
     if not groups:
         return []  # nothing tied to an image: the text report carries the findings
     report = hd.sr.MeasurementReport(
@@ -241,8 +226,7 @@ def build_report(job: Job, segments: dict[int, tuple[pydicom.Dataset, int]]) -> 
     if job.demo:
         report[0].ContentSequence.append(hd.sr.TextContentItem(
             name=codes.DCM.Comment,
-            value=f"{DEMO_TEXT}. Weights trained on synthetic phantoms ({job.result.card.training_data}); "
-                  "no clinical accuracy is claimed."[:1024],
+            value=DEMO_COMMENT,
             relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
         ))
     segs = {seg.SOPInstanceUID: seg for seg, _ in segments.values()}

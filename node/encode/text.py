@@ -40,17 +40,10 @@ from pydicom.sr.coding import Code
 from neuroread.models import UCUM_PROBABILITY
 from neuroread.models.places import Place
 
-from .context import DEMO_TEXT, PRIVATE_SCHEME, Job
+from .context import DEMO_COMMENT, PRIVATE_SCHEME, Job
 from .sr import DECISION_THRESHOLD, code, observation_context, probability_of
 
-DIAGNOSTIC_IMAGING_REPORT = Code("18748-4", "LN", "Diagnostic imaging report")
-FINDINGS = Code("121070", "DCM", "Findings")
-FINDING = Code("121071", "DCM", "Finding")
-ALGORITHM_NAME = Code("111001", "DCM", "Algorithm Name")
-ALGORITHM_VERSION = Code("111003", "DCM", "Algorithm Version")
-KEY_IMAGES = Code("121180", "DCM", "Key Images")
-COMMENT = Code("121106", "DCM", "Comment")
-SOURCE = Code("260753009", "SCT", "Source")
+FINDING = codes.DCM.Finding
 TRAINING_DATA = Code("TRAINDATA", PRIVATE_SCHEME, "Training data")
 DIGITS = 3
 CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
@@ -101,12 +94,6 @@ def class_sentence(job: Job, c, place: Place | None) -> str:
             f"{where_marked(job, place)}.")
 
 
-def lesion_name(job: Job, i: int) -> str:
-    """The lesion's tracking identifier, as its place and the Measurement Report name it."""
-    les = job.result.lesions[i]
-    return (les.tracking_id or f"lesion {i + 1} {les.label}")[:64]
-
-
 def lesion_sentence(job: Job, i: int, place: Place | None) -> str:
     les = job.result.lesions[i]
     parts = [f"{les.code.meaning}, volume {les.volume_mm3:.1f} mm3"]
@@ -114,7 +101,7 @@ def lesion_sentence(job: Job, i: int, place: Place | None) -> str:
         parts.append(f"site {les.location.meaning}")
     if les.probability is not None:
         parts.append(f"probability {rounded(les.probability):.{DIGITS}f}")
-    return f"{lesion_name(job, i)}: {', '.join(parts)}{where_marked(job, place)}."
+    return f"{les.name(i)}: {', '.join(parts)}{where_marked(job, place)}."
 
 
 def key_images_sentence(job: Job) -> str:
@@ -137,7 +124,7 @@ def _slice_scores(job: Job, scores) -> hd.sr.ContainerContentItem:
         num = hd.sr.NumContentItem(name=code(scores.concept), value=float(value), unit=code(scores.unit),
                                    relationship_type=CONTAINS)
         num.ContentSequence = [hd.sr.ImageContentItem(
-            name=SOURCE, referenced_sop_class_uid=instances[k].SOPClassUID,
+            name=codes.SCT.Source, referenced_sop_class_uid=instances[k].SOPClassUID,
             referenced_sop_instance_uid=instances[k].SOPInstanceUID,
             relationship_type=hd.sr.RelationshipTypeValues.INFERRED_FROM)]
         nums.append(num)
@@ -155,14 +142,12 @@ def _table(table) -> hd.sr.ContainerContentItem:
 
 def build_text_report(job: Job) -> list[pydicom.Dataset]:
     result = job.result
-    where = {p.target: p for p in job.places if p.source != "lesion"}
-    lesion_places = {p.tracking_id: p for p in job.places if p.source == "lesion"}
+    where, lesion_places = job.target_places, job.lesion_places
     items: list = []
     if job.demo:
-        items.append(_text(COMMENT, f"{DEMO_TEXT}. The weights were trained on synthetic phantoms; "
-                                    "no clinical accuracy is claimed."))
+        items.append(_text(codes.DCM.Comment, DEMO_COMMENT))
         items.append(_text(TRAINING_DATA, result.card.training_data))
-    items += [_text(ALGORITHM_NAME, job.spec.name), _text(ALGORITHM_VERSION, job.spec.version)]
+    items += [_text(codes.DCM.AlgorithmName, job.spec.name), _text(codes.DCM.AlgorithmVersion, job.spec.version)]
     for f in result.findings:
         place = where.get(f.label)
         items.append(_container(code(f.code), [
@@ -181,15 +166,15 @@ def build_text_report(job: Job) -> list[pydicom.Dataset]:
         ]))
     shown = min(len(result.lesions), MAX_LESIONS_LISTED)
     for i in range(shown):
-        items.append(_text(FINDING, lesion_sentence(job, i, lesion_places.get(lesion_name(job, i)))))
+        items.append(_text(FINDING, lesion_sentence(job, i, lesion_places.get(i))))
     if len(result.lesions) > shown:
         items.append(_text(FINDING, f"{len(result.lesions) - shown} more lesions: see the measurement report."))
     if result.key_slices:
-        items.append(_text(KEY_IMAGES, key_images_sentence(job)))
+        items.append(_text(codes.DCM.KeyImages, key_images_sentence(job)))
     items += [_slice_scores(job, scores) for scores in result.slice_scores]
     items += [_table(table) for table in result.tables]
-    root = hd.sr.ContainerContentItem(name=DIAGNOSTIC_IMAGING_REPORT, is_content_continuous=False)
-    root.ContentSequence = [*observation_context(job), _container(FINDINGS, items)]
+    root = hd.sr.ContainerContentItem(name=codes.LN.DiagnosticImagingReport, is_content_continuous=False)
+    root.ContentSequence = [*observation_context(job), _container(codes.DCM.Findings, items)]
     sr = hd.sr.EnhancedSR(
         evidence=job.evidence,
         content=root,

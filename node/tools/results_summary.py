@@ -21,7 +21,8 @@ from pydicom import uid
 from pydicom.errors import InvalidDicomError
 from pydicom.sr.codedict import codes
 
-from neuroread.node.encode import DEMO_TEXT
+from neuroread.models import Code
+from neuroread.node.encode import DEMO_TEXT, probability_of
 
 logger = logging.getLogger(__name__)
 FINDINGS = "121070"  # DCM Findings: the text report's section
@@ -61,6 +62,13 @@ def _meaning(item: pydicom.Dataset) -> str:
     return str(item.ConceptNameCodeSequence[0].CodeMeaning)
 
 
+def _probability_of(item: pydicom.Dataset) -> str:
+    """The meaning of the NUM that holds the probability of the finding ``item`` names (a
+    container's concept name) or of the class it holds (a CODE item's value)."""
+    c = (item.ConceptCodeSequence if item.ValueType == "CODE" else item.ConceptNameCodeSequence)[0]
+    return probability_of(Code(str(c.CodeValue), str(c.CodingSchemeDesignator), str(c.CodeMeaning))).meaning
+
+
 def _findings(ds: pydicom.Dataset) -> list[Finding]:
     """The findings and decided classes of a text report (Enhanced SR "Diagnostic imaging report"):
     each container of its Findings section that holds a CODE item named as the container (the
@@ -81,9 +89,9 @@ def _findings(ds: pydicom.Dataset) -> list[Finding]:
             numbers = {_meaning(i): float(i.MeasuredValueSequence[0].NumericValue) for i in box.ContentSequence
                        if i.ValueType == "NUM"}
             if value.lower() in ("present", "absent"):
-                out.append(Finding(name, value.lower() == "present", numbers.get(f"Probability of {name}"[:64])))
+                out.append(Finding(name, value.lower() == "present", numbers.get(_probability_of(box))))
             else:  # a multi-class outcome: the decided class
-                out.append(Finding(f"{name}: {value}", True, numbers.get(f"Probability of {value}"[:64])))
+                out.append(Finding(f"{name}: {value}", True, numbers.get(_probability_of(coded[0]))))
     return out
 
 
