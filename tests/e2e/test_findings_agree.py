@@ -24,6 +24,10 @@ def test_sr_text_report_and_regions_agree_with_the_result(model, phantom_sets, t
     config = parse_config({"storage": {"root": str(tmp_path / "node")},
                            "models": {name: {"enabled": name == model} for name in registry.names()}}, tmp_path)
     files = sorted(phantom_sets[model].rglob("*.dcm"))
+    headers = {p: pydicom.dcmread(p, stop_before_pixels=True) for p in files}
+    by_series: dict[str, list] = {}
+    for p, ds in headers.items():
+        by_series.setdefault(str(ds.SeriesInstanceUID), []).append(p)
     runs = list(process_files(files, config, registry))
     assert len(runs) == 4, f"{model}: {len(runs)} of its 4 phantom studies processed"
     placed = 0
@@ -37,9 +41,8 @@ def test_sr_text_report_and_regions_agree_with_the_result(model, phantom_sets, t
         sources = {}
         for header in processed.headers.values():  # each input series, slice by slice as the model read it
             uid = str(header.SeriesInstanceUID)
-            series = [p for p in files if str(pydicom.dcmread(p, stop_before_pixels=True).SeriesInstanceUID) == uid]
-            by_uid = {str(ds.SOPInstanceUID): ds for ds in (pydicom.dcmread(p, stop_before_pixels=True) for p in series)}
-            sources[uid] = [by_uid[u] for u in load_series(series).sop_instance_uids]
+            by_uid = {str(headers[p].SOPInstanceUID): headers[p] for p in by_series[uid]}
+            sources[uid] = [by_uid[u] for u in load_series(by_series[uid]).sop_instance_uids]
         counts = check_findings_agree(processed.result, objects, sources)
         placed += counts["places"]
     assert placed > 0, f"{model}: no finding with a place in four phantom studies (half of them positive)"
