@@ -10,7 +10,7 @@ ko     Key Object Selection of the key slices ("Of Interest")
 seg    binary Segmentation, one segment per lesion, one instance per source series
 pm     float32 Parametric Map per heatmap
 sc     RGB Secondary Capture: one overlay per key slice, then the report page
-report Enhanced SR "Diagnostic imaging report": the findings as text (any viewer)
+report Enhanced SR "Diagnostic Imaging Report": the findings as text (any viewer)
 =====  =========================================================================
 
 UIDs come from (sorted input Series Instance UIDs, model name and version, the weights' SHA-256

@@ -1,4 +1,4 @@
-"""The result as a text report any viewer reads: an Enhanced SR titled "Diagnostic imaging report".
+"""The result as a text report any viewer reads: an Enhanced SR titled "Diagnostic Imaging Report".
 
 The Measurement Report (:mod:`.sr`) is for viewers that draw measurements on images (OHIF's SR
 viewport draws its regions, labelled with their probabilities) and for machines. This report is

@@ -70,7 +70,7 @@ def _probability_of(item: pydicom.Dataset) -> str:
 
 
 def _findings(ds: pydicom.Dataset) -> list[Finding]:
-    """The findings and decided classes of a text report (Enhanced SR "Diagnostic imaging report"):
+    """The findings and decided classes of a text report (Enhanced SR "Diagnostic Imaging Report"):
     each container of its Findings section that holds a CODE item named as the container (the
     finding → Present/Absent, or the outcome → the decided class), with the NUM "Probability of"
     that finding or class. Tables and slice scores (containers without such a CODE) are not findings."""

@@ -10,7 +10,7 @@ OHIF's basic viewer on the study and checks what a reader sees:
 
 * every series in the study browser, under its own description;
 * the report page (a Secondary Capture) drawn in the viewport, in colour;
-* the text report (Enhanced SR, "Diagnostic imaging report") in OHIF's SR text viewport: every
+* the text report (Enhanced SR, "Diagnostic Imaging Report") in OHIF's SR text viewport: every
   finding's sentence with its probability, the demo-weights warning, no "not supported" item;
 * the Measurement Report (TID 1500) in OHIF's SR measurement viewport: the key image with the
   finding's region drawn on it, labelled "Probability of …: <value>" and the decision threshold.
@@ -256,7 +256,7 @@ def test_the_results_open_in_ohif(dist, browser, study, orthanc, viewer, tmp_pat
     assert len(said) == 6, sentences  # RSNA's six labels, each present or absent with its probability
     shown = until(lambda: (t := " ".join(browser.find_element(By.TAG_NAME, "body").text.split()))
                   and all(x in t for x in sentences) and t, 60, f"the text report's {len(sentences)} findings", shots)
-    assert DEMO_TEXT in shown and "Diagnostic imaging report" in shown
+    assert DEMO_TEXT in shown and "Diagnostic Imaging Report" in shown
     assert "not supported" not in shown  # nothing in it that OHIF cannot render
     shots("03-text-report")
 
