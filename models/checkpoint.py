@@ -21,11 +21,13 @@ here through a file object, two saves of the same weights are byte-identical too
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import pickle
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +126,29 @@ def load_checkpoint(path: Path, model: str) -> Checkpoint:
     state = {k: v.float() if v.dtype == torch.float16 else v for k, v in blob["state_dict"].items()}
     return Checkpoint(model=blob["model"], config=dict(blob["config"]), labels=tuple(blob["labels"]),
                       state_dict=state, card=model_card)
+
+
+def config_to_dict(config: Any, paper: str) -> dict[str, Any]:
+    """A network configuration (a dataclass) as a checkpoint's ``config``: its fields, JSON-ready
+    (tuples as lists), plus a ``paper`` note; :func:`config_from_dict` reads it back."""
+    out: dict[str, Any] = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+    out["paper"] = paper
+    return out
+
+
+def config_from_dict(cls: type, data: Mapping[str, Any], *, required: tuple[str, ...] = ()) -> Any:
+    """The configuration dataclass ``cls`` from what :func:`config_to_dict` wrote (or a user's
+    dict): the ``paper`` note skipped, lists read back as tuples where the field's default is a
+    tuple, ``required`` keys checked, unknown keys refused with the closest known name."""
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known) - {"paper"})
+    if unknown:
+        hints = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+        said = ", ".join(f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in hints.items())
+        raise ValueError(f"{cls.__name__}: unknown keys {said}; known: {sorted(known)}")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise ValueError(f"{cls.__name__}: {', '.join(repr(k) for k in missing)} is missing")
+    values = {k: tuple(v) if isinstance(known[k].default, tuple) and isinstance(v, list) else v
+              for k, v in data.items() if k in known}
+    return cls(**values)

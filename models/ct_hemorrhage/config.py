@@ -5,12 +5,13 @@ rebuilt from the file alone (:mod:`neuroread.models.ct_hemorrhage.network` build
 """
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from torchvision.models.vgg import cfgs
+
+from ..checkpoint import config_from_dict, config_to_dict
 
 PAPER = "Wang, Fu, Li, Pei. Diagnosis after Zooming in (DrCT2). Medical Physics 2022, doi:10.1002/mp.15871"
 VGG16_LAYOUT: tuple[int | str, ...] = tuple(cfgs["D"])
@@ -157,23 +158,12 @@ class DrCT2Config:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (tuples as lists), plus the paper; :meth:`from_dict` reads it back."""
-        out: dict[str, Any] = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-        out["paper"] = PAPER
-        return out
+        return config_to_dict(self, PAPER)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DrCT2Config:
         """The configuration :meth:`to_dict` wrote (e.g. read back from a model card); its ``paper`` note is skipped."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known - {"paper"})
-        if unknown:
-            hints = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
-            said = ", ".join(f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in hints.items())
-            raise ValueError(f"DrCT2Config: unknown keys {said}; known: {sorted(known)}")
-        if "n_labels" not in data:
-            raise ValueError("DrCT2Config: 'n_labels' is missing")
-        values = {k: tuple(v) if k in ("backbone", "head") and isinstance(v, list) else v for k, v in data.items() if k in known}
-        return cls(**values)
+        return config_from_dict(cls, data, required=("n_labels",))
 
 
 def _is_int(value: object) -> bool:
