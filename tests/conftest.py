@@ -1,4 +1,4 @@
-"""Shared fixtures (small phantom sets, tiny ct-hemorrhage weights, made once per test session) and
+"""Shared fixtures (small phantom sets, tiny ct-hemorrhage and ms-csvd weights, made once per test session) and
 the markers by folder: a test under ``tests/<kind>/`` is marked ``<kind>`` (unit, models,
 training, integration, e2e), so ``pytest -m unit`` and ``pytest tests/unit`` pick the same tests."""
 from __future__ import annotations
@@ -118,6 +118,28 @@ def weights(phantom_sets, tmp_path_factory) -> Path:
     save_checkpoint(out, model=RECIPE.model, config=config, labels=RECIPE.outputs(),
                     state_dict=trained.net.state_dict(), architecture=config,
                     training_data="four test phantoms, one epoch", demo=True, thresholds=trained.thresholds)
+    return out
+
+
+TINY_TAN = {"widths": [4, 8, 8, 8], "input_size": 64, "pool_hidden": 8, "max_slices": 12, "name": "tiny"}
+
+
+@pytest.fixture(scope="session")
+def ms_csvd_weights(phantom_sets, tmp_path_factory) -> Path:
+    """A tiny ms-csvd checkpoint (the transfer attention network at toy widths) trained one epoch
+    on the four session FLAIR phantoms by the shared loop and the model's recipe, marked demo."""
+    from neuroread.models.checkpoint import save_checkpoint
+    from neuroread.training.loop import fit
+    from neuroread.training.recipes.ms_csvd import RECIPE
+
+    records, _ = RECIPE.read_records(phantom_sets["ms-csvd"], "phantoms", progress=False)
+    settings = RECIPE.settings("demo", network=TINY_TAN, epochs=1, batch_size=2, threads=1, pretrain_epochs=1)
+    trained = fit(RECIPE, settings, records, progress=False)
+    out = tmp_path_factory.mktemp("weights") / "ms-csvd-tiny.pt"
+    config = RECIPE.checkpoint_config(trained.net, settings)
+    save_checkpoint(out, model=RECIPE.model, config=config, labels=RECIPE.outputs(),
+                    state_dict=trained.net.state_dict(), architecture=config,
+                    training_data="four test phantoms, one epoch", demo=True)
     return out
 
 

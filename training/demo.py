@@ -55,6 +55,8 @@ class DemoPlan:
     heldout_studies: int = 128
     heldout_seed: int = 20221107
     settings: Mapping[str, Any] = field(default_factory=dict)
+    proxy_studies: int = 0
+    proxy_seed: int = 20220315
 
     def __post_init__(self) -> None:
         for key in ("studies", "heldout_studies"):
@@ -64,10 +66,17 @@ class DemoPlan:
                 raise ValueError(f"DemoPlan.{key} must be an integer >= 10, got {value!r}")
         if self.heldout_seed == self.phantom_seed:
             raise ValueError("DemoPlan.heldout_seed must differ from phantom_seed: held-out phantoms are fresh ones")
+        if isinstance(self.proxy_studies, bool) or not isinstance(self.proxy_studies, int) or self.proxy_studies < 0:
+            raise ValueError(f"DemoPlan.proxy_studies must be an integer >= 0, got {self.proxy_studies!r}")
+        if self.proxy_studies and self.proxy_seed in (self.phantom_seed, self.heldout_seed):
+            raise ValueError("DemoPlan.proxy_seed must differ from the training and held-out seeds: proxy phantoms "
+                             "are other studies")
 
     def describe(self) -> str:
+        proxy = (f"; --n {self.proxy_studies} --seed {self.proxy_seed} (the backbone's proxy task)"
+                 if self.proxy_studies else "")
         return (f"neuroread phantoms {self.task} --n {self.studies} --seed {self.phantom_seed} --size {self.size} "
-                f"(training and validation); --n {self.heldout_studies} --seed {self.heldout_seed} (held out)")
+                f"(training and validation); --n {self.heldout_studies} --seed {self.heldout_seed} (held out){proxy}")
 
 
 def phantom_set(task: str, studies: int, seed: int, size: str = "small", cache_dir: Path | None = None, *,
@@ -139,6 +148,9 @@ def train_demo(model_name: str, out_path: Path | None = None, *, install: bool =
     folder = phantom_set(plan.task, plan.studies, plan.phantom_seed, plan.size, cache_dir, progress=progress)
     heldout_folder = phantom_set(plan.task, plan.heldout_studies, plan.heldout_seed, plan.size, cache_dir,
                                  progress=progress)
+    if plan.proxy_studies:  # phantoms of another seed for the backbone's proxy task (the recipe's pretrain_data)
+        proxy = phantom_set(plan.task, plan.proxy_studies, plan.proxy_seed, plan.size, cache_dir, progress=progress)
+        settings = recipe.settings("demo", **{**dict(plan.settings), "pretrain_data": proxy})
     records, _ = recipe.read_records(folder, "phantoms")
     heldout, _ = recipe.read_records(heldout_folder, "phantoms")
     source = f"synthetic phantoms, not for clinical use ({plan.describe()})"

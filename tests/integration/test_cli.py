@@ -67,7 +67,7 @@ def test_route_explain_names_the_sequence_class_from_parameters(phantom_sets):
     res = _cli("route", "explain", str(study))
     assert res.returncode == 0, res.stderr
     assert "sequence: FLAIR (from parameters)" in res.stdout
-    assert "UNROUTED" in res.stdout  # no model registered yet: said, with the reason
+    assert "result: routed to ms-csvd slot flair by 'ms-csvd/flair'" in res.stdout
 
 
 # A line of the log format (time, level, logger name), or one naming a node or pynetdicom logger.
@@ -78,7 +78,7 @@ def test_route_explain_prints_only_its_explanation(phantom_sets):
     study = sorted(p.parent for p in phantom_sets["ms-csvd"].glob("*/truth.json"))[0]
     res = _cli("route", "explain", str(study))
     assert res.returncode == 0, res.stderr
-    assert "sequence: FLAIR (from parameters)" in res.stdout and "result: UNROUTED" in res.stdout
+    assert "sequence: FLAIR (from parameters)" in res.stdout and "result: routed to ms-csvd" in res.stdout
     for line in (res.stdout + res.stderr).splitlines():
         assert " INFO " not in line and not LOG_LINE.search(line), line
     verbose = _cli("-v", "route", "explain", str(study))  # -v still gives the node's log, on stderr
@@ -232,7 +232,9 @@ def test_jobs_unrouted_says_why_a_series_made_no_job(tmp_path, phantom_sets):
     from neuroread.node.config import load_config
 
     cfg = tmp_path / "node.yaml"
-    cfg.write_text(f"storage:\n  root: {tmp_path / 'data'}\nassemble:\n  stable_age_s: 1\n")
+    # the FLAIR's model switched off: its series make no job, and say why
+    cfg.write_text(f"storage:\n  root: {tmp_path / 'data'}\nassemble:\n  stable_age_s: 1\n"
+                   "models:\n  ms-csvd:\n    enabled: false\n")
     study = sorted(p.parent for p in phantom_sets["ms-csvd"].glob("*/truth.json"))[0]
     files = sorted(p for p in study.rglob("*.dcm") if p.parent.name != "masks")
     series_uids = {str(pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID) for f in files}
@@ -249,3 +251,4 @@ def test_jobs_unrouted_says_why_a_series_made_no_job(tmp_path, phantom_sets):
     lines = [line for line in res.stdout.splitlines() if " unrouted: " in line]
     assert sorted(line.split()[3] for line in lines) == sorted(series_uids)  # every series, with a reason
     assert all(line.split(" unrouted: ", 1)[1].strip() for line in lines)
+    assert all("switched off: ms-csvd" in line for line in lines)

@@ -25,7 +25,8 @@ from neuroread.training.recipes import recipe as recipe_of
 FRESH_SEED = 31337
 FRESH_STUDIES = 48
 TOLERANCE = 0.15
-HEADLINE = ("f1_macro", "auc_macro", "key_slice.difficult", "key_slice.top5_lesion_fraction", "pointing.hit_rate")
+HEADLINE = ("f1_macro", "auc_macro", "key_slice.difficult", "key_slice.top5_lesion_fraction", "pointing.hit_rate",
+            "diagnosis.balanced_accuracy", "diagnosis.auc")
 
 REGISTRY = default_registry()
 MODELS = [n for n in REGISTRY.names() if n in trainable() and REGISTRY.entry(n).demo_weights is not None]
