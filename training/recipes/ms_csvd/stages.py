@@ -52,8 +52,11 @@ def _three(grey: torch.Tensor) -> torch.Tensor:
 
 
 def proxy_stage(net: TransferAttentionNet, records: Sequence[StudyRecord], settings: Settings, *,
-                progress: bool = True) -> Stage:
-    """The backbone's pre-training on lesion presence (see the module docstring)."""
+                progress: bool = True, learnt: set[str] | None = None) -> Stage:
+    """The backbone's pre-training on lesion presence (see the module docstring); adds to
+    ``learnt`` what it trained (``"backbone"``, and ``"attention"`` when the studies had lesion
+    masks for the attention modules to learn the cells from)."""
+    learnt = set() if learnt is None else learnt
     config = net.config
     slice_head = nn.Linear(config.features, 1).to(settings.device)
     cells_learnt = net.spatial is not None  # the attention modules learn the lesion cells (no attention: no cells)
@@ -73,6 +76,7 @@ def proxy_stage(net: TransferAttentionNet, records: Sequence[StudyRecord], setti
         data["images"] = torch.cat([s.images for s in stacks])
         data["lesion"] = torch.cat([s.lesion for s in stacks]).float()
         with_cells = cells_learnt and all(s.cells is not None for s in stacks)
+        learnt.update({"backbone", "attention"} if with_cells else {"backbone"})
         data["cells"] = torch.cat([s.cells for s in stacks]).float()[:, None] if with_cells else None
         net.train()
         log.info("proxy pre-training: %d brain slices of %d studies (%d with a lesion), lesion cells %s",
@@ -127,14 +131,14 @@ def proxy_stage(net: TransferAttentionNet, records: Sequence[StudyRecord], setti
 
 
 def network_stage(net: TransferAttentionNet, records: Sequence[StudyRecord], settings: Settings, *,
-                  progress: bool = True) -> Stage:
-    """The whole network end to end on the diagnosis (see the module docstring)."""
+                  progress: bool = True, learnt: set[str] | None = None) -> Stage:
+    """The whole network end to end on the diagnosis (see the module docstring); the parts in
+    ``learnt`` (what the proxy stage trained) are fine-tuned at ``backbone_lr``."""
+    learnt = set() if learnt is None else learnt
     config = net.config
     generator = torch.Generator().manual_seed(settings.seed + 2)
     stacks: list[SeriesStack] = []
     alpha: list[torch.Tensor | None] = [None]
-    transferred = bool(settings.pretrain_epochs) or settings.backbone_weights is not None
-    proxy_cells = bool(settings.pretrain_epochs) and net.spatial is not None
 
     def start() -> None:
         stacks[:] = load_all(records, config, progress=progress)
@@ -147,12 +151,13 @@ def network_stage(net: TransferAttentionNet, records: Sequence[StudyRecord], set
     def optimizer() -> torch.optim.Optimizer:
         # what the proxy task trained (backbone, and the attention modules when it learnt lesion cells) is
         # fine-tuned at the lower rate; what is new (slice pooling, classifier) learns at the full one
-        pretrained = [net.backbone] + ([net.channel, net.spatial] if proxy_cells else [])
+        pretrained = ([net.backbone] if "backbone" in learnt or settings.backbone_weights is not None else []) + \
+            ([net.channel, net.spatial] if "attention" in learnt else [])
         slow = [p for m in pretrained for p in m.parameters()]
         ids = {id(p) for p in slow}
         rest = [p for p in net.parameters() if id(p) not in ids]
-        return torch.optim.AdamW([{"params": slow, "lr": settings.backbone_lr if transferred else settings.lr},
-                                  {"params": rest, "lr": settings.lr}], weight_decay=settings.weight_decay)
+        return torch.optim.AdamW([{"params": slow, "lr": settings.backbone_lr}, {"params": rest, "lr": settings.lr}],
+                                 weight_decay=settings.weight_decay)
 
     def steps() -> int:
         return -(-len(stacks) // settings.batch_size)
@@ -195,8 +200,8 @@ def network_stage(net: TransferAttentionNet, records: Sequence[StudyRecord], set
 def stages(net: TransferAttentionNet, records: Sequence[StudyRecord], settings: Settings, *,
            progress: bool = True) -> list[Stage]:
     """Proxy pre-training (when asked), then the network end to end."""
-    out = []
+    out, learnt = [], set()
     if settings.pretrain_epochs:
-        out.append(proxy_stage(net, records, settings, progress=progress))
-    out.append(network_stage(net, records, settings, progress=progress))
+        out.append(proxy_stage(net, records, settings, progress=progress, learnt=learnt))
+    out.append(network_stage(net, records, settings, progress=progress, learnt=learnt))
     return out
