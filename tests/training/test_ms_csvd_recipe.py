@@ -52,3 +52,22 @@ def test_the_proxy_task_trains_the_attention_and_the_diagnosis_fine_tunes_it_slo
     scratch = network_stage(RECIPE.build(settings), records, settings, progress=False, learnt=set())
     scratch.start()
     assert scratch.optimizer().param_groups[0]["params"] == []
+
+
+def test_a_proxy_stage_on_its_own_studies_runs_once_per_process_with_the_same_result(phantom_sets):
+    from neuroread.training.loop import fit
+    from neuroread.training.recipes.ms_csvd import stages
+
+    records, _ = RECIPE.read_records(phantom_sets["ms-csvd"], "phantoms", progress=False)
+    settings = RECIPE.settings("demo", network=TINY, epochs=1, batch_size=2, threads=1, pretrain_epochs=1,
+                               pretrain_data=phantom_sets["ms-csvd"])
+    stages._PROXY_RESULTS.clear()
+    first = fit(RECIPE, settings, records, progress=False)
+    assert [row["stage"] for row in first.history] == ["proxy", "network"] and len(stages._PROXY_RESULTS) == 1
+    again = fit(RECIPE, settings, records, progress=False)  # a later fold: the proxy stage is not repeated
+    assert [row["stage"] for row in again.history] == ["network"]
+    assert all(torch.equal(v, again.net.state_dict()[k]) for k, v in first.net.state_dict().items())
+    other = fit(RECIPE, RECIPE.settings("demo", network=TINY, epochs=1, batch_size=2, threads=1, pretrain_epochs=1,
+                                        pretrain_data=phantom_sets["ms-csvd"], seed=1), records, progress=False)
+    assert other.history[0]["stage"] == "proxy" and len(stages._PROXY_RESULTS) == 2  # another seed: run again
+    stages._PROXY_RESULTS.clear()

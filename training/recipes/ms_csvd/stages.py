@@ -14,6 +14,12 @@ transfer comes from a proxy task labelled from phantoms instead:
    one-cycle learning rate. The task knows lesions, not diseases: both classes' lesions are
    "lesion". The linear layer is then dropped; backbone and attention modules are kept, so the
    attention starts where lesions are and the diagnosis training may move it.
+
+   With its own studies (``pretrain_data``) the stage does not depend on the training records,
+   so within one process its outcome is kept (:data:`_PROXY_RESULTS`: the network's state and
+   torch's random state after it, keyed by the settings that shape it and a digest of the
+   freshly built network) and every later fit that would repeat it (the folds of a
+   cross-validation, the final fit) starts from it instead: the same weights, in minutes less.
 2. **network** (:func:`network_stage`): the whole network end to end on the diagnosis, focal
    loss with α from the training class frequencies; each step ``batch_size`` series, each a
    random subset of ``bag_slices`` of its brain slices in slice order (the network reads all of
@@ -22,6 +28,7 @@ transfer comes from a proxy task labelled from phantoms instead:
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator, Sequence
 
@@ -40,6 +47,20 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 POS_WEIGHT_CAP = 10.0
+# key -> (state dict, torch RNG state, what was learnt) after the proxy stage on pretrain_data
+_PROXY_RESULTS: dict[tuple, tuple[dict[str, torch.Tensor], torch.Tensor, frozenset[str]]] = {}
+
+
+def _proxy_key(net: TransferAttentionNet, settings: Settings) -> tuple | None:
+    """What a proxy stage on its own studies depends on, or ``None`` when it trains on the records."""
+    if settings.pretrain_data is None:
+        return None
+    digest = hashlib.sha256()
+    for name, tensor in sorted(net.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return (str(settings.pretrain_data.resolve()), settings.pretrain_epochs, settings.pretrain_lr,
+            settings.pretrain_batch, settings.seed, settings.device, digest.hexdigest())
 
 
 def _pos_weight(targets: torch.Tensor) -> torch.Tensor:
@@ -123,8 +144,13 @@ def proxy_stage(net: TransferAttentionNet, records: Sequence[StudyRecord], setti
             total = total + parts["cells"]
         return {"total": total, **parts, "n": torch.tensor(len(x))}
 
+    key = _proxy_key(net, settings)
+
     def finish() -> None:
         data.clear()
+        if key is not None:
+            _PROXY_RESULTS[key] = ({k: v.detach().clone() for k, v in net.state_dict().items()},
+                                   torch.get_rng_state(), frozenset(learnt))
 
     return Stage("proxy", settings.pretrain_epochs or 0, optimizer, batches, loss, start=start, finish=finish,
                  scheduler=scheduler, steps_per_epoch=steps)
@@ -201,7 +227,15 @@ def stages(net: TransferAttentionNet, records: Sequence[StudyRecord], settings: 
            progress: bool = True) -> list[Stage]:
     """Proxy pre-training (when asked), then the network end to end."""
     out, learnt = [], set()
-    if settings.pretrain_epochs:
+    kept = _PROXY_RESULTS.get(_proxy_key(net, settings)) if settings.pretrain_epochs else None
+    if kept is not None:  # this proxy stage already ran in this process: start where it ended
+        state, rng, what = kept
+        net.load_state_dict(state)
+        torch.set_rng_state(rng)
+        learnt.update(what)
+        log.info("proxy pre-training: the same stage already ran in this process (same studies, settings and "
+                 "initial network); starting from its result")
+    elif settings.pretrain_epochs:
         out.append(proxy_stage(net, records, settings, progress=progress, learnt=learnt))
     out.append(network_stage(net, records, settings, progress=progress, learnt=learnt))
     return out
