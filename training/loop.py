@@ -198,7 +198,7 @@ def summary(m: Mapping[str, float]) -> str:
     """The headline numbers of a metrics dict, one line."""
     keys = ("f1_macro", "auc_macro", "key_slice.difficult", "key_slice.top5_lesion_fraction", "pointing.hit_rate")
     parts = [f"{k} {m[k]:.3f}" for k in keys if k in m]
-    parts += [f"{k} {v:.3f}" for k, v in m.items() if k.endswith(".balanced_accuracy")]
+    parts += [f"{k} {v:.3f}" for k, v in m.items() if k.endswith((".balanced_accuracy", ".auc"))]
     return ", ".join(parts) + (f" on {int(m['n_studies'])} series" if "n_studies" in m else "")
 
 
