@@ -26,7 +26,7 @@ import hashlib
 import os
 import pickle
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -152,3 +152,28 @@ def config_from_dict(cls: type, data: Mapping[str, Any], *, required: tuple[str,
     values = {k: tuple(v) if isinstance(known[k].default, tuple) and isinstance(v, list) else v
               for k, v in data.items() if k in known}
     return cls(**values)
+
+
+def load_network(path: Path, model: str, outputs: tuple[str, ...], config_type: type,
+                 build: Callable[[Any], torch.nn.Module]) -> tuple[torch.nn.Module, Checkpoint]:
+    """The network a checkpoint of ``model`` holds, rebuilt and filled, and the checkpoint.
+
+    ``outputs``: the labels or classes the model's spec has, in order (the checkpoint's must be
+    the same); ``config_type``: the network's configuration dataclass (its ``from_dict`` reads
+    the checkpoint's ``config``); ``build``: configuration → network. Raises ValueError naming
+    the file and what is wrong (see :func:`load_checkpoint`; other outputs; a configuration the
+    type refuses; tensors missing, unexpected or mis-shaped for that configuration)."""
+    ckpt = load_checkpoint(path, model)
+    if ckpt.labels != tuple(outputs):
+        raise ValueError(f"weights file {path}: labels {list(ckpt.labels)} are not {model}'s {list(outputs)} "
+                         "(same names, same order)")
+    try:
+        config = config_type.from_dict(ckpt.config)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"weights file {path}: invalid {config_type.__name__}: {err}") from err
+    net = build(config)
+    try:
+        net.load_state_dict(ckpt.state_dict, strict=True)
+    except RuntimeError as err:  # missing, unexpected or mis-shaped tensors
+        raise ValueError(f"weights file {path} does not fit its own configuration: {err}") from err
+    return net, ckpt

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from pydicom.sr.codedict import codes
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_network
 from ..registry import ModelEntry
 from ..result import Finding, Heatmap, KeySlice, ModelResult, SeriesVolume, SliceScores
 from ..runtime import torch_device
@@ -148,23 +148,16 @@ class HemorrhageModel:
         name = self.spec.name
         path = Path(weights)
         target = torch_device(device)
-        ckpt = load_checkpoint(path, name)
         expected = tuple(lb.name for lb in self.spec.labels)
-        if ckpt.labels != expected:
-            raise ValueError(f"weights file {path}: labels {list(ckpt.labels)} are not {name}'s {list(expected)} "
-                             "(same names, same order)")
-        try:
-            config = DrCT2Config.from_dict(ckpt.config)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"weights file {path}: invalid DrCT2 configuration: {err}") from err
-        if config.n_labels != len(expected):
-            raise ValueError(f"weights file {path}: configuration has {config.n_labels} outputs for "
-                             f"{len(expected)} labels")
-        net = DrCT2(config)
-        try:
-            net.load_state_dict(ckpt.state_dict, strict=True)
-        except RuntimeError as err:  # missing, unexpected or mis-shaped tensors
-            raise ValueError(f"weights file {path} does not fit its own configuration: {err}") from err
+
+        def build(config: DrCT2Config) -> DrCT2:
+            if config.n_labels != len(expected):
+                raise ValueError(f"weights file {path}: configuration has {config.n_labels} outputs for "
+                                 f"{len(expected)} labels")
+            return DrCT2(config)
+
+        net, ckpt = load_network(path, name, expected, DrCT2Config, build)
+        config = net.config
         self.net, self.card, self.device = net.to(target).eval(), ckpt.card, target
         log.info("loaded %s weights %s (sha256 %s, config %s, demo %s) on %s", name, path,
                  ckpt.card.weights_sha256[:12], config.name, ckpt.card.demo, target)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_network
 from ..explain import GradCAM
 from ..registry import ModelEntry
 from ..result import Classification, Heatmap, KeySlice, ModelResult, SeriesVolume, SliceScores
@@ -100,24 +100,17 @@ class MSCSVDModel:
         """Load the checkpoint ``weights`` onto ``device``; ValueError naming the file and the problem."""
         path = Path(weights)
         target = torch_device(device)
-        ckpt = load_checkpoint(path, self.spec.name)
-        if ckpt.labels != CLASSES:
-            raise ValueError(f"weights file {path}: outputs {list(ckpt.labels)} are not {self.spec.name}'s classes "
-                             f"{list(CLASSES)} (same names, same order)")
-        try:
-            config = TANConfig.from_dict(ckpt.config)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"weights file {path}: invalid network configuration: {err}") from err
-        if config.n_classes != len(CLASSES):
-            raise ValueError(f"weights file {path}: configuration has {config.n_classes} outputs for {len(CLASSES)}")
-        net = TransferAttentionNet(config)
-        try:
-            net.load_state_dict(ckpt.state_dict, strict=True)
-        except RuntimeError as err:
-            raise ValueError(f"weights file {path} does not fit its own configuration: {err}") from err
+
+        def build(config: TANConfig) -> TransferAttentionNet:
+            if config.n_classes != len(CLASSES):
+                raise ValueError(f"weights file {path}: configuration has {config.n_classes} outputs for "
+                                 f"{len(CLASSES)} classes")
+            return TransferAttentionNet(config)
+
+        net, ckpt = load_network(path, self.spec.name, CLASSES, TANConfig, build)
         self.net, self.card, self.device = net.to(target).eval(), ckpt.card, target
         log.info("loaded %s weights %s (sha256 %s, config %s, demo %s) on %s", self.spec.name, path,
-                 ckpt.card.weights_sha256[:12], config.name, ckpt.card.demo, target)
+                 ckpt.card.weights_sha256[:12], net.config.name, ckpt.card.demo, target)
 
     def predict(self, inputs: dict[str, SeriesVolume]) -> ModelResult:
         """The diagnosis, key slices, slice attention and maps for one FLAIR series (module docstring).
