@@ -61,10 +61,12 @@ def head_mask(array: np.ndarray) -> np.ndarray:
     return a > HEAD_FRACTION * top
 
 
-def brain_slices(volume: SeriesVolume, min_slices: int = MIN_BRAIN_SLICES) -> tuple[np.ndarray, np.ndarray]:
+def brain_slices(volume: SeriesVolume, min_slices: int = MIN_BRAIN_SLICES,
+                 head: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(indices of the slices through the brain, the head section of every slice in cm²); raises
-    :class:`UnusableSeries` when fewer than ``min_slices`` (see the module docstring)."""
-    head = head_mask(volume.array)
+    :class:`UnusableSeries` when fewer than ``min_slices`` (see the module docstring). ``head``:
+    the volume's :func:`head_mask` when the caller has it already."""
+    head = head_mask(volume.array) if head is None else head
     pixel_cm2 = float(volume.spacing[0] * volume.spacing[1]) / 100.0
     sections = head.sum(axis=(1, 2)) * pixel_cm2
     needed = max(MIN_SECTION_CM2, SECTION_SHARE * float(sections.max(initial=0.0)))
@@ -85,25 +87,28 @@ def sample(indices: np.ndarray, m: int) -> np.ndarray:
     return indices[np.unique(np.round(np.linspace(0, len(indices) - 1, m)).astype(np.int64))]
 
 
-def normalise(array: np.ndarray, slices: np.ndarray) -> np.ndarray:
+def normalise(array: np.ndarray, slices: np.ndarray, head: np.ndarray | None = None) -> np.ndarray:
     """The volume's intensities scaled on the head voxels of ``slices`` (1st → 0, 99th → 1), in
-    [0, :data:`CEILING`], float32."""
-    head = head_mask(array)
+    [0, :data:`CEILING`], float32. ``head``: the volume's :func:`head_mask`, if at hand."""
+    head = head_mask(array) if head is None else head
     scaled, _ = PercentileScale(1.0, 99.0, clip=False).forward(np.asarray(array, np.float32)[slices], head[slices])
     return np.clip(scaled, 0.0, CEILING).astype(np.float32)
 
 
-def to_input(array: np.ndarray, slices: np.ndarray, size: int) -> tuple[torch.Tensor, SquareRecord]:
+def to_input(array: np.ndarray, slices: np.ndarray, size: int,
+             head: np.ndarray | None = None) -> tuple[torch.Tensor, SquareRecord]:
     """``slices`` of a volume as network input ``[len(slices), 3, size, size]`` (the grey slice on
     three channels) and the resize record."""
-    grey = torch.from_numpy(normalise(array, slices))[:, None]
+    grey = torch.from_numpy(normalise(array, slices, head))[:, None]
     out, record = SquareResize(size).forward(grey)
     return out.expand(-1, 3, -1, -1).contiguous(), record
 
 
-def prepare(volume: SeriesVolume, size: int, max_slices: int, min_slices: int = MIN_BRAIN_SLICES) -> Prepared:
-    """A FLAIR series → :class:`Prepared` (raises :class:`UnusableSeries` when it has too few brain slices)."""
-    brain, _ = brain_slices(volume, min_slices)
-    chosen = sample(brain, max_slices)
-    images, record = to_input(volume.array, chosen, size)
+def prepare(volume: SeriesVolume, size: int, max_slices: int | None, min_slices: int = MIN_BRAIN_SLICES) -> Prepared:
+    """A FLAIR series → :class:`Prepared` (raises :class:`UnusableSeries` when it has too few brain
+    slices); ``max_slices=None`` keeps every brain slice (training reads them all)."""
+    head = head_mask(volume.array)  # once: the brain slices and the intensity scale both read it
+    brain, _ = brain_slices(volume, min_slices, head)
+    chosen = brain if max_slices is None else sample(brain, max_slices)
+    images, record = to_input(volume.array, chosen, size, head)
     return Prepared(images, chosen, record, brain)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from neuroread.models.ms_csvd.config import TANConfig
 from neuroread.models.ms_csvd.model import CLASSES
-from neuroread.models.ms_csvd.preprocess import brain_slices, to_input
+from neuroread.models.ms_csvd.preprocess import prepare
 from neuroread.models.transforms import SquareResize
 from neuroread.training.datasets import StudyRecord, read_manifest, read_phantoms
 
@@ -47,8 +47,8 @@ def load_series(record: StudyRecord, config: TANConfig) -> SeriesStack:
     if record.labels.sum() != 1:
         raise ValueError(f"record {record.study_id}: exactly one class must be 1 (MS or cSVD), got {record.labels}")
     volume, slice_labels = record.load()
-    brain, _ = brain_slices(volume)
-    images, _ = to_input(volume.array, brain, config.input_size)
+    prep = prepare(volume, config.input_size, None)  # every brain slice, as the node reads them
+    brain, images = prep.brain, prep.images
     lesion = cells = None
     ids = record.load_mask(volume)
     if ids is not None:
