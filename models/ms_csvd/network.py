@@ -158,10 +158,14 @@ class TransferAttentionNet(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
+    def feature_maps(self, images: Tensor) -> Tensor:
+        """Slices ``[N, 3, H, W]`` (or grey ``[N, 1, H, W]``, broadcast to three) in [0, 1] →
+        the backbone's last feature maps ``[N, C, h, w]``, after ImageNet normalisation."""
+        return self.backbone((images - self.mean) / self.std)
+
     def slice_features(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         """Slices ``[N, 3, H, W]`` in [0, 1] → (slice vectors ``[N, C]``, spatial maps ``[N, h, w]`` or None)."""
-        maps = self.backbone((images - self.mean) / self.std)
-        return self.attend(maps)
+        return self.attend(self.feature_maps(images))
 
     def attend(self, maps: Tensor) -> tuple[Tensor, Tensor | None]:
         """The last feature maps ``[N, C, h, w]`` → (slice vectors, spatial maps) (see the module docstring)."""

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from neuroread.models import ModelCard, ModelRegistry, ModelSpec
+from neuroread.models import ModelCard, ModelSpec
 from neuroread.models.ms_csvd.model import CLASSES, ENTRY, MSCSVDModel
 from neuroread.models.ms_csvd.network import TransferAttentionNet
 from neuroread.training.datasets import StudyRecord
@@ -39,7 +39,7 @@ class Recipe:
     settings_class: type = Settings
 
     def spec(self) -> ModelSpec:
-        return ModelRegistry([ENTRY]).spec(self.model)
+        return ENTRY.spec
 
     def settings(self, preset: str = "paper", **overrides: Any) -> Settings:
         """Settings of ``preset`` (``paper`` or ``demo``) with ``overrides`` (:class:`Settings` fields)."""

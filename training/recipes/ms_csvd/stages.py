@@ -68,10 +68,6 @@ def _pos_weight(targets: torch.Tensor) -> torch.Tensor:
     return torch.tensor(min(POS_WEIGHT_CAP, max(1.0, (targets.numel() - positives) / max(positives, 1.0))))
 
 
-def _three(grey: torch.Tensor) -> torch.Tensor:
-    return grey.float().expand(-1, 3, -1, -1)
-
-
 def proxy_stage(net: TransferAttentionNet, records: Sequence[StudyRecord], settings: Settings, *,
                 progress: bool = True, learnt: set[str] | None = None) -> Stage:
     """The backbone's pre-training on lesion presence (see the module docstring); adds to
@@ -134,7 +130,7 @@ def proxy_stage(net: TransferAttentionNet, records: Sequence[StudyRecord], setti
             weights["slice"] = _pos_weight(data["lesion"]).to(settings.device)
             if data["cells"] is not None:
                 weights["cell"] = _pos_weight(data["cells"]).to(settings.device)
-        maps = net.backbone((_three(x) - net.mean) / net.std)
+        maps = net.feature_maps(x.float())
         parts = {"slices": F.binary_cross_entropy_with_logits(slice_head(maps.mean((2, 3))).squeeze(1), y,
                                                               pos_weight=weights["slice"])}
         total = parts["slices"]
