@@ -36,6 +36,17 @@ class Model(Protocol):
     def predict(self, inputs: dict[str, SeriesVolume]) -> ModelResult: ...
 
 
+def check_ready(model: Model, inputs: dict[str, SeriesVolume]) -> None:
+    """What every ``predict`` checks first: RuntimeError before ``load`` (no card yet), ValueError
+    when ``inputs`` do not name exactly the spec's input slots."""
+    if getattr(model, "card", None) is None:
+        raise RuntimeError(f"{model.spec.name}: predict before load")
+    slots = [s.name for s in model.spec.slots]
+    if set(inputs) != set(slots):
+        said = f"one input slot {slots[0]!r}" if len(slots) == 1 else f"input slots {sorted(slots)}"
+        raise ValueError(f"{model.spec.name} takes {said}, got {sorted(inputs)}")
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     """A registered model: its spec, known without loading anything, its factory and the

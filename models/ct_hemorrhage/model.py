@@ -55,7 +55,7 @@ import torch
 from pydicom.sr.codedict import codes
 
 from ..checkpoint import load_network
-from ..registry import ModelEntry
+from ..registry import ModelEntry, check_ready
 from ..result import Finding, Heatmap, KeySlice, ModelResult, SeriesVolume, SliceScores
 from ..runtime import torch_device
 from ..spec import UCUM_RATIO, Code, InputSlot, Label, ModelCard, ModelSpec, MultiLabel
@@ -169,10 +169,7 @@ class HemorrhageModel:
         slices >= 1 (sampled to the configuration's m). Deterministic for given weights and
         input. Raises RuntimeError before :meth:`load`, ValueError for other input slots.
         """
-        if self.net is None or self.card is None:
-            raise RuntimeError(f"{self.spec.name}: predict before load")
-        if set(inputs) != {SLOT.name}:
-            raise ValueError(f"{self.spec.name} takes one input slot {SLOT.name!r}, got {sorted(inputs)}")
+        check_ready(self, inputs)
         vol = inputs[SLOT.name]
         net, config = self.net, self.net.config
         x, sampled = prepare(vol.array, config.slices, config.input_size)

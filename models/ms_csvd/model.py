@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from ..checkpoint import load_network
 from ..explain import GradCAM
-from ..registry import ModelEntry
+from ..registry import ModelEntry, check_ready
 from ..result import Classification, Heatmap, KeySlice, ModelResult, SeriesVolume, SliceScores
 from ..runtime import torch_device
 from ..spec import UCUM_RATIO, ClassLabel, Code, InputSlot, ModelCard, ModelSpec, MultiClass
@@ -118,10 +118,7 @@ class MSCSVDModel:
         Deterministic for given weights and input. Raises RuntimeError before :meth:`load`,
         ValueError for other input slots or a series with too few slices through the brain.
         """
-        if self.net is None or self.card is None:
-            raise RuntimeError(f"{self.spec.name}: predict before load")
-        if set(inputs) != {SLOT.name}:
-            raise ValueError(f"{self.spec.name} takes one input slot {SLOT.name!r}, got {sorted(inputs)}")
+        check_ready(self, inputs)
         vol = inputs[SLOT.name]
         net, config = self.net, self.net.config
         prep = prepare(vol, config.input_size, config.max_slices)
