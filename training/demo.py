@@ -46,7 +46,9 @@ class DemoPlan:
     ``phantom_seed``, classes one to one) to train on, ``heldout_studies`` fresh ones (seed
     ``heldout_seed``) to measure on, and the recipe's ``demo`` settings with ``settings``
     overridden (epochs, seed, threads: fixed, since the thread count may change the last bits
-    of CPU sums, hence of the weights)."""
+    of CPU sums, hence of the weights). ``proxy_studies`` > 0 makes a third set (seed
+    ``proxy_seed``) for a recipe that pre-trains on other studies: its folder is handed to the
+    recipe's settings as ``pretrain_data``, which such a recipe must accept."""
 
     task: str
     studies: int = 256
