@@ -24,6 +24,9 @@ from typing import Any, Union
 MODALITIES = ("CT", "MR")
 # Sequence classes the node's MR classifier assigns (from acquisition parameters).
 MR_SEQUENCES = ("T1", "T2", "FLAIR", "STIR", "SWI", "DWI", "PD", "T2FS")
+# What part of an acquisition a series shows, as the node reads it from ImageType and friends
+# (neuroread.node.route.mr_sequence.image_component): an SWI package holds all three.
+IMAGE_COMPONENTS = ("MAGNITUDE", "PHASE", "PROJECTION")
 EXPLANATION_KINDS = ("attention", "lesion_map", "gradcam", "lrp", "guided_backprop", "mask", "instance_weight")
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
@@ -135,7 +138,10 @@ class InputSlot:
 
     ``sequences`` (MR only) are classes from :data:`MR_SEQUENCES`; a series fills the slot
     when its modality matches, its sequence class is one of them (if given), its body part is
-    one of ``body_parts`` (if given) and it has at least ``min_slices`` slices.
+    one of ``body_parts`` (if given), it has at least ``min_slices`` slices and its image
+    component is one of ``image_components`` (if given; from :data:`IMAGE_COMPONENTS`): an SWI
+    slot takes ``("MAGNITUDE",)`` so that the phase images and minimum intensity projections a
+    site sends with the SWI magnitude are not routed to it.
     ``same_frame_of_reference_as`` names an earlier slot whose series must share this one's
     Frame of Reference UID (e.g. a STIR resampled onto the T1 of the same study without a
     registration); a study where they differ does not fill the slot pair.
@@ -148,6 +154,7 @@ class InputSlot:
     min_slices: int = 1
     description: str = ""
     same_frame_of_reference_as: str | None = None
+    image_components: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_identifier(self.name, "InputSlot.name")
@@ -158,6 +165,12 @@ class InputSlot:
             raise ValueError(f"InputSlot {self.name!r}: unknown sequence classes {sorted(unknown)}; known: {MR_SEQUENCES}")
         if self.sequences and self.modality != "MR":
             raise ValueError(f"InputSlot {self.name!r}: sequences apply to MR only")
+        if not isinstance(self.image_components, tuple):
+            raise ValueError(f"InputSlot {self.name!r}: image_components must be a tuple such as ('MAGNITUDE',), "
+                             f"got {self.image_components!r}")
+        unknown = [c for c in self.image_components if c not in IMAGE_COMPONENTS]
+        if unknown:
+            raise ValueError(f"InputSlot {self.name!r}: unknown image components {unknown}; known: {IMAGE_COMPONENTS}")
         if self.min_slices < 1:
             raise ValueError(f"InputSlot {self.name!r}: min_slices must be >= 1, got {self.min_slices}")
         if self.same_frame_of_reference_as == self.name:

@@ -47,6 +47,10 @@ Functional Groups Sequence (5200,9229), else in the Per-frame Functional Groups 
   (``basis="parameters"``, said so in the reasons); it never overrides them.
 
 The reasons of an Enhanced MR series end with the keywords that were read and where.
+
+Beside the class, :func:`image_component` says which part of an acquisition a series shows:
+MAGNITUDE, PHASE or PROJECTION (a minimum or maximum intensity projection). One SWI
+acquisition arrives as several series of the SWI class, and a model takes only the magnitude.
 """
 from __future__ import annotations
 
@@ -58,7 +62,7 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
-from neuroread.models.spec import MR_SEQUENCES
+from neuroread.models.spec import IMAGE_COMPONENTS, MR_SEQUENCES
 
 UNKNOWN = "UNKNOWN"
 SEQUENCE_CLASSES = (*MR_SEQUENCES, UNKNOWN)
@@ -73,7 +77,17 @@ SWI_MIN_TE = 15.0
 SWI_MAX_FLIP = 40.0
 
 _DWI_IMAGE_TYPES = frozenset({"DIFFUSION", "ADC", "TRACEW", "TRACE", "EADC", "DWI", "CALC_BVALUE"})
-_SWI_IMAGE_TYPES = frozenset({"SWI", "SWAN", "M_SWI", "MNIP"})
+_SWI_IMAGE_TYPES = frozenset({"SWI", "SWAN", "M_SWI", "MNIP"})  # a minIP is of the class too; image_component tells it apart
+MAGNITUDE, PHASE, PROJECTION = IMAGE_COMPONENTS
+# ImageType / FrameType values (one value between backslashes, upper-case) that mark a phase
+# image, and those that mark a projection; see image_component.
+PHASE_IMAGE_TYPES = frozenset({"P", "PHASE", "P_SWI", "PHA", "PHASE MAP"})
+PROJECTION_IMAGE_TYPES = frozenset({"MNIP", "MINIP", "MIN_IP", "MIP", "MAXIP", "MAX_IP", "PROJECTION IMAGE"})
+# Enhanced MR ComplexImageComponent (0008,9208) terms of a series holding phase images (MIXED:
+# frames of several components in one series, which is no magnitude series either).
+_PHASE_COMPONENTS = frozenset({"PHASE", "MIXED"})
+# Enhanced MR VolumeBasedCalculationTechnique (0008,9207) terms of a projection.
+_PROJECTION_TECHNIQUES = frozenset({"MIN_IP", "MAX_IP"})
 _FAT_SAT_OPTIONS = frozenset({"FS", "SFS", "FAT_SAT", "FATSAT", "SPAIR", "SPIR", "CHESS", "WE"})
 _FAT_SAT_NAME = re.compile(r"spair|spir|fatsat|fat_sat|_fs\b", re.IGNORECASE)
 # Enhanced MR SteadyStatePulseSequence (0018,9017) terms of a refocused (not spoiled) gradient echo.
@@ -426,6 +440,42 @@ def _spin_echo(acq: Acquisition, fat: str) -> tuple[str | None, list[str]]:
             return "T2FS", [f"{timing} (TR >= {LONG_TR:g}, TE >= {T2_MIN_TE:g}): T2-weighted, with {fat}"]
         return "T2", [f"{timing} (TR >= {LONG_TR:g}, TE >= {T2_MIN_TE:g}): T2-weighted, no fat suppression"]
     return "PD", [f"{timing} (TR >= {LONG_TR:g}, TE < {T2_MIN_TE:g}): proton-density-weighted", *note]
+
+
+def image_component(ds: Dataset) -> str:
+    r"""MAGNITUDE, PHASE or PROJECTION: which part of an acquisition the series ``ds`` shows.
+
+    Sites send an SWI acquisition as several series, all of the SWI class: the
+    susceptibility-weighted magnitude, the phase images and minimum intensity projections. The
+    scanners say which is which in ImageType (Enhanced MR also in FrameType,
+    ComplexImageComponent and VolumeBasedCalculationTechnique, found as :class:`HeaderReader`
+    finds them); the values are compared whole, between backslashes, ignoring case:
+
+    - magnitude: Siemens ``DERIVED\PRIMARY\SWI\NORM\DIS2D`` (M in the third value of its other
+      series), GE ``ORIGINAL\PRIMARY\SWAN\NONE``, Philips ``ORIGINAL\PRIMARY\M_SWI\M\SWI``;
+    - phase (:data:`PHASE_IMAGE_TYPES`): Siemens ``ORIGINAL\PRIMARY\P\ND``, GE ``...\PHASE``,
+      Philips ``...\P_SWI\P\SWI`` or ``...\PHASE MAP\P\FFE``; Enhanced MR ComplexImageComponent
+      PHASE, or MIXED (frames of several components in one series);
+    - projection (:data:`PROJECTION_IMAGE_TYPES`): Siemens ``DERIVED\SECONDARY\MNIP``, others
+      MIN_IP, MINIP, MIP, MAXIP or ``PROJECTION IMAGE``; Enhanced MR VolumeBasedCalculationTechnique
+      MIN_IP or MAX_IP.
+
+    Phase wins over projection (a projection of phase images is still phase), projection over
+    magnitude; a series with none of this evidence, ImageType absent included, is MAGNITUDE.
+    SeriesDescription is never read: people type "minIP" on a magnitude series and the reverse.
+    """
+    header = HeaderReader(ds)
+
+    def value(keyword: str):
+        found = header.find(keyword)
+        return None if found is None else found.value
+
+    types = _tokens(ds.get("ImageType")) | _tokens(value("FrameType"))
+    if types & PHASE_IMAGE_TYPES or _tokens(value("ComplexImageComponent")) & _PHASE_COMPONENTS:
+        return PHASE
+    if types & PROJECTION_IMAGE_TYPES or _tokens(value("VolumeBasedCalculationTechnique")) & _PROJECTION_TECHNIQUES:
+        return PROJECTION
+    return MAGNITUDE
 
 
 def _hint(text: str, hints: tuple[tuple[re.Pattern, str], ...]) -> str | None:

@@ -45,7 +45,7 @@ from pydicom.dataset import Dataset
 from neuroread.models.spec import ModelSpec
 from neuroread.node.assemble import read_header_or_none, series_consensus
 
-from .mr_sequence import SequenceClass, classify
+from .mr_sequence import SequenceClass, classify, image_component
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ DERIVED_FIELDS = {
     "modality": "Modality, upper-case",
     "sequence": "MR sequence class (neuroread.node.route.mr_sequence): T1, T2, FLAIR, STIR, T2FS, SWI, DWI, PD, UNKNOWN",
     "sequence_basis": "what the sequence class rests on: parameters, sequence name, description, none",
+    "image_component": "MAGNITUDE, PHASE or PROJECTION (minIP/MIP), from ImageType and Enhanced MR attributes, never the description",
     "body_part": "BodyPartExamined, upper-case",
     "instances": "number of instances received for the series",
     "slices": "instances times frames per instance (NumberOfFrames, 1 when absent)",
@@ -123,6 +124,8 @@ class SeriesFacts:
             raw = self.sequence.sequence if self.sequence else ""
         elif name == "sequence_basis":
             raw = self.sequence.basis if self.sequence else ""
+        elif name == "image_component":
+            raw = image_component(ds)
         elif name == "instances":
             return (self.instances,)
         elif name == "slices":
@@ -431,7 +434,8 @@ def check_routes(routes: Iterable[Route], specs: Mapping[str, ModelSpec] | None 
 
 
 def default_routes(spec: ModelSpec, destinations: Iterable[str] = (), priority: int = SPEC_PRIORITY) -> tuple[Route, ...]:
-    """One route per input slot of ``spec``, from the slot's modality, sequences, body parts and min_slices."""
+    """One route per input slot of ``spec``, from the slot's modality, sequences, body parts,
+    min_slices and image components."""
     routes = []
     for slot in spec.slots:
         leaves = [Leaf("modality", "equals", (slot.modality,))]
@@ -439,6 +443,8 @@ def default_routes(spec: ModelSpec, destinations: Iterable[str] = (), priority: 
             leaves.append(Leaf("sequence", "in", slot.sequences))
         if slot.body_parts:
             leaves.append(Leaf("body_part", "in", slot.body_parts))
+        if slot.image_components:
+            leaves.append(Leaf("image_component", "in", slot.image_components))
         leaves.append(Leaf("slices", "range", (slot.min_slices, None)))
         routes.append(Route(f"{spec.name}/{slot.name}", spec.name, slot.name, AllOf(tuple(leaves)),
                             tuple(destinations), priority))

@@ -56,6 +56,8 @@ def test_spec_refuses_bad_values_naming_them():
         InputSlot("x", "MR", sequences=("T7",))
     with pytest.raises(ValueError, match="MR only"):
         InputSlot("x", "CT", sequences=("T1",))
+    with pytest.raises(ValueError, match=r"InputSlot 'x': unknown image components \['REAL'\]"):
+        InputSlot("x", "MR", sequences=("SWI",), image_components=("MAGNITUDE", "REAL"))
     with pytest.raises(ValueError, match="threshold"):
         Label("a", CODE, threshold=1.5)
     with pytest.raises(ValueError, match="duplicate label or class"):
