@@ -9,7 +9,13 @@ alone (so every model gets the same measurements for the same kind of output):
   F1 at the result's thresholds and ROC AUC, and their macro means (``f1.<label>``,
   ``f1_macro``…, :func:`~neuroread.training.metrics.classification_metrics`);
 - **classifications** (multi-class outcomes) against the one-hot study labels: accuracy,
-  balanced accuracy, one-vs-rest macro AUC, weighted F1 (``<outcome>.balanced_accuracy``…);
+  balanced accuracy, one-vs-rest macro AUC, weighted F1 (``<outcome>.balanced_accuracy``…), and
+  as their papers report them the weighted one-vs-rest AUC and weighted precision
+  (``<outcome>.auc_weighted``, ``<outcome>.precision_weighted``), the confusion matrix
+  (``<outcome>.confusion.<true class>.<decided class>``, study counts) and bootstrap 95 %
+  intervals of accuracy and the weighted metrics (``<outcome>.<metric>.ci_low`` / ``.ci_high``,
+  fixed seed: the same data give the same interval,
+  :func:`~neuroread.training.metrics.weighted_multiclass_metrics`);
 - **slice scores** against per-slice labels: the paper's key-slice tasks on the scored slices
   (``key_slice.easy`` / ``difficult`` / ``comprehensive``);
 - **key slices** against per-slice labels: the fraction of the key slices of positive studies
@@ -19,7 +25,14 @@ alone (so every model gets the same measurements for the same kind of output):
   mass inside the lesions (``pointing.mass_in_lesion``) and, beside it, the lesions' share of
   the slice's soft tissue (``pointing.lesion_share``: what a map spread evenly would score); for
   the main map (the first one explaining the first label or decided class, as the overlays
-  show it) and, as ``pointing.<kind>.*``, for every kind of whole-network map.
+  show it) and, as ``pointing.<kind>.*``, for every kind of whole-network map;
+- **lesions** against the record's lesion instance mask (one id per lesion), on every record
+  with a mask once the model has returned a lesion: per-lesion recall, false positives per scan,
+  IoU and Dice of the matched lesions (mean and SD) and the per-scan Dice of all lesions together
+  (``detection.recall``, ``detection.fp_per_scan``, ``detection.dice``…,
+  :func:`~neuroread.training.metrics.detection_metrics`). A model that returned no lesion on any
+  record gets none of these keys: the spec does not say whether a model detects lesions, and
+  a model that does not (a classifier) must not be scored as one that missed every lesion.
 
 The metrics are a flat ``name → value`` dict, the format of the model card's ``metrics``.
 ``neuroread evaluate MODEL --data DIR`` writes them for any dataset.
@@ -35,13 +48,21 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from neuroread.models import Heatmap, Model, ModelResult, SeriesVolume
+from neuroread.models import Heatmap, Lesion, Model, ModelResult, SeriesVolume
 from neuroread.training.datasets import StudyRecord
-from neuroread.training.metrics import classification_metrics, key_slice_tasks, multiclass_metrics
+from neuroread.training.metrics import (
+    LesionScan,
+    classification_metrics,
+    detection_metrics,
+    key_slice_tasks,
+    multiclass_metrics,
+    weighted_multiclass_metrics,
+)
 
 log = logging.getLogger(__name__)
 
 POINTING_TOLERANCE_MM = 5.0
+BOOTSTRAP_SEED = 0  # the multi-class intervals' resamples: fixed, so a card's metrics are reproducible
 
 
 @dataclass
@@ -53,6 +74,7 @@ class Collected:
     targets: list[np.ndarray] = field(default_factory=list)         # per record, study labels
     thresholds: list[np.ndarray] = field(default_factory=list)
     classes: dict[str, tuple[list[np.ndarray], list[int]]] = field(default_factory=dict)
+    class_names: dict[str, tuple[str, ...]] = field(default_factory=dict)   # by outcome, in order
     slice_scores: list[np.ndarray] = field(default_factory=list)    # positive and negative studies
     slice_truth: list[np.ndarray] = field(default_factory=list)
     key_hits: list[int] = field(default_factory=list)               # per positive study: key slices with a lesion
@@ -60,6 +82,7 @@ class Collected:
     pointing: dict[str, list[bool]] = field(default_factory=dict)   # by map kind; "" the main map
     mass_in: dict[str, list[float]] = field(default_factory=dict)
     share: list[float] = field(default_factory=list)
+    lesion_scans: list[LesionScan] = field(default_factory=list)    # predicted lesions beside the truth mask
 
 
 def _pointing_maps(result: ModelResult, series_uid: str) -> dict[str, Heatmap]:
@@ -111,11 +134,16 @@ def collect(model: Model, records: Sequence[StudyRecord], *, thresholds: Mapping
     """Run ``model.predict`` on each record (single-slot models) and gather outputs beside the truth.
 
     ``thresholds`` (label → threshold) decide the findings instead of the spec's defaults, as
-    the node's runner applies the effective thresholds (the weights' card, the configuration)."""
+    the node's runner applies the effective thresholds (the weights' card, the configuration).
+
+    Lesions: each record with a mask becomes a :class:`LesionScan` once the model has returned a
+    lesion; the records with a mask seen before that (where the model returned none) are read
+    again at the end for their truth alone, so a model that never returns a lesion costs nothing."""
     spec = model.spec
     slot = slot or spec.slots[0].name
     labels = [lb.name for lb in spec.labels]
     col = Collected(labels)
+    before_first_lesion: list[StudyRecord] = []  # records with a mask, gathered once a lesion shows
     for record in tqdm(records, desc=desc, unit="series", leave=False, disable=None if progress else True):
         volume, slice_labels = record.load()
         result = model.predict({slot: volume})
@@ -135,8 +163,16 @@ def collect(model: Model, records: Sequence[StudyRecord], *, thresholds: Mapping
             outcome = spec.outcome(c.outcome)
             truth = [record.labels[names.index(k.name)] if k.name in names else 0 for k in outcome.classes]
             probs, idx = col.classes.setdefault(c.outcome, ([], []))
+            col.class_names.setdefault(c.outcome, tuple(k.name for k in outcome.classes))
             probs.append(np.array([p.probability for p in c.probabilities]))
             idx.append(int(np.argmax(truth)) if any(truth) else -1)
+        lesion_map = None  # the record's lesion mask on the volume's grid, read at most once
+        lesions = [les for les in result.lesions if les.series_instance_uid == volume.series_instance_uid]
+        if record.mask is not None and (lesions or col.lesion_scans):
+            lesion_map = record.load_mask(volume)
+            col.lesion_scans.append(_lesion_scan(lesions, lesion_map))
+        elif record.mask is not None:
+            before_first_lesion.append(record)
         if slice_labels is None:
             continue
         lesion_slices = slice_labels.max(axis=1) > 0  # any label of the record on that slice
@@ -150,10 +186,22 @@ def collect(model: Model, records: Sequence[StudyRecord], *, thresholds: Mapping
             col.key_hits.append(int(sum(lesion_slices[k.slice_index] for k in keys)))
             col.key_counts.append(len(keys))
             maps = _pointing_maps(result, volume.series_instance_uid)
-            lesion = record.load_mask(volume) if maps else None
-            if lesion is not None:
-                _pointing(col, maps, volume, lesion > 0, [k.slice_index for k in keys], tolerance_mm)
+            if maps and lesion_map is None:
+                lesion_map = record.load_mask(volume)
+            if maps and lesion_map is not None:
+                _pointing(col, maps, volume, lesion_map > 0, [k.slice_index for k in keys], tolerance_mm)
+    if col.lesion_scans:
+        for record in before_first_lesion:
+            volume, _ = record.load()
+            col.lesion_scans.append(_lesion_scan([], record.load_mask(volume)))
     return col
+
+
+def _lesion_scan(lesions: Sequence[Lesion], truth: np.ndarray) -> LesionScan:
+    """A record's predicted lesions beside its truth mask; scored by probability when every lesion has one."""
+    scores = [les.probability for les in lesions]
+    return LesionScan.from_masks([les.mask for les in lesions], truth,
+                                 None if None in scores else scores)
 
 
 def metrics(col: Collected) -> dict[str, float]:
@@ -168,8 +216,12 @@ def metrics(col: Collected) -> dict[str, float]:
     for outcome, (probs, idx) in col.classes.items():
         keep = [i for i, t in enumerate(idx) if t >= 0]
         if keep:
-            out.update({f"{outcome}.{k}": v for k, v in
-                        multiclass_metrics(np.stack([probs[i] for i in keep]), [idx[i] for i in keep]).items()})
+            p, t = np.stack([probs[i] for i in keep]), [idx[i] for i in keep]
+            out.update({f"{outcome}.{k}": v for k, v in multiclass_metrics(p, t).items()})
+            weighted = weighted_multiclass_metrics(p, t, classes=col.class_names.get(outcome),
+                                                   seed=BOOTSTRAP_SEED)
+            for k, v in weighted.items():  # accuracy, f1_weighted, n_studies: the same values, already there
+                out.setdefault(f"{outcome}.{k}", v)
     if col.slice_scores and any(t.any() for t in col.slice_truth):
         ks = key_slice_tasks(col.slice_scores, col.slice_truth)
         out.update({k: v for k, v in ks.to_dict().items() if k != "key_slice.top5_lesion_fraction"})
@@ -183,6 +235,8 @@ def metrics(col: Collected) -> dict[str, float]:
     if col.share:
         out["pointing.n"] = float(len(col.share))
         out["pointing.lesion_share"] = float(np.mean(col.share))
+    if col.lesion_scans:
+        out.update({f"detection.{k}": v for k, v in detection_metrics(col.lesion_scans).items()})
     return {k: float(v) for k, v in out.items() if not (isinstance(v, float) and math.isnan(v))}
 
 

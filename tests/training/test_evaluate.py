@@ -1,7 +1,8 @@
 """neuroread.training.evaluate: any model's ``predict`` run over study records as the node runs it,
 measured from the typed result. The tiny test model (committed random weights) over the session's
 phantoms for the findings and key-slice metrics; a hand-made model whose heatmaps point where
-the test says for the pointing game."""
+the test says for the pointing game; a hand-made model returning the lesions and class
+probabilities the test gives it for lesion detection and the multi-class metrics."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,15 +12,19 @@ import pytest
 
 from neuroread.models import (
     UCUM_RATIO,
+    Classification,
+    ClassLabel,
     Code,
     Finding,
     Heatmap,
     InputSlot,
     KeySlice,
     Label,
+    Lesion,
     ModelCard,
     ModelResult,
     ModelSpec,
+    MultiClass,
     MultiLabel,
     SeriesVolume,
     SliceScores,
@@ -187,3 +192,93 @@ def test_findings_are_measured_at_the_result_thresholds(phantom_sets):
         evaluate(stale, [record], progress=False)
     with pytest.raises(ValueError, match="other"):  # records without a label of the model
         evaluate(model, [dataclasses.replace(record, label_names=("finding", "else"))], progress=False)
+
+
+# --- lesions and a multi-class outcome on hand-made results ---------------------------------------
+
+MICROBLEED = Code("MICROBLEED", "99TEST", "Microbleed")
+SUBTYPE = MultiClass("subtype", Code("SUBTYPE", "99TEST", "Subtype"),
+                     (ClassLabel("alpha", Code("ALPHA", "99TEST", "Alpha")),
+                      ClassLabel("beta", Code("BETA", "99TEST", "Beta"))))
+
+
+class LesionModel:
+    """A model that returns, per series, the lesions it was given (mask and probability), the
+    given subtype probabilities, and a key slice with a map peaking in its corner where given."""
+
+    def __init__(self, lesions: dict[str, list[tuple[np.ndarray, float]]], subtype: dict[str, list[float]],
+                 key_slice: dict[str, int]) -> None:
+        self.spec = ModelSpec(name="lesion-test", version="1.0.0", summary="returns hand-made lesions",
+                              slots=(InputSlot("ct", "CT"),), outcomes=(SUBTYPE,), explanations=("attention",))
+        self.card = ModelCard({}, "0" * 64, "hand-made lesions", demo=True)
+        self.lesions, self.subtype, self.key_slice = lesions, subtype, key_slice
+
+    def predict(self, inputs: dict[str, SeriesVolume]) -> ModelResult:
+        vol = inputs["ct"]
+        uid = vol.series_instance_uid
+        k = self.key_slice.get(uid)
+        heat = np.zeros(vol.array.shape, np.float32)
+        if k is not None:
+            heat[k, 0, 0] = 1.0
+        return ModelResult(
+            model=self.spec.name, version=self.spec.version, card=self.card,
+            classifications=(Classification.of(SUBTYPE, self.subtype[uid]),),
+            lesions=tuple(Lesion(uid, "microbleed", MICROBLEED, mask, float(mask.sum()), (0.0, 0.0, 0.0),
+                                 probability=p) for mask, p in self.lesions.get(uid, [])),
+            key_slices=() if k is None else (KeySlice(uid, k, vol.sop_instance_uids[k], 1.0, 1),),
+            heatmaps=() if k is None else (Heatmap(uid, "attention", heat, explains="beta", value_range=(0.0, 1.0)),),
+        )
+
+
+def test_lesions_and_weighted_classes_are_measured(phantom_sets, monkeypatch):
+    """Four phantoms, every one with a mask: 0 and 2 without lesion, 1 (an EDH) and 3 (an IVH) with one
+    each. The model finds the EDH exactly, adds a false positive there, and misses the IVH; record 0,
+    with a mask but no lesion predicted before the model's first lesion, still counts as a scan."""
+    base = read_phantoms(phantom_sets["ct-hemorrhage"], labels=("any",))
+    truth_class = [0, 1, 0, 1]  # alpha, beta, alpha, beta
+    records = [dataclasses.replace(r, label_names=("alpha", "beta"), labels=np.eye(2, dtype=np.float32)[t],
+                                   slice_labels=np.concatenate([0 * r.slice_labels, r.slice_labels], axis=1))
+               for r, t in zip(base, truth_class)]
+    volumes = [r.load()[0] for r in records]
+    truths = [r.load_mask(v) for r, v in zip(records, volumes)]
+    assert [len(np.unique(t)) - 1 for t in truths] == [0, 1, 0, 1]
+    edh = truths[1] == 1
+    stray = np.zeros(edh.shape, bool)
+    stray[0, :2, :2] = True  # 4 voxels far from the EDH
+    assert not (stray & edh).any()
+    uids = [v.series_instance_uid for v in volumes]
+    subtype = dict(zip(uids, ([0.8, 0.2], [0.3, 0.7], [0.4, 0.6], [0.1, 0.9])))  # record 2 decided wrongly
+    # a key slice inside each lesion, so that the pointing game reads the masks too (the map's corner: a miss)
+    key_slice = {uids[i]: int(np.flatnonzero(truths[i].any(axis=(1, 2)))[0]) for i in (1, 3)}
+    model = LesionModel({uids[1]: [(edh, 0.9), (stray, 0.4)]}, subtype, key_slice)
+    reads: list[str] = []
+    load_mask = StudyRecord.load_mask
+    monkeypatch.setattr(StudyRecord, "load_mask", lambda self, volume: reads.append(self.study_id) or
+                        load_mask(self, volume))
+
+    m = evaluate(model, records, progress=False)
+    assert sorted(reads) == sorted(r.study_id for r in records)  # each mask read once, pointing included
+    assert m["pointing.n"] == 2 and m["pointing.hit_rate"] == 0.0
+    det = {k.removeprefix("detection."): v for k, v in m.items() if k.startswith("detection.")}
+    assert (det["n_scans"], det["n_lesions"], det["n_predicted"], det["n_matched"]) == (4, 2, 2, 1)
+    assert det["recall"] == 0.5 and det["recall_per_scan_mean"] == 0.5 and det["fp_per_scan"] == 1 / 4
+    assert (det["iou"], det["dice"], det["iou_sd"], det["dice_sd"]) == (1.0, 1.0, 0.0, 0.0)
+    n = int(edh.sum())
+    assert det["dice_scan"] == pytest.approx((2 * n / (n + 4 + n) + 0.0) / 2)  # records 1 and 3; 0 and 2 are empty
+
+    # the multi-class outcome: the keys every multi-class model had, and the weighted ones beside them
+    assert m["subtype.accuracy"] == 0.75 and m["subtype.balanced_accuracy"] == 0.75 and m["subtype.auc"] == 1.0
+    assert m["subtype.auc_weighted"] == 1.0
+    assert m["subtype.precision_weighted"] == pytest.approx((1 + 2 / 3) / 2)  # beta decided 3 times, right twice
+    assert (m["subtype.confusion.alpha.alpha"], m["subtype.confusion.alpha.beta"],
+            m["subtype.confusion.beta.alpha"], m["subtype.confusion.beta.beta"]) == (1, 1, 0, 2)
+    for name in ("accuracy", "auc_weighted", "precision_weighted", "f1_weighted"):
+        assert m[f"subtype.{name}.ci_low"] <= m[f"subtype.{name}"] <= m[f"subtype.{name}.ci_high"], name
+    assert evaluate(model, records, progress=False) == m  # the bootstrap's seed is fixed
+
+    # a model that returns no lesion at all is not scored as a detector that missed them all
+    reads.clear()
+    quiet = evaluate(LesionModel({}, subtype, key_slice), records, progress=False)
+    assert sorted(reads) == sorted(r.study_id for r in records[1::2])  # for the pointing game alone
+    assert not any(k.startswith("detection.") for k in quiet)
+    assert {k: v for k, v in m.items() if not k.startswith("detection.")} == quiet
