@@ -39,8 +39,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from ..backbones import ResNetTrunk
 from .config import TANConfig
 
 # torchvision's ImageNet normalisation (the ResNet weights' transforms)
@@ -48,33 +48,12 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class Backbone(ResNet):
-    """torchvision's ResNet trunk (no pooling, no fc) at the configuration's widths and strides.
-
-    It reuses torchvision's stem, ``_make_layer`` and blocks, and initialises as torchvision's
-    ``ResNet.__init__`` does (He-normal convolutions, batch norms at one and zero)."""
+class Backbone(ResNetTrunk):
+    """The shared :class:`~neuroread.models.backbones.ResNetTrunk` at the configuration's block,
+    stage depths, widths and strides."""
 
     def __init__(self, config: TANConfig) -> None:
-        nn.Module.__init__(self)
-        block = Bottleneck if config.block == "bottleneck" else BasicBlock
-        self._norm_layer = nn.BatchNorm2d
-        self.inplanes, self.dilation, self.groups, self.base_width = config.widths[0], 1, 1, 64
-        self.conv1 = nn.Conv2d(3, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(self.inplanes)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1, self.layer2, self.layer3, self.layer4 = (
-            self._make_layer(block, w, n, stride=s) for w, n, s in zip(config.widths, config.layers, config.strides))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        super().__init__(config.block, config.layers, config.widths, config.strides)
 
 
 class ChannelAttention(nn.Module):
