@@ -3,7 +3,7 @@
 A :class:`StudyRecord` is one series with its study labels (0/1 per name of a configured
 label list: a multi-label model's labels, or a multi-class model's classes one-hot) and, where
 the source has them, per-slice labels keyed by SOP Instance UID and a lesion mask (a label map
-on the series' grid, one id per lesion, with each id's type).
+in the series' physical space, one id per lesion, with each id's type where the source says).
 Pixels are read only when asked (:meth:`StudyRecord.load`), by :func:`neuroread.models.volume.load_series` (the node's
 own reader: same slice order, same HU), and per-slice labels are put in the volume's order
 through the SOP Instance UIDs, so no reader has to guess the order the volume will have.
@@ -12,7 +12,8 @@ Readers (each returns a list of records, sorted by ``study_id``):
 
 - :func:`read_phantoms`: a folder of studies written by :mod:`neuroread.training.phantoms` (one
   ``<case>/truth.json`` each); study and per-slice labels from the truth.
-- :func:`read_manifest`: the generic manifest CSV, format in its docstring.
+- :func:`read_manifest`: the generic manifest CSV, format in its docstring (lesion masks from
+  other tools: their ids are typed :data:`UNTYPED_LESION`).
 - :func:`read_rsna`: the RSNA Intracranial Hemorrhage Detection layout: ``stage_2_train.csv``
   (``ID,Label`` rows such as ``ID_12cadc6af_epidural,0``, one per image and subtype; the image
   id is the file's SOP Instance UID) and the folder of single-slice DICOM files. Images are
@@ -42,6 +43,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
@@ -50,6 +52,9 @@ from tqdm import tqdm
 
 from neuroread.models import SeriesVolume
 from neuroread.models.volume import load_series
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +68,11 @@ CQ500_COLUMNS: Mapping[str, str] = MappingProxyType({
     "ICH": "any", "IPH": "iph", "IVH": "ivh", "SDH": "sdh", "EDH": "edh", "SAH": "sah",
     "CalvarialFracture": "fracture", "MassEffect": "mass_effect", "MidlineShift": "midline_shift",
 })
+UNTYPED_LESION = "lesion"
+"""The type of a lesion id whose source does not say it (a manifest's mask): not a label name,
+so the head-CT recipe counts such a lesion for ``any`` and for no subtype."""
+_INTEGER_PIXELS = ("sitkUInt8", "sitkInt8", "sitkUInt16", "sitkInt16", "sitkUInt32", "sitkInt32",
+                   "sitkUInt64", "sitkInt64")  # SimpleITK's names; it is imported only where masks are read
 _HEADER_TAGS = ["SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "PatientID", "Modality",
                 "SeriesDescription", "NumberOfFrames", "ImagePositionPatient", "ImageOrientationPatient"]
 
@@ -76,9 +86,13 @@ class StudyRecord:
     ``slice_uids``/``slice_labels``: optional per-slice labels ``[len(slice_uids), n_labels]``,
     row k for the slice whose SOP Instance UID is ``slice_uids[k]``; ``group``: what must not be
     split across folds (the patient where known); ``description``: SeriesDescription, if any;
-    ``mask``: an optional label map (NIfTI or any SimpleITK image with its geometry) on the
-    series' grid, 0 outside lesions and one id per lesion, with ``mask_types`` giving each id's
-    type (a label name, e.g. ``(1, "sdh")``) where the source says.
+    ``mask``: an optional label map (NIfTI or any SimpleITK image with its geometry) in the
+    series' physical space, on its grid or any other (:meth:`load_mask` resamples), 0 outside
+    lesions and one id per lesion, with ``mask_types`` giving each id's type (a label name, e.g.
+    ``(1, "sdh")``, or :data:`UNTYPED_LESION` where the source does not say);
+    ``mask_components``: the file marks every lesion 1 and its lesions are its connected
+    components (26-connected, on the file's grid), numbered 1, 2, ... in the file's voxel order
+    by :meth:`load_mask`, so touching lesions are one.
     """
 
     study_id: str
@@ -92,6 +106,7 @@ class StudyRecord:
     description: str = ""
     mask: Path | None = None
     mask_types: tuple[tuple[int, str], ...] = ()
+    mask_components: bool = False
 
     def __post_init__(self) -> None:
         where = f"StudyRecord {self.study_id!r}"
@@ -129,15 +144,30 @@ class StudyRecord:
 
     def load_mask(self, volume: SeriesVolume) -> np.ndarray | None:
         """The lesion label map on ``volume``'s grid (same shape as its array; nearest-neighbour
-        resampling through the physical space, so the file's slice order does not matter), or
-        ``None`` without a mask."""
+        resampling through the physical space, so the file's grid and slice order do not matter;
+        0 where the file does not reach), or ``None`` without a mask. With ``mask_components``
+        the ids are the file's connected components (uint32)."""
         if self.mask is None:
             return None
         import SimpleITK as sitk
 
         from neuroread.models.transforms import resample_onto
 
-        return resample_onto(sitk.ReadImage(str(self.mask)), volume, interpolator="nearest")
+        image = sitk.ReadImage(str(self.mask))
+        if self.mask_components:
+            image, _ = _components(image)
+        return resample_onto(image, volume, interpolator="nearest")
+
+
+def _components(image: sitk.Image) -> tuple[sitk.Image, int]:
+    """(the connected components of ``image``'s non-zero voxels, 26-connected, numbered 1..n
+    in voxel order; n)."""
+    import SimpleITK as sitk
+
+    f = sitk.ConnectedComponentImageFilter()
+    f.SetFullyConnected(True)
+    out = f.Execute(sitk.NotEqual(image, 0))
+    return out, f.GetObjectCount()
 
 
 def _check_labels(labels: Sequence[str], known: Iterable[str], source: str) -> tuple[str, ...]:
@@ -263,6 +293,19 @@ def read_manifest(path: Path, labels: Sequence[str]) -> list[StudyRecord]:
       column ``sop_instance_uid`` plus one 0/1 column per name in ``labels``, one row for every
       slice of the series, in any order.
     - ``group`` (optional): what must not be split across folds (e.g. the patient); default: ``study``.
+    - ``mask`` (optional): the study's lesion label map, a file SimpleITK reads (NIfTI ``.nii``/
+      ``.nii.gz``, NRRD, MHA; relative to the manifest's folder), 3-D, one integer per voxel: 0
+      background, each lesion its own id (1, 2, ...). It must be in the series' patient
+      coordinates (NIfTI's RAS is turned into DICOM's LPS on reading, so a file from dcm2niix,
+      ITK-SNAP or 3D Slicer is in place) but may be on any grid: :meth:`StudyRecord.load_mask`
+      resamples it onto the series' (nearest neighbour); parts outside the file's extent are 0.
+      A file whose only id is 1 is read as binary (no instance ids): its lesions are its
+      connected components (26-connected), so a detector sees touching lesions as one (and one
+      lesion in unconnected pieces as several). The file does not say lesion types: each id is
+      typed :data:`UNTYPED_LESION` in ``mask_types`` (for the head-CT recipe, ``any`` blood of no
+      subtype). An all-zero file is a study without lesions; empty cell or no column: no mask.
+      Checked on reading (ValueError naming the manifest line and the file): the file exists,
+      SimpleITK reads it, its pixel type is a scalar integer, it is 3-D, no id is negative.
 
     Extra columns are ignored.
     """
@@ -295,12 +338,53 @@ def read_manifest(path: Path, labels: Sequence[str]) -> list[StudyRecord]:
         if (row.get("slice_labels") or "").strip():
             uids, slice_labels = _slice_label_file(path.parent / row["slice_labels"], names,
                                                    {h.sop_uid for h in headers}, where)
+        mask, mask_ids, components = None, (), False
+        if (row.get("mask") or "").strip():
+            mask = path.parent / row["mask"].strip()
+            mask_ids, components = _mask_file(mask, where)
         records.append(StudyRecord(
             study_id=row["study"], files=tuple(h.path for h in headers), n_slices=sum(h.frames for h in headers),
             label_names=names, labels=np.array([_binary(row[n], f"{where} column {n}") for n in names], np.float32),
             slice_uids=uids, slice_labels=slice_labels, group=(row.get("group") or "").strip(),
-            description=headers[0].description))
+            description=headers[0].description, mask=mask,
+            mask_types=tuple((i, UNTYPED_LESION) for i in mask_ids), mask_components=components))
+    log.info("manifest %s: %d studies, %d with a lesion mask", path.name, len(records),
+             sum(r.mask is not None for r in records))
     return sorted(records, key=lambda r: r.study_id)
+
+
+def _mask_file(path: Path, where: str) -> tuple[tuple[int, ...], bool]:
+    """The lesion ids of a manifest's mask file and whether it is binary (lesions: its connected
+    components); ValueError naming ``where`` and the file unless it is a 3-D integer label map."""
+    import SimpleITK as sitk
+
+    if not path.is_file():
+        raise ValueError(f"{where}: mask file {path} does not exist")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        reason = str(exc).rpartition("ERROR: ")[2].strip() or str(exc)
+        raise ValueError(f"{where}: mask file {path} is not an image SimpleITK can read ({reason})") from exc
+    pixel = reader.GetPixelID()
+    if pixel not in {getattr(sitk, name) for name in _INTEGER_PIXELS} or reader.GetNumberOfComponents() != 1:
+        raise ValueError(f"{where}: mask file {path} has pixel type {sitk.GetPixelIDValueAsString(pixel)}; a "
+                         "lesion mask needs one integer per voxel (0 background, one id per lesion; a float "
+                         "file of whole numbers can be cast, e.g. sitk.Cast(image, sitk.sitkUInt16))")
+    if reader.GetDimension() != 3:
+        raise ValueError(f"{where}: mask file {path} is {reader.GetDimension()}-D (size {reader.GetSize()}); "
+                         "a lesion mask must be 3-D")
+    image = reader.Execute()
+    values = sitk.GetArrayViewFromImage(image)
+    ids = np.unique(values[values != 0])
+    if ids.size and ids[0] < 0:
+        raise ValueError(f"{where}: mask file {path} has negative ids {ids[ids < 0][:5].tolist()}; "
+                         "0 is background and each lesion a positive id")
+    if ids.tolist() == [1]:
+        _, count = _components(image)
+        return tuple(range(1, count + 1)), True
+    return tuple(int(i) for i in ids), False
 
 
 def _slice_label_file(path: Path, names: tuple[str, ...], series_uids: set[str],

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from neuroread.models.ct_hemorrhage.preprocess import augmentation_sets, prepare
 from neuroread.training.datasets import (
     CQ500_LABELS,
     RSNA_LABELS,
+    UNTYPED_LESION,
     StudyRecord,
     read_cq500,
     read_manifest,
@@ -228,6 +230,87 @@ def test_manifest_errors(phantom_sets, tmp_path):
     good = _write_csv(tmp_path / "m5.csv", ["study", "any", "series_instance_uid"], [["two", 1, second]])
     (record,) = read_manifest(good, ("any",))
     assert record.files == tuple(sorted((two / "b").glob("*.dcm")))
+
+
+def _half_resolution(reference: sitk.Image, lesions: dict[tuple[int, int, int], int], path: Path,
+                     dtype=np.uint16) -> Path:
+    """A label map written with SimpleITK at half ``reference``'s resolution over the same physical
+    extent (its voxel (k, r, c) covers the reference's voxels 2k..2k+1, 2r..2r+1, 2c..2c+1):
+    ``lesions`` maps (slice, row, column) to an id."""
+    ids = np.zeros([n // 2 for n in reference.GetSize()[::-1]], dtype)
+    for at, lesion in lesions.items():
+        ids[at] = lesion
+    image = sitk.GetImageFromArray(ids)
+    spacing = np.asarray(reference.GetSpacing())
+    direction = np.asarray(reference.GetDirection()).reshape(3, 3)
+    image.SetSpacing(tuple(2 * spacing))
+    image.SetDirection(reference.GetDirection())
+    image.SetOrigin(tuple(np.asarray(reference.GetOrigin()) + direction @ (spacing / 2)))  # between voxels 0 and 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def test_manifest_lesion_masks(phantom_sets, tmp_path):
+    studies = _studies(phantom_sets)
+    bleed, other, normal = studies[1], studies[3], studies[0]
+    def grid(study: Path) -> sitk.Image:  # the phantom's own mask file is on its series' grid
+        return sitk.ReadImage(str(study / _truth(study)["masks"]["hemorrhage"]["file"]))
+
+    reference = grid(bleed)
+    # instance ids 7 and 2, as NIfTI in a sub-folder
+    _half_resolution(reference, {(3, 10, 20): 7, (8, 30, 31): 2}, tmp_path / "masks" / "a.nii.gz")
+    # every lesion 1 (NRRD): two blocks touching at a corner are one lesion, a third apart another
+    _half_resolution(grid(other), {(2, 5, 5): 1, (2, 5, 6): 1, (3, 6, 7): 1, (9, 40, 40): 1}, tmp_path / "b.nrrd",
+                     np.uint8)
+    manifest = _write_csv(tmp_path / "manifest.csv", ["study", "any", "mask"], [
+        [str(bleed), 1, "masks/a.nii.gz"],
+        [str(other), 1, " b.nrrd "],
+        [str(normal), 0, ""],
+    ])
+    records = {r.study_id: r for r in read_manifest(manifest, ("any",))}
+    a, b, c = records[str(bleed)], records[str(other)], records[str(normal)]
+
+    assert a.mask == tmp_path / "masks" / "a.nii.gz" and not a.mask_components
+    assert a.mask_types == ((2, UNTYPED_LESION), (7, UNTYPED_LESION))
+    volume, _ = a.load()
+    np.testing.assert_allclose(volume.origin, reference.GetOrigin(), atol=1e-4)  # the reference is the series' grid
+    ids = a.load_mask(volume)
+    assert ids.shape == volume.array.shape == (24, 128, 128)
+    assert np.unique(ids).tolist() == [0, 2, 7]
+    assert (ids[6:8, 20:22, 40:42] == 7).all() and (ids == 7).sum() == 8  # 2x2x2 series voxels per mask voxel
+    assert (ids[16:18, 60:62, 62:64] == 2).all() and (ids == 2).sum() == 8
+    # lesions of no stated type are blood of no subtype for the head-CT recipe: 'any' only
+    np.testing.assert_array_equal(stack(a, 128).masks[:, 0].numpy(), ids > 0)
+
+    assert b.mask == tmp_path / "b.nrrd" and b.mask_components
+    assert b.mask_types == ((1, UNTYPED_LESION), (2, UNTYPED_LESION))
+    ids = b.load_mask(b.load()[0])
+    assert np.unique(ids).tolist() == [0, 1, 2]
+    assert (ids[4:6, 10:12, 10:14] == 1).all() and (ids[6:8, 12:14, 14:16] == 1).all() and (ids == 1).sum() == 24
+    assert (ids[18:20, 80:82, 80:82] == 2).all() and (ids == 2).sum() == 8
+
+    assert c.mask is None and c.mask_types == () and c.load_mask(c.load()[0]) is None
+
+
+@pytest.mark.parametrize("name, array, problem", [
+    ("absent.nii.gz", None, "does not exist"),
+    ("notes.nii.gz", "not an image", "is not an image SimpleITK can read"),
+    ("float.nii.gz", np.ones((4, 5, 6), np.float32), "has pixel type 32-bit float"),
+    ("flat.nrrd", np.ones((5, 6), np.uint8), r"is 2-D \(size \(6, 5\)\); a lesion mask must be 3-D"),
+    ("signed.mha", np.full((4, 5, 6), -1, np.int16), r"has negative ids \[-1\]"),
+])
+def test_manifest_mask_errors(phantom_sets, tmp_path, name, array, problem):
+    bleed = _studies(phantom_sets)[1]
+    if isinstance(array, str):
+        (tmp_path / name).write_text(array)
+    elif array is not None:
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / name))
+    manifest = _write_csv(tmp_path / "manifest.csv", ["study", "any", "mask"], [[str(bleed), 1, ""],
+                                                                                [str(bleed), 1, name]])
+    where = rf"manifest manifest\.csv line 3: mask file {re.escape(str(tmp_path / name))} "
+    with pytest.raises(ValueError, match=where + problem):
+        read_manifest(manifest, ("any",))
 
 
 # --- RSNA -------------------------------------------------------------------------------------
