@@ -125,10 +125,16 @@ _EPILOG_BENCH = """\
 examples:
   neuroread bench ct-hemorrhage                          # paper and demo networks, 32 slices of 512x512
   neuroread bench ct-hemorrhage --presets demo --slices 40 --repeats 5
+  neuroread bench cmb-svd --series phantoms/cmb/cmb-svd-s0-0000/S01 \\
+      --weights models/cmb_svd/weights/cmb-svd-demo.pt --presets paper demo
 
 Each network runs in its own process with random weights (the time does not depend on them),
 loaded and run exactly as the node does. Printed: seconds per series, peak memory, the FLOPs
 of one predict and the time they would take at this machine's measured matrix-multiply speed.
+The input is a synthetic series (an ellipse of head-like values) unless --series names real
+ones, read as the node reads them; a detector with random weights finds the most candidates it
+may on every slice, so bench it with --weights FILE too (the row 'weights'), e.g. on a
+full-size phantom from `neuroread phantoms cmb-svd --n 1 --size full --seed 0 --out phantoms/cmb`.
 """
 
 
@@ -295,7 +301,8 @@ def _generic_records(spec, data: Path, fmt: str, *, labels_csv=None, progress: b
 def _cmd_bench(args: argparse.Namespace) -> int:
     from neuroread.training.bench import report
 
-    report(args.model, args.presets, slices=args.slices, size=args.size, repeats=args.repeats, threads=args.threads)
+    report(args.model, args.presets, slices=args.slices, size=args.size, repeats=args.repeats, threads=args.threads,
+           series=args.series, weights=args.weights)
     return 0
 
 
@@ -409,9 +416,17 @@ def add_commands(sub) -> None:
         "a FLOP estimate at this machine's matrix-multiply speed.",
         epilog=_EPILOG_BENCH, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL", choices=models, help=f"one of: {', '.join(models)}")
-    p.add_argument("--presets", nargs="+", metavar="PRESET", help="(default: all of the recipe's)")
-    p.add_argument("--slices", type=count(1), default=32, help="slices in the benchmark series (default 32)")
-    p.add_argument("--size", type=count(16), default=512, help="rows and columns per slice (default 512)")
+    p.add_argument("--presets", nargs="+", metavar="PRESET",
+                   help="networks with random weights (default: all of the recipe's; none with --weights)")
+    p.add_argument("--series", action="append", type=Path, default=[], metavar="DIR",
+                   help="a DICOM series folder as the input instead of the synthetic one: once per input slot, "
+                   "in slot order; --slices and --size are then ignored")
+    p.add_argument("--weights", type=Path, metavar="FILE",
+                   help="also bench this weights file, loaded as the node loads it (row 'weights')")
+    p.add_argument("--slices", type=count(1), default=32,
+                   help="slices in the synthetic series (default 32; ignored with --series)")
+    p.add_argument("--size", type=count(16), default=512,
+                   help="rows and columns per synthetic slice (default 512; ignored with --series)")
     p.add_argument("--repeats", type=count(1), default=3, help="timed runs per preset (default 3)")
     p.add_argument("--threads", type=count(1), default=os.cpu_count() or 1, help="torch threads (default: all cores)")
     p.set_defaults(func=_cmd_bench)

@@ -1,5 +1,6 @@
 """The generic inference benchmark (``python -m neuroread.training.bench MODEL``) runs for the
-head-CT and the FLAIR model on a small series, so it cannot rot unnoticed. Its figures belong to the machine:
+head-CT and the FLAIR model on a small series, and on a phantom DICOM series and a trained checkpoint
+(`--series`, `--weights`), so it cannot rot unnoticed. Its figures belong to the machine:
 only their presence and sanity are checked."""
 from __future__ import annotations
 
@@ -35,3 +36,52 @@ def test_the_demo_preset_reports_time_memory_flops_and_their_ratio(tmp_path, mod
     assert row["ratio"] == pytest.approx(row["seconds"] / row["seconds_at_matmul_speed"]) and row["ratio"] > 0
     assert 0 < row["parameters"] < 5 * 2 ** 20 / 4 and row["peak_rss_mb"] > 50
     assert f"{row['gflops']:8.1f} GFLOP" in line and f"= {row['ratio']:.2f}" in line
+
+
+def _study(phantom_sets, task: str) -> Path:
+    return sorted(p.parent for p in phantom_sets[task].glob("*/truth.json"))[0]
+
+
+@pytest.mark.slow
+def test_a_series_folder_is_the_input_and_the_row_has_its_shape(phantom_sets, capsys):
+    from neuroread.models.volume import load_series
+    from neuroread.training.bench import report
+
+    folder = _study(phantom_sets, "ct-hemorrhage") / "S01"
+    shape = load_series(sorted(folder.glob("*.dcm"))).array.shape
+    rows = report("ct-hemorrhage", ["demo"], slices=99, size=999, repeats=1, threads=1, series=[folder])
+    header, line = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert header.startswith(f"ct-hemorrhage inference per series: the series in {folder}, 1 threads")
+
+    row, = rows  # --slices and --size are ignored: the series' own shape
+    assert (row["preset"], row["series"], row["weights"]) == ("demo", [str(folder)], None)
+    assert (row["slices"], row["rows"], row["columns"]) == shape and row["shapes"] == {"ct": list(shape)}
+    assert row["size"] == (shape[1] if shape[1] == shape[2] else f"{shape[1]}x{shape[2]}")
+    assert line.startswith("demo") and f" on {shape[0]} slices of {shape[1]}x{shape[2]}: " in line
+    assert row["seconds"] > 0 and row["gflops"] > 0
+
+
+@pytest.mark.slow
+def test_a_weights_file_is_benched_as_the_node_loads_it(weights, capsys):
+    from neuroread.cli import main
+
+    assert main(["bench", "ct-hemorrhage", "--weights", str(weights), "--slices", "8", "--size", "64",
+                 "--repeats", "1", "--threads", "1"]) == 0
+    header, line = capsys.readouterr().out.strip().splitlines()[-2:]  # no --presets with --weights: its row only
+    assert header.startswith("ct-hemorrhage inference per series: 8 slices of 64x64, 1 threads")
+    assert line.startswith("weights (tiny)") and "s per series" in line and "measured/estimate = " in line
+
+
+def test_series_must_fill_the_slots_in_order(phantom_sets, tmp_path, capsys):
+    from neuroread.cli import main
+    from neuroread.training.bench import report
+
+    folder = str(_study(phantom_sets, "ct-hemorrhage") / "S01")
+    base = ["bench", "ct-hemorrhage", "--presets", "demo", "--repeats", "1"]
+    assert main([*base, "--series", folder, "--series", folder]) == 2
+    assert ("ct-hemorrhage has 1 input slot (ct): give --series once per slot in that order, not 2 times"
+            in capsys.readouterr().err)
+    assert main([*base, "--series", str(tmp_path)]) == 2
+    assert f"--series {tmp_path}: no files in it" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="--weights .*absent.pt: no such file"):
+        report("ct-hemorrhage", None, slices=8, size=64, repeats=1, threads=1, weights=tmp_path / "absent.pt")
