@@ -11,7 +11,9 @@ the same ``predict``), and its demo plan. This module does the rest, the same fo
   afterwards, so on one CPU the same data, settings and seed give bit-identical weights;
 - :func:`run_stages`: the epochs of each stage with progress bars, loss history and logging;
 - :func:`fit`: a network trained on some records; on validation records, the per-label
-  thresholds that maximise F1 are chosen (:mod:`neuroread.training.thresholds`) and stored;
+  thresholds that maximise F1 are chosen (:mod:`neuroread.training.thresholds`) and stored, and
+  a recipe with a ``tune(net, validation, settings, progress=...)`` method first sets its own
+  operating points there (e.g. a detector's score threshold, kept in the network's configuration);
 - :func:`train`: cross-validation (``folds >= 2``: mean metrics over the folds, then a final
   network trained on every record with a validation fifth for the thresholds) or one held-out
   fifth (``folds == 1``), optionally scored on an extra held-out set (fresh phantoms), and the
@@ -167,9 +169,12 @@ def model_of(recipe: Recipe, net: torch.nn.Module, settings: Any) -> Model:
 
 
 def fit(recipe: Recipe, settings: Any, records: Sequence[StudyRecord], validation: Sequence[StudyRecord] = (), *,
-        progress: bool = True, desc: str = "train") -> Trained:
+        progress: bool = True, desc: str = "train", score_validation: bool = True) -> Trained:
     """Train a fresh network on ``records``; on ``validation`` choose the thresholds and score.
 
+    ``score_validation=False`` leaves the validation metrics out when nothing reads them (a
+    held-out set gives the card's): the validation records then serve only the thresholds (and
+    the recipe's ``tune``), and a model without labels is not run on them a second time.
     Deterministic given the records, the settings and their seed (:func:`deterministic`).
     """
     if not records:
@@ -182,12 +187,14 @@ def fit(recipe: Recipe, settings: Any, records: Sequence[StudyRecord], validatio
         labels = [lb.name for lb in recipe.spec().labels]
         thresholds = {name: 0.5 for name in labels}
         scores: dict[str, float] = {}
-        if validation:
+        if validation and hasattr(recipe, "tune"):  # a recipe's own operating points (e.g. a detection threshold)
+            recipe.tune(net, validation, settings, progress=progress)
+        if validation and (labels or score_validation):
             col = collect(model_of(recipe, net, settings), validation, progress=progress, desc=f"{desc}: validate")
             if labels and col.probabilities:
                 thresholds = choose_thresholds(np.stack(col.probabilities), np.stack(col.targets), labels)
                 col.thresholds = [np.array([thresholds[n] for n in labels])] * len(col.thresholds)
-            scores = metrics(col)
+            scores = metrics(col) if score_validation else {}
     seconds = time.perf_counter() - started
     if scores:
         log.info("%s: validation %s (%.0f s)", desc, summary(scores), seconds)
@@ -261,12 +268,14 @@ def train(recipe: Recipe, settings: Any, records: Sequence[StudyRecord], out: Pa
                                   start=1):
             train_part = [records[j] for j in split.train]
             inner_train, inner_val = _split(recipe, train_part, settings.seed)
-            fold = fit(recipe, settings, inner_train, inner_val, progress=progress, desc=f"fold {i}/{folds}")
+            fold = fit(recipe, settings, inner_train, inner_val, progress=progress, desc=f"fold {i}/{folds}",
+                       score_validation=False)  # a fold is scored on its test part
             per_fold.append(metrics(collect(model_of(recipe, fold.net, settings), [records[j] for j in split.test],
                                             thresholds=fold.thresholds, progress=progress,
                                             desc=f"fold {i}/{folds}: test")))
     train_part, validation = _split(recipe, records, settings.seed)
-    final = fit(recipe, settings, train_part, validation, progress=progress, desc="train")
+    final = fit(recipe, settings, train_part, validation, progress=progress, desc="train",
+                score_validation=not heldout and not per_fold)
     if heldout:
         scores = metrics(collect(model_of(recipe, final.net, settings), heldout, thresholds=final.thresholds,
                                  progress=progress, desc="held-out"))
