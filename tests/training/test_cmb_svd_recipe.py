@@ -1,0 +1,83 @@
+"""The cmb-svd recipe: settings refused by name, crops that hold their microbleed, bags encoded
+as the model encodes detections, and a fit end to end (detector, MIL, operating point) on the
+session's SWI phantoms whose checkpoint the node's model loads."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from neuroread.models.cmb_svd.network import GEOMETRY
+from neuroread.training.recipes.cmb_svd import DEMO_PLAN, RECIPE
+from neuroread.training.recipes.cmb_svd.data import load_study
+from neuroread.training.recipes.cmb_svd.stages import _crop, annotated_bag
+
+TINY = {"widths": [4, 8, 8, 8], "fpn_channels": 8, "representation": 16, "mask_layers": [8], "mil_hidden": 8,
+        "pixel_mm": 2.4, "input_size": 96, "name": "tiny"}
+
+
+def test_settings_name_what_is_wrong():
+    with pytest.raises(ValueError, match="did you mean 'demo'"):
+        RECIPE.settings("dmeo")
+    with pytest.raises(ValueError, match="unknown keys 'fpn_chanels'"):
+        RECIPE.settings("demo", network={"fpn_chanels": 8})
+    with pytest.raises(ValueError, match="crop must be a multiple of 32"):
+        RECIPE.settings("demo", crop=100)
+    with pytest.raises(ValueError, match="crop 320 is larger than the network's canvas 288"):
+        RECIPE.settings("demo", crop=320)
+    with pytest.raises(ValueError, match="instance_keep must be in"):
+        RECIPE.settings("demo", instance_keep=1.5)
+    assert RECIPE.settings("paper").network_config().fpn_channels == 256
+    assert DEMO_PLAN.size == "full" and DEMO_PLAN.heldout_seed != DEMO_PLAN.phantom_seed
+
+
+@pytest.fixture(scope="module")
+def records(phantom_sets):
+    return RECIPE.read_records(phantom_sets["cmb-svd"], "phantoms", progress=False)[0]
+
+
+def test_crops_hold_their_microbleed_with_its_box_and_mask(records):
+    settings = RECIPE.settings("demo", network=TINY, crop=64)
+    study = load_study(records[0], settings.network_config())
+    assert study.canvas.shape[1:] == (96, 96) and len(study.positives) > 0
+    generator = torch.Generator().manual_seed(0)
+    for k in study.positives[:3]:
+        image, target = _crop(study, int(k), 64, generator, positive=True)
+        assert image.shape == (3, 64, 64) and len(target["boxes"]) >= 1
+        for box, mask in zip(target["boxes"], target["masks"]):
+            rows, cols = np.flatnonzero(mask.numpy().any(1)), np.flatnonzero(mask.numpy().any(0))
+            assert box.tolist() == [cols[0], rows[0], cols[-1] + 1, rows[-1] + 1]
+    negative = next(k for k in study.head if k not in set(study.positives.tolist()))
+    image, target = _crop(study, negative, 64, generator, positive=False)
+    assert target["boxes"].shape == (0, 4) and target["masks"].shape == (0, 64, 64)
+
+
+def test_a_fit_trains_detector_and_mil_and_chooses_an_operating_point(records, tmp_path):
+    from neuroread.models.checkpoint import save_checkpoint
+    from neuroread.models.cmb_svd.model import MicrobleedModel
+    from neuroread.training.loop import fit
+
+    settings = RECIPE.settings("demo", network=TINY, epochs=1, batch_size=2, crop=64, mil_epochs=2, threads=1)
+    torch.manual_seed(0)
+    net = RECIPE.build(settings)
+    mil_before = net.subtype.classifier[1].weight.detach().clone()
+    bag = annotated_bag(net, records[0])
+    assert bag.instances.shape == (len(bag.classes), len(GEOMETRY)) and len(bag.classes) > 0  # demo: no ROI features
+    assert settings.network_config().instance_width == len(GEOMETRY)
+    assert set(bag.classes) <= {"lobar", "deep", "infratentorial"}
+    trained = fit(RECIPE, settings, records[:3], records[3:], progress=False)
+    assert {row["stage"] for row in trained.history} == {"detector", "subtype"}
+    assert not torch.equal(trained.net.subtype.classifier[1].weight, mil_before)
+    threshold = trained.net.config.detection_threshold
+    assert trained.net.config.score_floor < threshold < 1  # chosen on the validation study
+    out = tmp_path / "cmb-svd-tiny.pt"
+    config = RECIPE.checkpoint_config(trained.net, settings)
+    assert config["detection_threshold"] == threshold
+    save_checkpoint(out, model="cmb-svd", config=config, labels=RECIPE.outputs(), state_dict=trained.net.state_dict(),
+                    architecture=config, training_data="three test phantoms", demo=True)
+    model = MicrobleedModel()
+    model.load(out)
+    assert model.net.config.detection_threshold == threshold
+    volume, _ = records[3].load()
+    result = model.predict({"swi": volume})
+    assert result.classifications[0].outcome == "subtype"
