@@ -23,10 +23,13 @@ def pytest_collection_modifyitems(config, items):
             raise pytest.UsageError(f"{item.nodeid}: a test lives under tests/<kind>/, kind one of {', '.join(KINDS)}")
         item.add_marker(getattr(pytest.mark, kind))
 SET_N = 4
+# Tasks whose model reads clinical matrices only: their session set is full-size (cmb-svd: SWI
+# microbleeds of 2-10 mm need 3D slices of at most 3.5 mm; the small SWI phantoms have 5-7 mm).
+FULL_SIZE = {"cmb-svd"}
 
 
 class _Sets(dict):
-    """Small phantom sets, made on first use per task and kept for the session."""
+    """Phantom sets (small but for :data:`FULL_SIZE`), made on first use per task and kept for the session."""
 
     def __init__(self, root: Path) -> None:
         super().__init__()
@@ -34,7 +37,8 @@ class _Sets(dict):
 
     def __missing__(self, task: str) -> Path:
         out = self.root / task
-        generate_set(task, SET_N, SET_SEED, out, size="small", workers=2, progress=False)
+        generate_set(task, SET_N, SET_SEED, out, size="full" if task in FULL_SIZE else "small", workers=2,
+                     progress=False)
         self[task] = out
         return out
 
@@ -170,3 +174,4 @@ def results_scp():
     scp = ResultSCP().start()
     yield scp
     scp.stop()
+

@@ -77,8 +77,9 @@ def matmul_gflops(n: int = 4096, repeats: int = 5) -> float:
 
 def synthetic_volume(slot: Any, slices: int, size: int, uid: str):
     """A series for ``slot`` (an :class:`~neuroread.models.InputSlot`): an ellipse of head-like
-    values with noise on ``slices`` slices of ``size``², 5 mm apart (HU for CT, arbitrary MR
-    intensities otherwise), on an axial grid with 230 mm field of view."""
+    values with noise on ``slices`` slices of ``size``², 5 mm apart (2 mm for a 3D acquisition:
+    an SWI slot), HU for CT, arbitrary MR intensities otherwise, on an axial grid with 230 mm
+    field of view."""
     from neuroread.models import SeriesVolume
 
     rng = np.random.default_rng(0)
@@ -88,7 +89,8 @@ def synthetic_volume(slot: Any, slices: int, size: int, uid: str):
     array = np.where(head, inside, outside)[None] + rng.normal(0, noise, (slices, size, size))
     array[:, ~head] = outside
     pixel = 230.0 / size
-    return SeriesVolume(uid, array.astype(np.float32), (pixel, pixel, 5.0), (0.0, 0.0, 0.0), np.eye(3),
+    thickness = 2.0 if "SWI" in getattr(slot, "sequences", ()) else 5.0
+    return SeriesVolume(uid, array.astype(np.float32), (pixel, pixel, thickness), (0.0, 0.0, 0.0), np.eye(3),
                         tuple(f"{uid}.{k + 1}" for k in range(slices)), slot.modality,
                         {"FrameOfReferenceUID": "2.25.7"})
 

@@ -17,7 +17,9 @@ the regions are fixed template-space masks (:func:`regions`), built once per pro
 - ``frontal`` (MNI y > 20) and ``posterior`` (y < -55) subcortical white matter;
 - ``deep_grey``: basal ganglia and thalami (their iron darkens them), ``cortex``.
 
-Each feature is the region's 75th percentile over the white matter's median, minus one. Beside them,
+Each feature is the region's 75th percentile over the white matter's median, minus one, on the
+voxels the series covers (a region it does not cover reads 0; a series covering less than
+:data:`MIN_COVERED` of the white matter is refused). Beside them,
 ``log(1 + n)`` of the microbleeds per location class and in all: with no microbleed at all
 these context features alone decide the subtype (the MIL's bag is empty).
 """
@@ -32,6 +34,7 @@ from ..atlas import LOCATION_CLASSES, Registration, load_atlas
 from ..result import SeriesVolume
 
 STEP = 2  # atlas voxels (1.5 mm) per context voxel
+MIN_COVERED = 0.05  # share of the template's white matter a series must cover
 REGIONS = ("periventricular", "deep", "anterior_temporal", "external_capsule", "frontal", "posterior", "deep_grey",
            "cortex")
 CONTEXT_FEATURES = tuple(f"signal_{r}" for r in REGIONS) + tuple(f"count_{c}" for c in LOCATION_CLASSES) + ("count_all",)
@@ -75,11 +78,14 @@ def signal_features(volume: SeriesVolume, registration: Registration) -> np.ndar
     """The regional signal features of one scan (the first :data:`REGIONS` of :data:`CONTEXT_FEATURES`)."""
     values = registration.sample_on_template(volume, STEP)
     masks = regions()
-    reference = float(np.median(values[masks["white_matter"]]))
-    if not np.isfinite(reference) or reference <= 0:
-        raise ValueError("the series holds no white matter where the registration puts it (no signal there)")
-    return np.array([float(np.percentile(values[masks[r]], 75)) / reference - 1.0 if masks[r].any() else 0.0
-                     for r in REGIONS], np.float32)
+    covered = values > 0  # a series that covers part of the brain (a slab) reads the regions it covers
+    white = values[masks["white_matter"] & covered]
+    if white.size < MIN_COVERED * masks["white_matter"].sum():
+        raise ValueError(f"the series covers {white.size / masks['white_matter'].sum():.0%} of the brain's white matter "
+                         f"after registration; cmb-svd needs at least {MIN_COVERED:.0%}")
+    reference = float(np.median(white))
+    return np.array([float(np.percentile(values[masks[r] & covered], 75)) / reference - 1.0
+                     if (masks[r] & covered).any() else 0.0 for r in REGIONS], np.float32)
 
 
 def count_features(location_classes: list[str]) -> np.ndarray:

@@ -69,7 +69,8 @@ def test_flair_goes_to_ms_csvd_by_its_acquisition_and_other_sequences_do_not(tmp
     studies = sorted(p.parent for p in phantom_sets["ms-csvd"].glob("*/truth.json"))
     flair = [sorted((s / "S01").glob("*.dcm")) for s in studies[:2]]
     node = ServeNode(tmp_path / "node", destination_port=results.port)
-    node.config["models"] = {"ct-hemorrhage": {"enabled": False}, "ms-csvd": {"weights": str(ms_csvd_weights)}}
+    node.config["models"] = {"ct-hemorrhage": {"enabled": False}, "cmb-svd": {"enabled": False},
+                             "ms-csvd": {"weights": str(ms_csvd_weights)}}
     node.config_path.write_text(yaml.safe_dump(node.config), encoding="utf-8")
 
     sent = {

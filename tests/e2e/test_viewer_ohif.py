@@ -315,3 +315,69 @@ def test_the_results_open_in_ohif(dist, browser, study, orthanc, viewer, tmp_pat
     failed = [(path, status) for path, status in viewer.requests if status >= 400]
     assert failed == [], f"requests the viewer or Orthanc refused: {failed[:10]}"
     print(f"viewer checks: {time.monotonic() - started:.1f} s")
+
+
+# -- the microbleeds of an SWI ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def swi_study(phantom_sets, tmp_path_factory) -> dict:
+    """A full-size SWI phantom through cmb-svd on its committed demo weights: ``files`` (the SWI
+    series, the Segmentation and the Measurement Report), ``seg``, ``sr``, ``swi`` (source headers)."""
+    folder = sorted(p.parent for p in phantom_sets["cmb-svd"].glob("*/truth.json"))[0]
+    source = sorted((folder / load_truth(folder)["series"]["swi"]["folder"]).glob("*.dcm"))
+    out = tmp_path_factory.mktemp("viewer-swi")
+    config = parse_config({"storage": {"root": str(out / "node")},
+                           "models": {"ct-hemorrhage": {"enabled": False}, "ms-csvd": {"enabled": False}}}, out)
+    product = [pydicom.dcmread(p) for p in run_files(source, out / "cmb-svd", config, default_registry())]
+    seg, = [ds for ds in product if ds.Modality == "SEG"]
+    sr, = [ds for ds in product if ds.SOPClassUID.name == "Comprehensive 3D SR Storage"]
+    return {"files": source + [Path(ds.filename) for ds in (seg, sr)], "seg": seg, "sr": sr,
+            "study_uid": str(seg.StudyInstanceUID),
+            "swi": [pydicom.dcmread(p, stop_before_pixels=True) for p in source]}
+
+
+def test_the_microbleed_segmentation_opens_in_ohif_over_the_swi(dist, browser, swi_study, orthanc, viewer, dciodvfy,
+                                                               tmp_path):
+    from neuroread.node.encode import validate
+
+    seg, sr = swi_study["seg"], swi_study["sr"]
+    # one segment per microbleed, each tracked, and the SR's microbleed groups reference exactly them
+    numbers = [int(s.SegmentNumber) for s in seg.SegmentSequence]
+    assert numbers == list(range(1, len(numbers) + 1)) and numbers
+    assert all(str(s.SegmentLabel).startswith("microbleed") for s in seg.SegmentSequence)
+    referenced = [(str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID),
+                   int(i.ReferencedSOPSequence[0].ReferencedSegmentNumber))
+                  for i in content_items(sr) if i.ValueType == "IMAGE" and "ReferencedSOPSequence" in i
+                  and "ReferencedSegmentNumber" in i.ReferencedSOPSequence[0]]
+    assert sorted(referenced) == [(str(seg.SOPInstanceUID), n) for n in numbers]
+    assert validate(seg) == [], "dciodvfy finds errors in the Segmentation"
+
+    orthanc.upload(swi_study["files"])
+    shots = Shots(browser, tmp_path / "screenshots")
+    browser.get(viewer.viewer_url(swi_study["study_uid"]))
+    until(lambda: (rows := browser.execute_script(SERIES_LIST)) and ("SEG", str(seg.SeriesDescription)) in
+          {tuple(r) for r in rows}, 90, "OHIF's study browser listing the SWI and its Segmentation", shots)
+    until(lambda: "(1/" in overlay(browser, "bottom-right"), 60, "the SWI in the viewport", shots)
+    open_series(browser, str(seg.SeriesDescription))
+    until(lambda: browser.find_element(By.XPATH, '//button[normalize-space()="Yes"]'), 60,
+          "OHIF asking to open the segmentation", shots).click()
+    browser.find_element(By.CSS_SELECTOR, '[data-cy="panelSegmentation-btn"]').click()
+    segments = [str(s.SegmentLabel) for s in seg.SegmentSequence]
+    until(lambda: (t := browser.find_element(By.TAG_NAME, "body").text) and all(s in t for s in segments) and t,
+          30, f"the segmentation panel listing its {len(segments)} microbleeds", shots)
+    pane = browser.find_element(By.CSS_SELECTOR, '[data-cy="viewport-pane"]')
+    ActionChains(browser).move_to_element(pane).perform()
+
+    def a_microbleed_drawn() -> str | None:  # a microbleed is a few pixels: look through the slices for one
+        for key in [Keys.HOME] + [Keys.ARROW_DOWN] * (len(swi_study["swi"]) - 1):
+            ActionChains(browser).send_keys(key).perform()
+            time.sleep(0.2)
+            stats = browser.execute_script(CANVAS_STATS)
+            if stats and stats["colour"] > 0:
+                return overlay(browser, "bottom-right")
+        return None
+
+    until(a_microbleed_drawn, 120, "a slice of the SWI with a microbleed segment drawn in colour", shots)
+    shots("07-microbleed-segmentation")
+    failed = [(path, status) for path, status in viewer.requests if status >= 400]
+    assert failed == [], f"requests the viewer or Orthanc refused: {failed[:10]}"

@@ -90,7 +90,7 @@ def test_detect_gives_each_detection_its_box_head_representation():
 
 def test_the_mil_attends_over_its_bag_and_reads_context_alone_when_empty():
     torch.manual_seed(0)
-    mil = SubtypeMIL(16, 5, 8, 3, 0.0).eval()
+    mil = SubtypeMIL(16 + len(GEOMETRY), 5, 8, 3, 0.0).eval()
     bag = torch.randn(6, 16 + len(GEOMETRY))
     context = torch.randn(2, 5)
     out = mil([bag, bag[:0]], context)

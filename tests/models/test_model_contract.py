@@ -176,13 +176,13 @@ def test_registry_finds_models_and_suggests_names():
         reg.spec("tiny-tset")
     with pytest.raises(ValueError, match="registered twice"):
         reg.with_model(ENTRY)
-    assert default_registry().names() == ["ct-hemorrhage", "ms-csvd"]  # the product models, each with its issue
+    assert default_registry().names() == ["cmb-svd", "ct-hemorrhage", "ms-csvd"]  # the product models, each with its issue
 
 
 def test_plugins_add_models_and_bad_references_say_why():
-    assert default_registry(["support.tiny_model:ENTRY"]).names() == ["ct-hemorrhage", "ms-csvd", "tiny-test"]
+    assert default_registry(["support.tiny_model:ENTRY"]).names() == ["cmb-svd", "ct-hemorrhage", "ms-csvd", "tiny-test"]
     assert default_registry(["neuroread.models.ct_hemorrhage.model:ENTRY_CQ500"]).names() == [
-        "ct-hemorrhage", "ct-hemorrhage-cq500", "ms-csvd"]
+        "cmb-svd", "ct-hemorrhage", "ct-hemorrhage-cq500", "ms-csvd"]
     assert load_plugin("support.tiny_model:ENTRY") == [ENTRY]
     for ref, message in [("no_such_module_here:ENTRY", "cannot import no_such_module_here"),
                          ("support.tiny_model:NOPE", "has no 'NOPE'"),
@@ -282,6 +282,7 @@ def test_a_network_is_left_as_found_by_predict(loaded):
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 MODEL_PACKAGES = {"neuroread.models.ct_hemorrhage", "neuroread.training.recipes.ct_hemorrhage",
+                  "neuroread.models.cmb_svd", "neuroread.training.recipes.cmb_svd",
                   "neuroread.models.ms_csvd", "neuroread.training.recipes.ms_csvd"}
 
 
@@ -318,6 +319,6 @@ def test_no_shared_module_imports_a_model_or_names_one():
                          if any(t == p or t.startswith(p + ".") for p in MODEL_PACKAGES)]
             if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Name)):
                 name = node.name if not isinstance(node, ast.Name) else node.id
-                if any(word in name.lower() for word in ("drct2", "hemorrhage", "slice_attention", "msc", "csvd")):
+                if any(word in name.lower() for word in ("drct2", "hemorrhage", "slice_attention", "msc", "csvd", "microbleed")):
                     offences.append(f"{path.relative_to(REPO)} names {name}")
     assert not offences, "shared modules that know a particular model:\n" + "\n".join(offences)

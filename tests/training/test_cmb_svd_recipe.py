@@ -47,6 +47,14 @@ def test_crops_hold_their_microbleed_with_its_box_and_mask(records):
         for box, mask in zip(target["boxes"], target["masks"]):
             rows, cols = np.flatnonzero(mask.numpy().any(1)), np.flatnonzero(mask.numpy().any(0))
             assert box.tolist() == [cols[0], rows[0], cols[-1] + 1, rows[-1] + 1]
+    # hard negatives: dark spots in tissue, never on or next to an annotated microbleed
+    from scipy import ndimage
+
+    assert len(study.spots) > 0
+    distance = ndimage.distance_transform_cdt(study.ids == 0, metric="taxicab")  # as the dilation counts
+    assert all(distance[k, r, c] > 4 for k, r, c in study.spots)
+    image, target = _crop(study, study.spots[0], 64, generator, positive="spot")
+    assert image.shape == (3, 64, 64)
     negative = next(k for k in study.head if k not in set(study.positives.tolist()))
     image, target = _crop(study, negative, 64, generator, positive=False)
     assert target["boxes"].shape == (0, 4) and target["masks"].shape == (0, 64, 64)
