@@ -179,7 +179,11 @@ def run_preset(model_name: str, preset: str, slices: int, size: int, repeats: in
 
     recipe = recipe_of(model_name)
     # The network only: a frozen backbone's settings want pre-training or ImageNet weights, which timing does not need.
-    settings = recipe.settings(preset, pretrain_epochs=1)
+    import dataclasses
+
+    frozen = {"pretrain_epochs": 1} if "pretrain_epochs" in {f.name for f in dataclasses.fields(recipe.settings(preset))} \
+        else {}  # a recipe without a pre-training stage has no such setting
+    settings = recipe.settings(preset, **frozen)
     torch.manual_seed(0)
     net = recipe.build(settings).eval()
     model = registered(model_name)

@@ -94,6 +94,7 @@ LOCATION_CODES = {
 }
 ALL_LOCATIONS = Code("CMBALL", PRIVATE, "All locations")
 COUNT = Code("CMBCOUNT", PRIVATE, "Number of cerebral microbleeds")
+MICROBLEEDS = Code("CMBN", PRIVATE, "Microbleeds")
 
 SUBTYPE = MultiClass("subtype", Code("SVDSUBTYPE", PRIVATE, "Small vessel disease subtype"), (
     ClassLabel("arteriolosclerosis", Code("ASVD", PRIVATE, "Arteriolosclerosis (hypertensive small vessel disease)")),
@@ -263,7 +264,7 @@ class MicrobleedModel:
                 location=LOCATION_CODES[c], measurements=(Measurement(DIAMETER, diameter, UCUM_MM),),
                 probability=min(1.0, m.score), instance_weight=float(w),
                 tracking_id=f"microbleed {i} {c} {region.replace('_', ' ')}"[:64]))
-        counts = Table("microbleed counts", COUNT, (Column("count", COUNT, UCUM_COUNT),), tuple(
+        counts = Table("microbleed counts", COUNT, (Column("count", MICROBLEEDS, UCUM_COUNT),), tuple(
             [TableRow(LOCATION_CODES[k], (float(classes.count(k)),)) for k in LOCATION_CLASSES]
             + [TableRow(ALL_LOCATIONS, (float(len(found)),))]))
         heatmaps = ()
