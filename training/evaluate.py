@@ -30,7 +30,7 @@ alone (so every model gets the same measurements for the same kind of output):
   with a mask once the model has returned a lesion: per-lesion recall, false positives per scan,
   IoU and Dice of the matched lesions (mean and SD) and the per-scan Dice of all lesions together
   (``detection.recall``, ``detection.fp_per_scan``, ``detection.dice``…,
-  :func:`~neuroread.training.metrics.detection_metrics`). A model that returned no lesion on any
+  :func:`~neuroread.training.detection.detection_metrics`). A model that returned no lesion on any
   record gets none of these keys: the spec does not say whether a model detects lesions, and
   a model that does not (a classifier) must not be scored as one that missed every lesion.
 
@@ -50,10 +50,9 @@ from tqdm import tqdm
 
 from neuroread.models import Heatmap, Lesion, Model, ModelResult, SeriesVolume
 from neuroread.training.datasets import StudyRecord
+from neuroread.training.detection import LesionScan, detection_metrics
 from neuroread.training.metrics import (
-    LesionScan,
     classification_metrics,
-    detection_metrics,
     key_slice_tasks,
     multiclass_metrics,
     weighted_multiclass_metrics,

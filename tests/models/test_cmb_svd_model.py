@@ -12,7 +12,7 @@ import pytest
 from neuroread.models import default_registry
 from neuroread.models.cmb_svd.model import CLASSES, KEY_SLICES, LOCATION_CODES, SPEC
 from neuroread.models.cmb_svd.preprocess import MIN_SLICES, UnusableSeries, prepare
-from neuroread.training.metrics import detection_metrics
+from neuroread.training.detection import detection_metrics
 from neuroread.training.recipes.cmb_svd import RECIPE
 
 

@@ -432,7 +432,7 @@ MATCHED_DICE = [6 / 7, 4 / 7, 2 / 8, 1.0]
 
 
 def test_detection_metrics_by_hand() -> None:
-    from neuroread.training.metrics import detection_metrics
+    from neuroread.training.detection import detection_metrics
 
     m = detection_metrics([SCAN_1, SCAN_2, SCAN_3, SCAN_4])
     assert (m["n_scans"], m["n_lesions"], m["n_predicted"], m["n_matched"], m["n_false_positives"]) == (4, 5, 6, 4, 2)
@@ -447,7 +447,7 @@ def test_detection_metrics_by_hand() -> None:
 
 
 def test_detection_metrics_from_lesion_scans_and_float_ids() -> None:
-    from neuroread.training.metrics import LesionScan, detection_metrics
+    from neuroread.training.detection import LesionScan, detection_metrics
 
     scans = [LesionScan.from_masks(p, t.astype(np.float32)) for p, t in (SCAN_1, SCAN_2, SCAN_3, SCAN_4)]
     assert detection_metrics(scans) == detection_metrics([SCAN_1, SCAN_2, SCAN_3, SCAN_4])
@@ -457,7 +457,7 @@ def test_detection_metrics_from_lesion_scans_and_float_ids() -> None:
 
 
 def test_detection_metrics_leave_undefined_values_out() -> None:
-    from neuroread.training.metrics import detection_metrics
+    from neuroread.training.detection import detection_metrics
 
     assert detection_metrics([]) == {"n_scans": 0.0, "n_lesions": 0.0, "n_predicted": 0.0, "n_matched": 0.0,
                                      "n_false_positives": 0.0}
@@ -469,7 +469,7 @@ def test_detection_metrics_leave_undefined_values_out() -> None:
 
 
 def test_a_prediction_spanning_two_lesions_matches_the_better_one_only() -> None:
-    from neuroread.training.metrics import detection_metrics
+    from neuroread.training.detection import detection_metrics
 
     # P (0-6) over lesion 1 (0-1: IoU 2/7) and lesion 2 (3-6: IoU 4/7): it matches lesion 2; lesion 1 is missed
     m = detection_metrics([([_mask(0, 6)], _ids((1, 0, 1), (2, 3, 6)))])
@@ -483,14 +483,14 @@ def test_a_prediction_spanning_two_lesions_matches_the_better_one_only() -> None
     ([], _ids((1, 0, 1)) + 0.5, "integer lesion ids"),
 ])
 def test_detection_metrics_refuse_bad_input(predicted, truth, message) -> None:
-    from neuroread.training.metrics import detection_metrics
+    from neuroread.training.detection import detection_metrics
 
     with pytest.raises(ValueError, match=message):
         detection_metrics([(predicted, truth)])
 
 
 def test_recall_at_fp_by_hand() -> None:
-    from neuroread.training.metrics import LesionScan, recall_at_fp
+    from neuroread.training.detection import LesionScan, recall_at_fp
 
     scans = [(SCAN_1[0], [0.9, 0.6, 0.3, 0.8], SCAN_1[1]), (SCAN_2[0], [0.7], SCAN_2[1]),
              (SCAN_3[0], [], SCAN_3[1]), (SCAN_4[0], [0.5], SCAN_4[1])]

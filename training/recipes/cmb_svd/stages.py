@@ -36,8 +36,8 @@ from neuroread.models.cmb_svd.network import MicrobleedNet
 from neuroread.models.cmb_svd.preprocess import CENTRE, SCALE, prepare
 from neuroread.models.spec import ModelCard
 from neuroread.training.datasets import StudyRecord
+from neuroread.training.detection import recall_at_fp
 from neuroread.training.loop import Stage
-from neuroread.training.metrics import recall_at_fp
 
 from .data import DetectionStudy, lesion_ids, load_all
 from .settings import Settings
