@@ -107,7 +107,8 @@ def add_commands(sub) -> None:
         "results", help="summarise the result objects in a folder (a storescp folder, an outbox)",
         description="Read every DICOM result object under DIR (SR, KOS, SC, PM, SEG) and print, per study, "
         "the models that made them, the findings of each Structured Report (present ones with their "
-        "probability) and where the files are. Studies are named by UID, never by patient.",
+        "probability), a line per table of the text report (e.g. microbleeds per location) and per SEG "
+        "(its segments), and where the files are. Studies are named by UID, never by patient.",
         epilog="example:\n  neuroread results out/demo/pacs",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", metavar="DIR")

@@ -136,12 +136,14 @@ def test_a_head_ct_through_the_node_comes_back_as_sr_kos_sc_and_pm(tmp_path, pha
     meanings = [f.meaning for _, f in study.findings]
     assert meanings == [lb.code.meaning for lb in SPEC.labels]
     assert all(0.0 <= f.probability <= 1.0 and f.present == (f.probability >= 0.5) for _, f in study.findings)
+    assert study.tables == [] and study.segmentations == []  # ct-hemorrhage gives no table and no lesion mask
     res = subprocess.run([sys.executable, "-m", "neuroread.cli", "results", str(storescp.out)],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     sr_count = "1 SR, " if placed else ""
     assert f"study {study.study_uid}: ct-hemorrhage - {sr_count}1 report, 1 KOS, 6 SC, 1 PM" in res.stdout
     assert DEMO_TEXT in res.stdout and ("may have:" in res.stdout) and str(storescp.out) in res.stdout
+    assert "SEG:" not in res.stdout
 
 
 def test_results_says_when_a_folder_holds_none_and_refuses_a_missing_one(tmp_path, phantom_sets):
