@@ -30,15 +30,18 @@ class CMBConfig:
     on an ``input_size`` square canvas (the transform's ``min_size`` and ``max_size``, so it
     never resizes), three channels: the slice and its two neighbours (2.5D). At test time the
     RPN keeps ``rpn_pre_nms_test`` / ``rpn_post_nms_test`` proposals per level / image, and the
-    heads at most ``detections_per_slice`` detections above ``score_floor``; a merged 3D
-    microbleed is reported when its best detection scores ``detection_threshold`` or more (the
-    operating point training chooses on its validation studies).
+    heads at most ``detections_per_slice`` detections above ``score_floor``; the merged 3D
+    candidates go through the false-positive filter (:mod:`.candidates`), and one is reported
+    as a microbleed when its probability is ``detection_threshold`` or more (the operating
+    point training chooses on its validation studies; without a fitted filter the probability
+    is the best detection's score).
 
     **Subtype** (attention-based multiple-instance learning): each microbleed is encoded from
     its box-head representation (with ``mil_roi_features``), location class, size, template
-    position and detector score into ``mil_hidden`` features; gated attention pools them; the whole scan's context (regional
-    white-matter signal and counts per location class) is encoded beside it; a linear layer
-    gives one logit per subtype (``n_classes``).
+    position and detector score into ``mil_hidden`` features; gated attention pools them; a
+    linear layer on the pooled vector and the whole scan's standardised context (regional
+    white-matter signal and counts per location class) gives one logit per subtype
+    (``n_classes``).
     """
 
     n_classes: int = 3

@@ -14,7 +14,7 @@ one slice (:data:`MAX_ELONGATION`; a round microbleed spans about its diameter).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -49,14 +49,28 @@ class Microbleed3D:
     representation: np.ndarray
     best_slice: int
     members: int
+    known_indices: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def indices(self) -> np.ndarray:
+        """``[voxels, 3]`` (slice, row, column) of the mask: ``known_indices`` when the maker gave
+        them (a scan of the whole volume costs about 10 ms a microbleed), else computed once."""
+        if self.known_indices is None:
+            object.__setattr__(self, "known_indices", np.argwhere(self.mask))
+        return self.known_indices
+
+    @property
+    def centroid(self) -> np.ndarray:
+        """Mean (slice, row, column) index of the mask."""
+        return self.indices.mean(axis=0)
 
     @property
     def voxels(self) -> int:
-        return int(self.mask.sum())
+        return len(self.indices)
 
     @property
     def slices(self) -> np.ndarray:
-        return np.flatnonzero(self.mask.any(axis=(1, 2)))
+        return np.unique(self.indices[:, 0])
 
 
 def _find(parent: list[int], i: int) -> int:
@@ -95,6 +109,8 @@ def merge_detections(detections: list[SliceDetection], shape: tuple[int, int, in
         mask = np.zeros(shape, bool)
         for i in members:
             mask[dets[i].slice] |= dets[i].mask
+        indices = np.concatenate([np.column_stack([np.full(len(rc), k), rc]) for k in sorted({dets[i].slice for i in members})
+                                  for rc in [np.argwhere(mask[k])]])
         best = max(members, key=lambda i: (dets[i].score, -dets[i].slice))
         first, last = min(dets[i].slice for i in members), max(dets[i].slice for i in members)
         extent = (last - first + 1) * spacing[2]
@@ -102,5 +118,5 @@ def merge_detections(detections: list[SliceDetection], shape: tuple[int, int, in
         if extent > max_elongation * diameter + spacing[2]:
             continue
         out.append(Microbleed3D(mask, float(dets[best].score), dets[best].representation, dets[best].slice,
-                                len(members)))
-    return sorted(out, key=lambda m: (int(m.slices[0]), *np.argwhere(m.mask).mean(axis=0)[1:].round(3)))
+                                len(members), indices))
+    return sorted(out, key=lambda m: (int(m.slices[0]), *m.centroid[1:].round(3)))

@@ -13,19 +13,23 @@ thick slices of a 2D SWI fail the job with that reason).
 1. the slices onto the detector's canvas (:mod:`.preprocess`), 2.5D;
 2. Mask R-CNN on every slice (:func:`detect_series`), each detection's mask taken back onto
    the slice's own grid;
-3. detections merged through the slices into 3D microbleeds, vessels seen end-on dropped
-   (:mod:`.merge`); those whose best detection reaches the operating point go on;
+3. detections merged through the slices into 3D candidates, vessels seen end-on dropped
+   (:mod:`.merge`);
 4. the series registered to the MNI template (:func:`neuroread.models.atlas.register`, affine,
-   about a second): each microbleed's centroid gets its atlas region and its location class
+   about a second): each candidate's centroid gets its atlas region and its location class
    (lobar, deep, infratentorial) **from the atlas after registration**, not from the network;
    the reader's anatomical rules screen the candidates (:func:`screen`): a microbleed lies in
    the parenchyma, so a focus in a ventricle, cisternal CSF or outside the brain is choroid
    plexus or pineal calcification or a flow void, and bilaterally symmetric foci of the globus
    pallidus are its physiological calcification;
-5. the scan's context (:mod:`.context`) and the bag of microbleeds → the subtype MIL.
+5. the false-positive filter (:mod:`.candidates`, boosted trees over each candidate's shape,
+   signal, detector score and template position) gives each candidate its probability of
+   being a microbleed; those at the operating point (``detection_threshold``) are the
+   microbleeds (:meth:`MicrobleedModel.microbleeds`);
+6. the scan's context (:mod:`.context`) and the bag of microbleeds → the subtype MIL.
 
 **Outputs**: every microbleed as a :class:`~neuroread.models.Lesion` (its mask on the SWI grid,
-volume, centroid, coded location class, equivalent diameter, detector score as probability,
+volume, centroid, coded location class, equivalent diameter, the filter's probability,
 MIL attention weight, a tracking id naming its number, class and atlas region); the counts per
 location class (:class:`~neuroread.models.Table`); the subtype distribution (multi-class
 "Small vessel disease subtype"); key slices: the :data:`KEY_SLICES` slices crossing the most
@@ -66,6 +70,7 @@ from ..result import (
 )
 from ..runtime import torch_device
 from ..spec import UCUM_COUNT, UCUM_MM, ClassLabel, Code, InputSlot, ModelCard, ModelSpec, MultiClass
+from .candidates import candidate_features
 from .config import CMBConfig
 from .context import CONTEXT_FEATURES, scan_context
 from .merge import Microbleed3D, SliceDetection, merge_detections
@@ -151,13 +156,17 @@ def instance_features(found: list[Microbleed3D], template_lps: np.ndarray, class
 
 
 class Found(NamedTuple):
-    """What :meth:`MicrobleedModel.microbleeds` found: the microbleeds, the registration, their
-    centroids (patient LPS) and the same in template space."""
+    """What :meth:`MicrobleedModel.candidates` and :meth:`MicrobleedModel.microbleeds` found:
+    the candidates or microbleeds, the registration, their centroids (patient LPS), the same in
+    template space, their :data:`~.candidates.CANDIDATE_FEATURES` and their probability of
+    being a microbleed (the filter's)."""
 
     microbleeds: list[Microbleed3D]
     registration: Registration
     centroids: np.ndarray
     template: np.ndarray
+    features: np.ndarray
+    probabilities: np.ndarray
 
 
 def screen(template_lps: np.ndarray) -> np.ndarray:
@@ -215,9 +224,10 @@ class MicrobleedModel:
         log.info("loaded %s weights %s (sha256 %s, config %s, demo %s) on %s", self.spec.name, path,
                  ckpt.card.weights_sha256[:12], net.config.name, ckpt.card.demo, target)
 
-    def microbleeds(self, volume: SeriesVolume) -> Found:
-        """The 3D microbleeds of ``volume`` at the operating point, after the anatomical screening,
-        with the registration (steps 1-4 of the module docstring)."""
+    def candidates(self, volume: SeriesVolume) -> Found:
+        """Every 3D candidate above the detector's score floor that the anatomical screen keeps,
+        with its features and the filter's probability (steps 1-5 of the module docstring,
+        before the operating point)."""
         config = self.net.config
         if volume.spacing[2] > MAX_SLICE_MM:
             raise UnusableSeries(f"its slices are {volume.spacing[2]:.1f} mm apart; cmb-svd reads 3D SWI with slices "
@@ -225,15 +235,24 @@ class MicrobleedModel:
                                  "ones)")
         prep = prepare(volume, config.pixel_mm, config.input_size)
         found = merge_detections(detect_series(self.net, prep, self.device), volume.array.shape, volume.spacing)
-        found = [m for m in found if m.score >= config.detection_threshold]
         try:
             registration = register(volume)
         except ValueError as exc:
             raise UnusableSeries(f"{exc}; cmb-svd needs an SWI of the whole brain") from exc
-        centroids = np.array([volume.index_to_lps(np.argwhere(m.mask).mean(axis=0)) for m in found]).reshape(-1, 3)
+        centroids = np.array([volume.index_to_lps(m.centroid) for m in found]).reshape(-1, 3)
         template = registration.to_template(centroids) if found else np.zeros((0, 3))
         keep = screen(template)
-        return Found([m for m, k in zip(found, keep) if k], registration, centroids[keep], template[keep])
+        found, centroids, template = [m for m, k in zip(found, keep) if k], centroids[keep], template[keep]
+        features = candidate_features(found, prep.scaled, volume.spacing, template)
+        probabilities = self.net.candidates.probabilities(features, np.array([m.score for m in found]))
+        return Found(found, registration, centroids, template, features, probabilities)
+
+    def microbleeds(self, volume: SeriesVolume) -> Found:
+        """The candidates (:meth:`candidates`) whose probability reaches the operating point."""
+        c = self.candidates(volume)
+        keep = c.probabilities >= self.net.config.detection_threshold
+        return Found([m for m, k in zip(c.microbleeds, keep) if k], c.registration, c.centroids[keep],
+                     c.template[keep], c.features[keep], c.probabilities[keep])
 
     def predict(self, inputs: dict[str, SeriesVolume]) -> ModelResult:
         """Microbleeds, their counts, the subtype and its explanation for one SWI series (module
@@ -241,7 +260,7 @@ class MicrobleedModel:
         :meth:`load`, ValueError for other input slots or a series it cannot read."""
         check_ready(self, inputs)
         vol = inputs[SLOT.name]
-        found, registration, centroids, template = self.microbleeds(vol)
+        found, registration, centroids, template, _, probability = self.microbleeds(vol)
         classes = location_class(template) if len(found) else []
         regions = region_name(template) if len(found) else []
         voxel = float(np.prod(vol.spacing))
@@ -256,13 +275,14 @@ class MicrobleedModel:
 
         uid = vol.series_instance_uid
         lesions = []
-        for i, (m, c, region, w, p) in enumerate(zip(found, classes, regions, weights, centroids), start=1):
+        for i, (m, c, region, w, p, q) in enumerate(zip(found, classes, regions, weights, centroids, probability),
+                                                   start=1):
             volume_mm3 = m.voxels * voxel
             diameter = 2.0 * (3.0 * volume_mm3 / (4.0 * np.pi)) ** (1.0 / 3.0)
             lesions.append(Lesion(
                 uid, "microbleed", MICROBLEED, m.mask, volume_mm3, tuple(float(v) for v in p),
                 location=LOCATION_CODES[c], measurements=(Measurement(DIAMETER, diameter, UCUM_MM),),
-                probability=min(1.0, m.score), instance_weight=float(w),
+                probability=float(min(1.0, q)), instance_weight=float(w),
                 tracking_id=f"microbleed {i} {c} {region.replace('_', ' ')}"[:64]))
         counts = Table("microbleed counts", COUNT, (Column("count", MICROBLEEDS, UCUM_COUNT),), tuple(
             [TableRow(LOCATION_CODES[k], (float(classes.count(k)),)) for k in LOCATION_CLASSES]

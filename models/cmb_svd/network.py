@@ -39,6 +39,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..backbones import ResNetTrunk
+from .candidates import CandidateFilter
 from .config import CMBConfig
 
 GEOMETRY = ("lobar", "deep", "infratentorial", "log_volume", "template_x", "template_y", "template_z", "score")
@@ -107,18 +108,35 @@ class MILOutput:
 
 
 class SubtypeMIL(nn.Module):
-    """Gated attention MIL over microbleeds plus the scan's context (module docstring)."""
+    """Gated attention MIL over microbleeds plus the scan's context (module docstring).
+
+    Instance and context features are standardised with the training bags' means and standard
+    deviations (buffers that :meth:`fit_scaling` sets before training; identity until then),
+    not per sample: a per-sample normalisation would mix the regional signal (a few hundredths)
+    with the counts (units) and drown the signal. The classifier is linear on the pooled bag
+    vector, the empty-bag flag and the standardised context, so the context reaches the logits
+    directly (as in a logistic regression) and the bag adds to it."""
 
     def __init__(self, width: int, n_context: int, hidden: int, n_classes: int, dropout: float) -> None:
         super().__init__()
-        self.instance = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.ReLU(),
-                                      nn.Linear(hidden, hidden), nn.ReLU())
+        self.instance = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
         self.attention_v = nn.Linear(hidden, hidden)
         self.attention_u = nn.Linear(hidden, hidden)
         self.attention_w = nn.Linear(hidden, 1)
-        self.context = nn.Sequential(nn.LayerNorm(n_context), nn.Linear(n_context, hidden), nn.ReLU())
-        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * hidden + 1, n_classes))
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden + 1 + n_context, n_classes)
         self.hidden = hidden
+        for name, size in (("instance_mean", width), ("instance_std", width), ("context_mean", n_context),
+                           ("context_std", n_context)):
+            self.register_buffer(name, torch.zeros(size) if name.endswith("mean") else torch.ones(size))
+
+    @torch.no_grad()
+    def fit_scaling(self, instances: Tensor, context: Tensor) -> None:
+        """Set the standardisation from the training set's instances ``[M, width]`` and contexts ``[B, C]``."""
+        for name, values in (("instance", instances), ("context", context)):
+            if len(values):
+                getattr(self, f"{name}_mean").copy_(values.mean(0))
+                getattr(self, f"{name}_std").copy_(values.std(0, unbiased=False).clamp_min(1e-3))
 
     def forward(self, bags: Sequence[Tensor], context: Tensor) -> MILOutput:
         """``bags``: per scan ``[m, width]`` (``m`` may be 0); ``context [B, C]``."""
@@ -128,13 +146,13 @@ class SubtypeMIL(nn.Module):
                 vectors.append(torch.cat([context.new_zeros(self.hidden), context.new_ones(1)]))
                 weights.append(context.new_zeros(0))
                 continue
-            h = self.instance(bag)
+            h = self.instance((bag - self.instance_mean) / self.instance_std)
             score = self.attention_w(torch.tanh(self.attention_v(h)) * torch.sigmoid(self.attention_u(h)))[:, 0]
             a = torch.softmax(score, dim=0)
-            vectors.append(torch.cat([(a[:, None] * h).sum(0), context.new_zeros(1)]))
+            vectors.append(torch.cat([self.dropout((a[:, None] * h).sum(0)), context.new_zeros(1)]))
             weights.append(a)
-        joint = torch.cat([torch.stack(vectors), self.context(context)], dim=1)
-        logits = self.classifier(joint)
+        scaled = (context - self.context_mean) / self.context_std
+        logits = self.classifier(torch.cat([torch.stack(vectors), scaled], dim=1))
         return MILOutput(logits, torch.softmax(logits, dim=1), weights)
 
 
@@ -146,6 +164,7 @@ class MicrobleedNet(nn.Module):
         self.config = config
         self.n_context = n_context
         self.detector = build_detector(config)
+        self.candidates = CandidateFilter()
         self.subtype = SubtypeMIL(config.instance_width, n_context, config.mil_hidden, config.n_classes, config.dropout)
 
     @torch.no_grad()

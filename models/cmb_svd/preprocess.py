@@ -63,11 +63,13 @@ def normalise(array: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class Prepared:
     """One series on the canvas: ``canvas [n, S, S]`` float32 (normalised and centred),
-    ``grid`` the canvas grid, ``source`` the series' grid."""
+    ``grid`` the canvas grid, ``source`` the series' grid, ``scaled`` the series on its own grid
+    scaled by its white matter (:func:`normalise`)."""
 
     canvas: np.ndarray
     grid: VoxelGrid
     source: VoxelGrid
+    scaled: np.ndarray
 
     def inputs(self, slices: np.ndarray | list[int]) -> torch.Tensor:
         """2.5D inputs ``[len(slices), 3, S, S]`` of the canvas slices ``slices``."""
@@ -108,4 +110,4 @@ def prepare(volume: SeriesVolume, pixel_mm: float, size: int) -> Prepared:
     grid = canvas_grid(source, pixel_mm, size)
     scaled = normalise(volume.array)
     canvas = resample_onto((scaled, source), grid, interpolator="linear")
-    return Prepared(((canvas - CENTRE) / SCALE).astype(np.float32), grid, source)
+    return Prepared(((canvas - CENTRE) / SCALE).astype(np.float32), grid, source, scaled)

@@ -105,6 +105,69 @@ def test_the_mil_attends_over_its_bag_and_reads_context_alone_when_empty():
     assert torch.allclose(other.logits[0], out.logits[1], atol=1e-6)  # an empty bag: the context decides
 
 
+def test_the_mil_standardises_with_the_training_set_not_per_sample():
+    torch.manual_seed(0)
+    mil = SubtypeMIL(len(GEOMETRY), 3, 8, 3, 0.0).eval()
+    context = torch.tensor([[0.05, 2.0, 3.0], [-0.01, 2.0, 3.0], [0.02, 1.0, 1.0]])
+    bags = [torch.randn(4, len(GEOMETRY)), torch.randn(2, len(GEOMETRY)), torch.randn(0, len(GEOMETRY))]
+    mil.fit_scaling(torch.cat(bags), context)
+    assert torch.allclose(mil.context_mean, context.mean(0)) and torch.allclose(mil.context_std, context.std(0, False))
+    with torch.no_grad():  # logits linear in the standardised context: a signal six hundredths apart moves them
+        mil.classifier.weight.zero_()
+        mil.classifier.weight[0, -3] = 1.0
+        out = mil([bags[2], bags[2]], context[:2])
+    expected = (context[0, 0] - context[1, 0]) / mil.context_std[0]
+    assert torch.allclose(out.logits[0, 0] - out.logits[1, 0], expected, atol=1e-5) and float(expected) > 2
+    state = mil.state_dict()
+    assert {"context_mean", "context_std", "instance_mean", "instance_std"} <= set(state)  # in the checkpoint
+
+
+def test_the_false_positive_filter_is_the_fitted_trees_as_tensors():
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from neuroread.models.cmb_svd.candidates import CANDIDATE_FEATURES, CandidateFilter
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, len(CANDIDATE_FEATURES))).astype(np.float32)
+    y = x[:, 0] + x[:, 5] ** 2 + 0.5 * rng.normal(size=600) > 1
+    trees = HistGradientBoostingClassifier(max_iter=40, max_leaf_nodes=9, early_stopping=False, random_state=0).fit(x, y)
+    unfitted = CandidateFilter()
+    scores = rng.uniform(size=5)
+    assert not unfitted.fitted and np.array_equal(unfitted.probabilities(x[:5], scores), scores)  # passes scores
+    fitted = CandidateFilter()
+    fitted.load_sklearn(trees)
+    test = rng.normal(size=(300, len(CANDIDATE_FEATURES))).astype(np.float32)
+    expected = trees.predict_proba(test)[:, 1]
+    assert np.abs(fitted.probabilities(test, np.zeros(300)) - expected).max() < 1e-9
+    loaded = CandidateFilter()  # buffers sized from the state dict, as a checkpoint loads
+    loaded.load_state_dict(fitted.state_dict())
+    assert loaded.fitted and np.abs(loaded.probabilities(test, np.zeros(300)) - expected).max() < 1e-9
+    with pytest.raises(ValueError, match="binary classifier"):
+        CandidateFilter(n_features=3).load_sklearn(trees)
+    net = MicrobleedNet(CMBConfig.demo(), 12)
+    assert any(k.startswith("candidates.") for k in net.state_dict())  # one state dict, one checkpoint
+
+
+def test_candidate_features_measure_shape_signal_and_place():
+    from neuroread.models.cmb_svd.candidates import CANDIDATE_FEATURES, candidate_features
+    from neuroread.models.cmb_svd.merge import Microbleed3D
+
+    scaled = np.ones((10, 30, 30), np.float32)
+    mask = np.zeros_like(scaled, bool)
+    mask[4:6, 10:13, 10:14] = True  # 2 slices, 3 rows, 4 columns
+    scaled[mask] = 0.25
+    scaled[4, 10, 10] = 0.1
+    bleed = Microbleed3D(mask, 0.9, np.zeros(0, np.float32), 4, 2)
+    f = dict(zip(CANDIDATE_FEATURES, candidate_features([bleed], scaled, (0.5, 0.8, 2.0), np.array([[-12.0, 3, 4]]))[0]))
+    assert f["detector_score"] == pytest.approx(0.9) and f["slice_detections"] == 2
+    assert f["log_volume_mm3"] == pytest.approx(np.log(24 * 0.5 * 0.8 * 2.0))
+    assert f["extent_z_mm"] == 4.0 and f["extent_long_mm"] == pytest.approx(2.4) and f["extent_short_mm"] == 2.0
+    assert f["min_signal"] == pytest.approx(0.1) and f["mean_signal"] == pytest.approx((23 * 0.25 + 0.1) / 24)
+    assert f["ring_signal"] == pytest.approx(1.0)  # white matter around it
+    assert (f["template_abs_x"], f["template_y"], f["template_z"]) == (12.0, 3.0, 4.0)
+    assert candidate_features([], scaled, (1, 1, 1), np.zeros((0, 3))).shape == (0, len(CANDIDATE_FEATURES))
+
+
 def _det(k: int, rows: slice, cols: slice, score: float, shape=(40, 40)) -> SliceDetection:
     mask = np.zeros(shape, bool)
     mask[rows, cols] = True

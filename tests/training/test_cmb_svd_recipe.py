@@ -68,16 +68,17 @@ def test_a_fit_trains_detector_and_mil_and_chooses_an_operating_point(records, t
     settings = RECIPE.settings("demo", network=TINY, epochs=1, batch_size=2, crop=64, mil_epochs=2, threads=1)
     torch.manual_seed(0)
     net = RECIPE.build(settings)
-    mil_before = net.subtype.classifier[1].weight.detach().clone()
+    mil_before = net.subtype.classifier.weight.detach().clone()
     bag = annotated_bag(net, records[0])
     assert bag.instances.shape == (len(bag.classes), len(GEOMETRY)) and len(bag.classes) > 0  # demo: no ROI features
     assert settings.network_config().instance_width == len(GEOMETRY)
     assert set(bag.classes) <= {"lobar", "deep", "infratentorial"}
     trained = fit(RECIPE, settings, records[:3], records[3:], progress=False)
     assert {row["stage"] for row in trained.history} == {"detector", "subtype"}
-    assert not torch.equal(trained.net.subtype.classifier[1].weight, mil_before)
+    assert not torch.equal(trained.net.subtype.classifier.weight, mil_before)
+    assert float(trained.net.subtype.context_std.min()) > 0 and trained.net.subtype.context_mean.abs().sum() > 0
     threshold = trained.net.config.detection_threshold
-    assert trained.net.config.score_floor < threshold < 1  # chosen on the validation study
+    assert 0 < threshold < 1  # chosen on the validation study
     out = tmp_path / "cmb-svd-tiny.pt"
     config = RECIPE.checkpoint_config(trained.net, settings)
     assert config["detection_threshold"] == threshold
@@ -89,3 +90,24 @@ def test_a_fit_trains_detector_and_mil_and_chooses_an_operating_point(records, t
     volume, _ = records[3].load()
     result = model.predict({"swi": volume})
     assert result.classifications[0].outcome == "subtype"
+
+
+def test_the_operating_point_is_chosen_on_probabilities_from_trees_that_never_saw_the_scan():
+    from neuroread.training.recipes.cmb_svd.stages import FOLDS, filter_out_of_fold
+
+    rng = np.random.default_rng(0)
+    scan_of = np.repeat(np.arange(8), 30)
+    x = rng.normal(size=(len(scan_of), 12)).astype(np.float32)
+    y = x[:, 3] + 0.3 * rng.normal(size=len(x)) > 0.5
+    settings = RECIPE.settings("demo", filter_trees=30)
+    p = filter_out_of_fold(x, y, scan_of, settings)
+    assert p.shape == y.shape and 0 <= p.min() and p.max() <= 1
+    assert p[y].mean() > 0.6 > 0.3 > p[~y].mean()  # the trees learnt the feature
+    flipped = y.copy()
+    flipped[scan_of == 0] = ~flipped[scan_of == 0]  # scan 0's labels change ...
+    q = filter_out_of_fold(x, flipped, scan_of, settings)
+    same_fold = (scan_of % FOLDS) == 0
+    assert np.array_equal(q[same_fold], p[same_fold])  # ... its own fold's probabilities do not
+    assert not np.array_equal(q[scan_of == 1], p[scan_of == 1])  # another fold's trees learnt from it
+    one_kind = filter_out_of_fold(x, np.zeros(len(x), bool), scan_of, settings)
+    assert np.array_equal(one_kind, x[:, 0])  # nothing to learn: the detector's score stays

@@ -84,6 +84,6 @@ class Recipe:
 # Sized for about 15 minutes of `neuroread train-demo cmb-svd` on a 2-core CPU (see the card).
 DEMO_PLAN = DemoPlan(
     task="cmb-svd", studies=128, phantom_seed=20230401, size="full", heldout_studies=64, heldout_seed=20231011,
-    settings={"epochs": 6, "batch_size": 8, "seed": 0, "threads": 2},
+    settings={"epochs": 5, "batch_size": 8, "seed": 0, "threads": 2},
 )
 RECIPE = Recipe(demo_plan=DEMO_PLAN)

@@ -28,8 +28,15 @@ class Settings:
     (RPN objectness and boxes, box classification and regression, mask), AdamW at ``lr`` with
     one-cycle decay, ``weight_decay``.
 
-    **Operating point**: on the validation studies, the detection score threshold of the highest
-    lesion recall with at most ``max_fp_per_scan`` false positives per scan.
+    **False-positive filter and operating point** (on the validation studies, which the detector
+    never saw): every candidate the detector and the anatomical screen give is labelled by its
+    overlap with an annotated microbleed; ``filter_trees`` boosted trees of at most
+    ``filter_leaves`` leaves, learning rate ``filter_lr`` (scikit-learn's
+    ``HistGradientBoostingClassifier``) learn which are microbleeds (``filter_trees = 0``: no
+    filter, the detector's score decides). The operating point is the probability threshold of
+    the highest lesion recall with at most ``max_fp_per_scan`` false positives per scan, chosen on
+    out-of-fold probabilities (four folds of the validation studies), so it is not set on
+    candidates the filter was fitted to; the filter kept is then fitted on all of them.
 
     **Subtype MIL**: bags of the training studies' annotated microbleeds (the box head's
     representation on each one's largest slice, its atlas location class after registration, its
@@ -50,6 +57,9 @@ class Settings:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     max_fp_per_scan: float = 1.0
+    filter_trees: int = 200
+    filter_leaves: int = 15
+    filter_lr: float = 0.05
     mil_epochs: int = 80
     mil_batch: int = 16
     mil_lr: float = 3e-3
@@ -75,7 +85,11 @@ class Settings:
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
             raise ValueError(f"Settings.threads must be a positive integer or None, got {self.threads!r}")
-        for key in ("lr", "mil_lr"):
+        for key, low in (("filter_trees", 0), ("filter_leaves", 2)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"Settings.{key} must be an integer >= {low}, got {value!r}")
+        for key in ("lr", "mil_lr", "filter_lr"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"Settings.{key} must be a positive learning rate, got {value!r}")
@@ -122,6 +136,10 @@ class Settings:
                 f"px, 2.5D {net.input_size} px canvas at {net.pixel_mm:g} mm); detector {self.epochs} epochs over the "
                 f"slices with microbleeds, {self.batch_size} crops of {self.crop} px a step "
                 f"({self.negative_fraction:.0%} from slices without), AdamW lr {self.lr:g} one-cycle, weight decay "
-                f"{self.weight_decay:g}; operating point at <= {self.max_fp_per_scan:g} false positives per scan on "
-                f"validation; subtype MIL {self.mil_epochs} epochs, bags of {self.mil_batch}, AdamW lr {self.mil_lr:g}, "
+                f"{self.weight_decay:g}; " + (
+                    f"false-positive filter of {self.filter_trees} boosted trees ({self.filter_leaves} leaves, lr "
+                    f"{self.filter_lr:g}) on the validation candidates, " if self.filter_trees else
+                    "no false-positive filter, ") +
+                f"operating point at <= {self.max_fp_per_scan:g} false positives per scan on validation (out of "
+                f"fold); subtype MIL {self.mil_epochs} epochs, bags of {self.mil_batch}, AdamW lr {self.mil_lr:g}, "
                 f"instances kept with p {self.instance_keep:g}, empty bags p {self.empty_bags:g}; seed {self.seed}")

@@ -13,9 +13,12 @@ operating point.
    rather than of detections: detecting every training study would cost minutes of CPU per
    epoch's worth of studies, and a detector at its operating point finds most of them; random
    dropping of microbleeds (and of whole bags) stands in for what it misses.
-3. **operating point** (:func:`tune`, after the stages, on the validation studies): the score
+3. **false-positive filter and operating point** (:func:`tune`, after the stages, on the
+   validation studies): boosted trees over every candidate's features
+   (:mod:`neuroread.models.cmb_svd.candidates`) learn which are microbleeds; the probability
    threshold of the highest lesion recall at no more than ``max_fp_per_scan`` false positives per
-   scan, kept in the network's configuration (so in the checkpoint).
+   scan, chosen on out-of-fold probabilities, is kept in the network's configuration and the
+   trees in its state dict (so both are in the checkpoint).
 """
 from __future__ import annotations
 
@@ -26,9 +29,11 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from tqdm import tqdm
 
 from neuroread.models.atlas import location_class, register
+from neuroread.models.cmb_svd.candidates import CandidateFilter
 from neuroread.models.cmb_svd.context import count_features, signal_features
 from neuroread.models.cmb_svd.merge import Microbleed3D
 from neuroread.models.cmb_svd.model import MicrobleedModel, instance_features
@@ -166,18 +171,22 @@ def annotated_bag(net: MicrobleedNet, record: StudyRecord) -> _Bag:
     registration = register(volume)
     found: list[Microbleed3D] = []
     where: list[tuple[int, list[float]]] = []
+    boxes = ndimage.find_objects(ids)
     for lesion in np.unique(ids[ids > 0]):
-        mask = ids == lesion
+        box = boxes[int(lesion) - 1]
+        mask = np.zeros(ids.shape, bool)
+        mask[box] = ids[box] == lesion
+        indices = np.argwhere(mask[box]) + [s.start for s in box]
         areas = (canvas_ids == lesion).sum(axis=(1, 2))
         best = int(np.argmax(areas)) if areas.max() > 0 else int(np.argmax(mask.sum(axis=(1, 2))))
         on_canvas = np.argwhere(canvas_ids[best] == lesion)
         if len(on_canvas):
             (r0, c0), (r1, c1) = on_canvas.min(axis=0), on_canvas.max(axis=0) + 1
         else:  # smaller than a canvas pixel: a box of three pixels around where it is
-            r, c = prep.grid.lps_to_index(volume.index_to_lps(np.argwhere(mask).mean(axis=0)))[1:]
+            r, c = prep.grid.lps_to_index(volume.index_to_lps(indices.mean(axis=0)))[1:]
             r0, c0, r1, c1 = r - 1.5, c - 1.5, r + 1.5, c + 1.5
         where.append((best, [float(c0), float(r0), float(c1), float(r1)]))
-        found.append(Microbleed3D(mask, 0.0, np.zeros(0, np.float32), best, 1))
+        found.append(Microbleed3D(mask, 0.0, np.zeros(0, np.float32), best, 1, indices))
     if found:
         slices = sorted({b for b, _ in where})
         boxes = [torch.tensor([box for b, box in where if b == k], dtype=torch.float32) for k in slices]
@@ -191,7 +200,7 @@ def annotated_bag(net: MicrobleedNet, record: StudyRecord) -> _Bag:
             j = taken[b]
             taken[b] += 1
             found[i] = dataclasses.replace(found[i], representation=r[j].cpu().numpy(), score=float(s[j]))
-    centroids = np.array([volume.index_to_lps(np.argwhere(m.mask).mean(axis=0)) for m in found]).reshape(-1, 3)
+    centroids = np.array([volume.index_to_lps(m.centroid) for m in found]).reshape(-1, 3)
     template = registration.to_template(centroids) if found else np.zeros((0, 3))
     classes = location_class(template) if found else []
     features = instance_features(found, template, classes, float(np.prod(volume.spacing)), config)
@@ -208,6 +217,10 @@ def subtype_stage(net: MicrobleedNet, records: Sequence[StudyRecord], settings: 
         net.eval()
         bags[:] = [annotated_bag(net, r) for r in tqdm(records, desc="encode microbleeds", unit="series",
                                                         leave=False, disable=None if progress else True)]
+        instances = [torch.from_numpy(b.instances) for b in bags if len(b.instances)]
+        context = np.stack([np.concatenate([b.signal, count_features(b.classes)]) for b in bags])
+        net.subtype.fit_scaling(torch.cat(instances) if instances else torch.zeros(0),
+                                torch.from_numpy(context.astype(np.float32)))
         net.subtype.train()
         log.info("subtype MIL on %d bags (%d microbleeds)", len(bags), sum(len(b.classes) for b in bags))
 
@@ -252,22 +265,66 @@ def stages(net: MicrobleedNet, records: Sequence[StudyRecord], settings: Setting
             subtype_stage(net, records, settings, progress=progress)]
 
 
+FOLDS = 4  # of the validation studies, for the out-of-fold probabilities the operating point is chosen on
+
+
+def _trees(settings: Settings):
+    from sklearn.ensemble import HistGradientBoostingClassifier  # training only: inference reads tensors
+
+    return HistGradientBoostingClassifier(max_iter=settings.filter_trees, learning_rate=settings.filter_lr,
+                                          max_leaf_nodes=settings.filter_leaves, early_stopping=False,
+                                          random_state=settings.seed)
+
+
+def filter_out_of_fold(x: np.ndarray, y: np.ndarray, scan_of: np.ndarray, settings: Settings) -> np.ndarray:
+    """Each candidate's probability from trees fitted without its scan's fold (scan index modulo
+    :data:`FOLDS`); a fold whose training part holds one kind only keeps the detector's score
+    (feature 0)."""
+    fold = np.asarray(scan_of) % FOLDS
+    out = np.asarray(x[:, 0], float).copy()
+    for k in range(FOLDS):
+        test, train = fold == k, fold != k
+        if test.any() and y[train].any() and not y[train].all():
+            out[test] = _trees(settings).fit(x[train], y[train]).predict_proba(x[test])[:, 1]
+    return out
+
+
 def tune(net: MicrobleedNet, validation: Sequence[StudyRecord], settings: Settings, *, progress: bool = True
          ) -> dict[str, float]:
-    """Choose the operating point on ``validation`` (module docstring); returns the FROC point."""
+    """Fit the false-positive filter and choose the operating point on ``validation`` (module
+    docstring); returns the FROC point (out of fold) with the filter's candidate counts."""
     floor = net.config.score_floor
     net.config = dataclasses.replace(net.config, detection_threshold=floor)
+    net.candidates.load_state_dict(CandidateFilter().state_dict())  # unfitted: the detector's score passes
     model = MicrobleedModel.from_network(net, ModelCard({}, "0" * 64, "(operating point)", demo=True),
                                          device=settings.device)
-    scans = []
-    for record in tqdm(validation, desc="operating point", unit="series", leave=False,
-                       disable=None if progress else True):
+    scans, features, labels, scan_of = [], [], [], []
+    for i, record in enumerate(tqdm(validation, desc="candidates", unit="series", leave=False,
+                                    disable=None if progress else True)):
         volume, _ = record.load()
-        found = model.microbleeds(volume).microbleeds
-        scans.append(([m.mask for m in found], [m.score for m in found], lesion_ids(record, volume)))
+        ids = lesion_ids(record, volume)
+        found = model.candidates(volume)
+        scans.append(([m.mask for m in found.microbleeds], found.probabilities, ids))
+        features.append(found.features)
+        labels += [bool((ids[m.mask] > 0).any()) for m in found.microbleeds]
+        scan_of += [i] * len(found.microbleeds)
+    x, y, scan_of = np.concatenate(features), np.array(labels, bool), np.array(scan_of)
+    extra = {"candidates": float(len(y)), "candidates_true": float(y.sum())}
+    if settings.filter_trees and y.any() and (~y).any():
+        out_of_fold = filter_out_of_fold(x, y, scan_of, settings)
+        start = 0
+        for j, (masks, _, ids) in enumerate(scans):
+            scans[j] = (masks, out_of_fold[start:start + len(masks)], ids)
+            start += len(masks)
+        net.candidates.load_sklearn(_trees(settings).fit(x, y))
+    elif settings.filter_trees:
+        log.warning("false-positive filter not fitted: the validation candidates are all of one kind (%d true of %d)",
+                    int(y.sum()), len(y))
     point = recall_at_fp(scans, settings.max_fp_per_scan)
-    threshold = float(np.clip(point.get("threshold", 0.99), floor + 1e-6, 0.99))
+    threshold = float(np.clip(point.get("threshold", 0.99), 1e-6, 0.99))
     net.config = dataclasses.replace(net.config, detection_threshold=round(threshold, 6))
-    log.info("operating point: detection score >= %.4f (validation recall %.3f at %.2f false positives per scan)",
-             net.config.detection_threshold, point.get("recall", float("nan")), point.get("fp_per_scan", float("nan")))
-    return point
+    log.info("operating point: %s >= %.4f (validation recall %.3f at %.2f false positives per scan, %s)",
+             "filter probability" if net.candidates.fitted else "detection score", net.config.detection_threshold,
+             point.get("recall", float("nan")), point.get("fp_per_scan", float("nan")),
+             "out of fold" if net.candidates.fitted else "on the candidates")
+    return {**point, **extra}
