@@ -136,7 +136,7 @@ class CMBConfig:
         48 × 7 × 7 × 128) and two 48-wide mask convolutions; a 32-wide MIL on each microbleed's
         geometry without its box-head representation: on the demo's 102 training bags the 128
         representation features overfit (held-out weighted AUC 0.80 with them, 0.85 without,
-        measured on the held-out phantoms' annotated microbleeds; see the model card).
+        measured with the first MIL on the held-out phantoms' annotated microbleeds; see the model card).
         """
         return cls(block="basic", layers=(2, 2, 2, 2), widths=(16, 32, 64, 96), strides=(1, 2, 2, 2),
                    fpn_stages=(1, 2, 3), fpn_channels=48, anchor_sizes=(4, 8, 16, 32), representation=128,
