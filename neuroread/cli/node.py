@@ -17,6 +17,18 @@ def _describe_outcome(outcome, spec) -> str:
     return f"one of ({outcome.concept.meaning}) " + " | ".join(c.name for c in outcome.classes)
 
 
+def card_headline(spec, metrics: dict[str, float]) -> dict[str, float]:
+    """The card metrics ``neuroread models`` shows: macro F1/AUC of multi-label findings, each
+    multi-class outcome's weighted (else plain) AUC and balanced accuracy, and a detector's
+    lesion recall, false positives per scan and Dice, where the card has them."""
+    keys = ["f1_macro", "auc_macro", "balanced_accuracy"]
+    for outcome in spec.multi_class:
+        auc = f"{outcome.name}.auc_weighted" if f"{outcome.name}.auc_weighted" in metrics else f"{outcome.name}.auc"
+        keys += [auc, f"{outcome.name}.balanced_accuracy"]
+    keys += ["detection.recall", "detection.fp_per_scan", "detection.dice"]
+    return {k: metrics[k] for k in dict.fromkeys(keys) if k in metrics}
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from neuroread.node.app import make_catalog
 
@@ -35,8 +47,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
             print(f"  outcome {outcome.name}: {_describe_outcome(outcome, effective)}")
         print(f"  weights: {weights}")
         if ok:
-            metrics = catalog.weights(name).meta.card.metrics
-            shown = {k: metrics[k] for k in ("f1_macro", "auc_macro", "balanced_accuracy") if k in metrics}
+            shown = card_headline(spec, catalog.weights(name).meta.card.metrics)
             if shown:
                 print("  card metrics: " + ", ".join(f"{k} {v:.3f}" for k, v in shown.items()))
     return 0

@@ -226,6 +226,24 @@ def test_models_lists_plugin_models_from_the_configuration(tmp_path):
     assert res.returncode == 2 and "plugin 'support.tiny_model:NOPE': module support.tiny_model has no 'NOPE'" in res.stderr
 
 
+def test_models_shows_each_models_headline_card_metrics():
+    import json
+
+    from neuroread.models.registry import default_registry
+
+    res = _cli("models")
+    assert res.returncode == 0, res.stderr
+    blocks = {b.split(" ", 1)[0]: b for b in res.stdout.replace("\n  ", "  ").splitlines()}  # a model per line
+    for name, shown in (("cmb-svd", ("subtype.auc_weighted", "subtype.balanced_accuracy", "detection.recall",
+                                     "detection.fp_per_scan", "detection.dice")),
+                        ("ms-csvd", ("diagnosis.auc", "diagnosis.balanced_accuracy")),
+                        ("ct-hemorrhage", ("f1_macro", "auc_macro"))):
+        card = json.loads(Path(f"{default_registry().entry(name).demo_weights}.card.json").read_text())
+        metrics = card["heldout_metrics"]
+        for key in shown:
+            assert f"{key} {metrics[key]:.3f}" in blocks[name], (name, key, blocks[name])
+
+
 def test_jobs_unrouted_says_why_a_series_made_no_job(tmp_path, phantom_sets):
     from neuroread.models.registry import default_registry
     from neuroread.node.app.node import Node
