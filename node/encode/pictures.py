@@ -309,8 +309,16 @@ class TableSection:
 
     @property
     def title(self) -> str:
-        unit = "" if self.unit in ("1", "no units") else f" ({self.unit})"
+        annotation = self.unit.startswith("{") and self.unit.endswith("}")  # UCUM's {count}: a name, not a unit
+        unit = "" if self.unit in ("1", "no units") or annotation else f" ({self.unit})"
         return f"{self.table}: {self.column}{unit}"
+
+    @staticmethod
+    def row_name(name: str, width: int = 40) -> str:
+        """A row's name in ``width`` characters: a trailing explanation in brackets goes first."""
+        if len(name) > width and " (" in name:
+            name = name.split(" (", 1)[0]
+        return name[:width]
 
     def _top(self) -> list[tuple[str, float]]:
         return sorted(self.rows, key=lambda r: -abs(r[1]))[: self.shown]
@@ -324,7 +332,7 @@ class TableSection:
         reach = max((abs(v) for _, v in top), default=1.0) or 1.0
         small = _font(14)
         for name, value in top:
-            canvas.draw.text((MARGIN + 8, y), f"{name[:40]}", fill=TEXT, font=small)
+            canvas.draw.text((MARGIN + 8, y), self.row_name(name), fill=TEXT, font=small)
             canvas.draw.text((MARGIN + 360, y), f"{value:.4g}", fill=TEXT, font=small)
             _bar(canvas, MARGIN + 460, y, abs(value) / reach, PRESENT if value >= 0 else NEGATIVE, length=300)
             y += 20

@@ -59,3 +59,11 @@ def test_a_classification_marks_the_decided_class_and_a_signed_table_draws_both_
     page = _page([cls, table])
     assert np.all(page == np.array(render.NEGATIVE, np.uint8), axis=-1).any()  # negative relevance in blue
     assert np.all(page == np.array(render.PRESENT, np.uint8), axis=-1).any()
+
+
+def test_a_table_title_leaves_out_unit_annotations_and_long_row_names_their_explanation():
+    counts = render.TableSection("Number of cerebral microbleeds", "Microbleeds", "{count}", (("Deep", 3.0),))
+    assert counts.title == "Number of cerebral microbleeds: Microbleeds"
+    assert render.TableSection("Relevance", "density", "/mm3", ()).title == "Relevance: density (/mm3)"
+    assert render.TableSection.row_name("Lobar (cortex and juxtacortical white matter)") == "Lobar"
+    assert render.TableSection.row_name("Deep (basal ganglia, thalamus)") == "Deep (basal ganglia, thalamus)"  # fits
