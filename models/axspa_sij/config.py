@@ -24,7 +24,10 @@ class MSFAConfig:
     """The architecture of an :class:`~neuroread.models.axspa_sij.network.MSFANet`.
 
     The input is both sequences on one grid, ``input_shape`` (slices, rows, columns; the
-    paper's 24 × 320 × 224), intensities in [0, 1], stacked as two channels (T1, FS).
+    paper's 24 × 320 × 224) of ``voxel_mm`` (slice, row, column; the paper resamples every
+    case to one resolution without saying which: 3 × 0.7 × 0.7 mm here, the usual sacroiliac
+    protocol, so the crop spans 72 × 224 × 157 mm), intensities in [0, 1], stacked as two
+    channels (T1, FS).
 
     - **Shallow shared module** (weights shared by the two sequences): a stem convolution
       (3×3×3, ``widths[0]`` channels, stride 1×2×2) and two residual blocks (each two 3×3×3
@@ -48,6 +51,7 @@ class MSFAConfig:
 
     n_classes: int = 2
     input_shape: tuple[int, int, int] = (24, 320, 224)
+    voxel_mm: tuple[float, float, float] = (3.0, 0.7, 0.7)
     widths: tuple[int, int, int] = (16, 32, 64)
     attention_dim: int = 16
     dropout: float = 0.3
@@ -69,6 +73,11 @@ class MSFAConfig:
         if shape[1] % 8 or shape[2] % 8:
             raise ValueError(f"MSFAConfig.input_shape: rows and columns must be multiples of 8 (three in-plane "
                              f"halvings), got {shape!r}")
+        voxel = self.voxel_mm
+        if not (isinstance(voxel, tuple) and len(voxel) == 3 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and 0.1 <= v <= 10 for v in voxel)):
+            raise ValueError(f"MSFAConfig.voxel_mm must be three sizes in [0.1, 10] mm (slice, row, column), "
+                             f"got {voxel!r}")
         if not (isinstance(self.widths, tuple) and len(self.widths) == 3
                 and all(_is_int(v) and v >= 1 for v in self.widths)):
             raise ValueError(f"MSFAConfig.widths must be three positive integers, got {self.widths!r}")
@@ -97,8 +106,9 @@ class MSFAConfig:
     def demo(cls) -> MSFAConfig:
         """A network for demo weights trained on this CPU from phantoms (under 5 MB): the crop at
         half the paper's in-plane size and two thirds of its slices (16 × 160 × 112, the same
-        field of view at twice the pixel size), widths 8, 16, 32, ``d`` = 8."""
-        return cls(input_shape=(16, 160, 112), widths=(8, 16, 32), attention_dim=8, name="demo")
+        field of view at twice the pixel size and 4.5 mm slices), widths 8, 16, 32, ``d`` = 8."""
+        return cls(input_shape=(16, 160, 112), voxel_mm=(4.5, 1.4, 1.4), widths=(8, 16, 32), attention_dim=8,
+                   name="demo")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (tuples as lists), plus the paper; :meth:`from_dict` reads it back."""
