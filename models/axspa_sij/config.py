@@ -43,6 +43,10 @@ class MSFAConfig:
     - Each branch: global average pooling, ``dropout``, a linear layer to ``n_classes``
       logits; the Fuse branch's is the decision.
 
+    ``localiser_width``: the first width of the joint localiser
+    (:class:`~neuroread.models.axspa_sij.localiser.JointLocaliser`) that travels in the same
+    checkpoint.
+
     The paper's ablations are configurations: ``fusion="concat"`` fuses by concatenation and a
     1×1×1 convolution where the MSFA modules were (its Baseline); ``sequences=("t1",)`` or
     ``("fs",)`` feeds one sequence to both paths (its single-sequence models in the same
@@ -57,10 +61,11 @@ class MSFAConfig:
     dropout: float = 0.3
     fusion: str = "msfa"
     sequences: tuple[str, ...] = ("t1", "fs")
+    localiser_width: int = 8
     name: str = "custom"
 
     def __post_init__(self) -> None:
-        for key in ("n_classes", "attention_dim"):
+        for key in ("n_classes", "attention_dim", "localiser_width"):
             value = getattr(self, key)
             if not _is_int(value) or value < 1:
                 raise ValueError(f"MSFAConfig.{key} must be a positive integer, got {value!r}")
