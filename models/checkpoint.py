@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import logging
 import os
 import pickle
 import tempfile
@@ -33,7 +34,7 @@ from typing import Any
 
 import torch
 
-from .spec import ModelCard
+from .spec import ModelCard, ModelSpec
 
 FORMAT = "neuroread-checkpoint/1"
 _KEYS = ("format", "model", "config", "labels", "state_dict", "card")
@@ -177,3 +178,56 @@ def load_network(path: Path, model: str, outputs: tuple[str, ...], config_type: 
     except RuntimeError as err:  # missing, unexpected or mis-shaped tensors
         raise ValueError(f"weights file {path} does not fit its own configuration: {err}") from err
     return net, ckpt
+
+
+class NetworkModel:
+    """What every network-backed model shares behind the contract: the spec, the network, its
+    card and device, :meth:`from_network` and :meth:`load` (through :func:`load_network`).
+
+    A subclass sets ``classes`` (its outcome's classes, the checkpoint's outputs) and
+    ``config_type`` (the configuration dataclass, whose ``n_classes`` must match), implements
+    :meth:`build` (configuration → network) and ``predict``."""
+
+    classes: tuple[str, ...] = ()
+    config_type: type = object
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.net: torch.nn.Module | None = None
+        self.card: ModelCard | None = None
+        self.device = torch.device("cpu")
+
+    def build(self, config: Any) -> torch.nn.Module:
+        raise NotImplementedError
+
+    @classmethod
+    def from_network(cls, net: torch.nn.Module, card: ModelCard, device: str = "cpu") -> NetworkModel:
+        """The model around a network in memory (training evaluates it through ``predict``)."""
+        from .runtime import torch_device
+
+        model = cls()
+        if net.config.n_classes != len(cls.classes):
+            raise ValueError(f"{model.spec.name}: network has {net.config.n_classes} outputs for "
+                             f"{len(cls.classes)} classes")
+        target = torch_device(device)
+        model.net, model.card, model.device = net.to(target).eval(), card, target
+        return model
+
+    def load(self, weights: Path, device: str = "cpu") -> None:
+        """Load the checkpoint ``weights`` onto ``device``; ValueError naming the file and the problem."""
+        from .runtime import torch_device
+
+        path = Path(weights)
+        target = torch_device(device)
+
+        def build(config: Any) -> torch.nn.Module:
+            if config.n_classes != len(self.classes):
+                raise ValueError(f"weights file {path}: configuration has {config.n_classes} outputs for "
+                                 f"{len(self.classes)} classes")
+            return self.build(config)
+
+        net, ckpt = load_network(path, self.spec.name, self.classes, self.config_type, build)
+        self.net, self.card, self.device = net.to(target).eval(), ckpt.card, target
+        logging.getLogger(type(self).__module__).info(
+            "loaded %s weights %s (sha256 %s, config %s, demo %s) on %s", self.spec.name, path,
+            ckpt.card.weights_sha256[:12], net.config.name, ckpt.card.demo, target)

@@ -25,25 +25,19 @@ Not registered yet (issue 18): its training recipe and demo weights come first.
 """
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import load_network
+from ..checkpoint import NetworkModel
 from ..explain import GradCAM
 from ..registry import check_ready
 from ..result import Classification, Heatmap, KeySlice, ModelResult, SeriesVolume
-from ..runtime import torch_device
-from ..spec import ClassLabel, Code, InputSlot, ModelCard, ModelSpec, MultiClass
+from ..spec import ClassLabel, Code, InputSlot, ModelSpec, MultiClass
 from .config import MSFAConfig
 from .localiser import JointLocaliser, locate
 from .network import MSFANet
 from .preprocess import prepare
-
-log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
 KEY_SLICES = 5
@@ -84,40 +78,17 @@ class SacroiliacNet(nn.Module):
         self.localiser = JointLocaliser(config.localiser_width)
 
 
-class AxSpAModel:
+class AxSpAModel(NetworkModel):
     """MSFANet behind the model contract (module docstring)."""
 
+    classes = CLASSES
+    config_type = MSFAConfig
+
     def __init__(self, spec: ModelSpec = SPEC) -> None:
-        self.spec = spec
-        self.net: SacroiliacNet | None = None
-        self.card: ModelCard | None = None
-        self.device = torch.device("cpu")
+        super().__init__(spec)
 
-    @classmethod
-    def from_network(cls, net: SacroiliacNet, card: ModelCard, device: str = "cpu") -> AxSpAModel:
-        """The model around a network in memory (training evaluates it through :meth:`predict`)."""
-        if net.config.n_classes != len(CLASSES):
-            raise ValueError(f"axspa-sij: network has {net.config.n_classes} outputs for {len(CLASSES)} classes")
-        model = cls()
-        target = torch_device(device)
-        model.net, model.card, model.device = net.to(target).eval(), card, target
-        return model
-
-    def load(self, weights: Path, device: str = "cpu") -> None:
-        """Load the checkpoint ``weights`` onto ``device``; ValueError naming the file and the problem."""
-        path = Path(weights)
-        target = torch_device(device)
-
-        def build(config: MSFAConfig) -> SacroiliacNet:
-            if config.n_classes != len(CLASSES):
-                raise ValueError(f"weights file {path}: configuration has {config.n_classes} outputs for "
-                                 f"{len(CLASSES)} classes")
-            return SacroiliacNet(config)
-
-        net, ckpt = load_network(path, self.spec.name, CLASSES, MSFAConfig, build)
-        self.net, self.card, self.device = net.to(target).eval(), ckpt.card, target
-        log.info("loaded %s weights %s (sha256 %s, config %s, demo %s) on %s", self.spec.name, path,
-                 ckpt.card.weights_sha256[:12], net.config.name, ckpt.card.demo, target)
+    def build(self, config: MSFAConfig) -> SacroiliacNet:
+        return SacroiliacNet(config)
 
     def predict(self, inputs: dict[str, SeriesVolume]) -> ModelResult:
         """The assessment, its Grad-CAM maps on both series and the key T1 slices for one study

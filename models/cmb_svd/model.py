@@ -46,7 +46,6 @@ A series too short, without signal, or that does not register to the template ra
 from __future__ import annotations
 
 import functools
-import logging
 from pathlib import Path
 from typing import NamedTuple
 
@@ -54,7 +53,7 @@ import numpy as np
 import torch
 
 from ..atlas import LOCATION_CLASSES, Registration, load_atlas, location_class, region_name, register
-from ..checkpoint import load_network
+from ..checkpoint import NetworkModel
 from ..registry import ModelEntry, check_ready
 from ..result import (
     Classification,
@@ -68,16 +67,13 @@ from ..result import (
     Table,
     TableRow,
 )
-from ..runtime import torch_device
-from ..spec import UCUM_COUNT, UCUM_MM, ClassLabel, Code, InputSlot, ModelCard, ModelSpec, MultiClass
+from ..spec import UCUM_COUNT, UCUM_MM, ClassLabel, Code, InputSlot, ModelSpec, MultiClass
 from .candidates import candidate_features
 from .config import CMBConfig
 from .context import CONTEXT_FEATURES, scan_context
 from .merge import Microbleed3D, SliceDetection, merge_detections
 from .network import MicrobleedNet
 from .preprocess import Prepared, UnusableSeries, prepare
-
-log = logging.getLogger(__name__)
 
 VERSION = "1.0.0"
 KEY_SLICES = 5
@@ -189,40 +185,17 @@ def screen(template_lps: np.ndarray) -> np.ndarray:
     return keep
 
 
-class MicrobleedModel:
+class MicrobleedModel(NetworkModel):
     """The microbleed detector and subtype MIL behind the model contract (module docstring)."""
 
+    classes = CLASSES
+    config_type = CMBConfig
+
     def __init__(self, spec: ModelSpec = SPEC) -> None:
-        self.spec = spec
-        self.net: MicrobleedNet | None = None
-        self.card: ModelCard | None = None
-        self.device = torch.device("cpu")
+        super().__init__(spec)
 
-    @classmethod
-    def from_network(cls, net: MicrobleedNet, card: ModelCard, device: str = "cpu") -> MicrobleedModel:
-        """The model around a network in memory (training evaluates it through :meth:`predict`)."""
-        if net.config.n_classes != len(CLASSES):
-            raise ValueError(f"cmb-svd: network has {net.config.n_classes} outputs for {len(CLASSES)} classes")
-        model = cls()
-        target = torch_device(device)
-        model.net, model.card, model.device = net.to(target).eval(), card, target
-        return model
-
-    def load(self, weights: Path, device: str = "cpu") -> None:
-        """Load the checkpoint ``weights`` onto ``device``; ValueError naming the file and the problem."""
-        path = Path(weights)
-        target = torch_device(device)
-
-        def build(config: CMBConfig) -> MicrobleedNet:
-            if config.n_classes != len(CLASSES):
-                raise ValueError(f"weights file {path}: configuration has {config.n_classes} outputs for "
-                                 f"{len(CLASSES)} classes")
-            return MicrobleedNet(config, len(CONTEXT_FEATURES))
-
-        net, ckpt = load_network(path, self.spec.name, CLASSES, CMBConfig, build)
-        self.net, self.card, self.device = net.to(target).eval(), ckpt.card, target
-        log.info("loaded %s weights %s (sha256 %s, config %s, demo %s) on %s", self.spec.name, path,
-                 ckpt.card.weights_sha256[:12], net.config.name, ckpt.card.demo, target)
+    def build(self, config: CMBConfig) -> MicrobleedNet:
+        return MicrobleedNet(config, len(CONTEXT_FEATURES))
 
     def candidates(self, volume: SeriesVolume) -> Found:
         """Every 3D candidate above the detector's score floor that the anatomical screen keeps,

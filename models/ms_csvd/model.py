@@ -31,24 +31,20 @@ job failed with that reason, not retried).
 from __future__ import annotations
 
 import functools
-import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import load_network
+from ..checkpoint import NetworkModel
 from ..explain import GradCAM
 from ..registry import ModelEntry, check_ready
 from ..result import Classification, Heatmap, KeySlice, ModelResult, SeriesVolume, SliceScores
-from ..runtime import torch_device
-from ..spec import UCUM_RATIO, ClassLabel, Code, InputSlot, ModelCard, ModelSpec, MultiClass
+from ..spec import UCUM_RATIO, ClassLabel, Code, InputSlot, ModelSpec, MultiClass
 from .config import TANConfig
 from .network import TransferAttentionNet
 from .preprocess import prepare
-
-log = logging.getLogger(__name__)
 
 VERSION = "1.0.0"
 KEY_SLICES = 5
@@ -73,44 +69,21 @@ SPEC = ModelSpec(name="ms-csvd", version=VERSION,
                  slots=(SLOT,), outcomes=(DIAGNOSIS,), explanations=("attention", "gradcam"))
 
 
-class MSCSVDModel:
+class MSCSVDModel(NetworkModel):
     """The transfer attention network behind the model contract.
 
     ``load`` reads a checkpoint whose outputs are :data:`CLASSES`; ``predict`` runs it in eval
     mode. Torch's thread count is left as the caller set it (the node sets it per worker).
     """
 
+    classes = CLASSES
+    config_type = TANConfig
+
     def __init__(self, spec: ModelSpec = SPEC) -> None:
-        self.spec = spec
-        self.net: TransferAttentionNet | None = None
-        self.card: ModelCard | None = None
-        self.device = torch.device("cpu")
+        super().__init__(spec)
 
-    @classmethod
-    def from_network(cls, net: TransferAttentionNet, card: ModelCard, device: str = "cpu") -> MSCSVDModel:
-        """The model around a network in memory (training evaluates it through :meth:`predict`)."""
-        if net.config.n_classes != len(CLASSES):
-            raise ValueError(f"ms-csvd: network has {net.config.n_classes} outputs for {len(CLASSES)} classes")
-        model = cls()
-        target = torch_device(device)
-        model.net, model.card, model.device = net.to(target).eval(), card, target
-        return model
-
-    def load(self, weights: Path, device: str = "cpu") -> None:
-        """Load the checkpoint ``weights`` onto ``device``; ValueError naming the file and the problem."""
-        path = Path(weights)
-        target = torch_device(device)
-
-        def build(config: TANConfig) -> TransferAttentionNet:
-            if config.n_classes != len(CLASSES):
-                raise ValueError(f"weights file {path}: configuration has {config.n_classes} outputs for "
-                                 f"{len(CLASSES)} classes")
-            return TransferAttentionNet(config)
-
-        net, ckpt = load_network(path, self.spec.name, CLASSES, TANConfig, build)
-        self.net, self.card, self.device = net.to(target).eval(), ckpt.card, target
-        log.info("loaded %s weights %s (sha256 %s, config %s, demo %s) on %s", self.spec.name, path,
-                 ckpt.card.weights_sha256[:12], net.config.name, ckpt.card.demo, target)
+    def build(self, config: TANConfig) -> TransferAttentionNet:
+        return TransferAttentionNet(config)
 
     def predict(self, inputs: dict[str, SeriesVolume]) -> ModelResult:
         """The diagnosis, key slices, slice attention and maps for one FLAIR series (module docstring).
