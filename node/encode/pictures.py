@@ -18,6 +18,7 @@ so no font file is needed.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -353,10 +354,17 @@ class LesionSection:
 
     @property
     def title(self) -> str:
+        if len(self.lesions) > self.shown:
+            return f"Lesions: {len(self.lesions)} (the {self.shown} largest here, all in the SR)"
         return f"Lesions: {len(self.lesions)}"
 
     def height(self, width: int) -> int:
         return 28 + 20 * min(len(self.lesions), self.shown) + 10
+
+    def fit(self, room: int) -> LesionSection | None:
+        """This section with as many of its largest lesions as ``room`` pixels hold (at least two), or None."""
+        rows = (room - 38) // 20
+        return dataclasses.replace(self, shown=rows) if rows >= min(2, len(self.lesions)) and rows >= 1 else None
 
     def render(self, canvas: Canvas, y: int) -> None:
         y = _heading(canvas, y, self.title)
@@ -379,7 +387,8 @@ def report_page(title: str, subtitle: str, sections: list[Section], demo_text: s
                 headline: str, headline_positive: bool, width: int = 1024, height: int = 768) -> np.ndarray:
     """The one-page report: title, subtitle, demo warning, ``headline`` and then each section
     while it fits (DrCT2's Figure 2 is its first user: findings, slice attention, key slices);
-    sections left out are named at the bottom."""
+    a section that can shorten itself (``fit``: the lesion list) shows what the rest of the page
+    holds; sections left out are named at the bottom."""
     img = Image.new("RGB", (width, height), BACKGROUND)
     canvas = Canvas(img, ImageDraw.Draw(img))
     canvas.draw.text((MARGIN, 16), title, fill=TEXT, font=_font(28))
@@ -397,6 +406,9 @@ def report_page(title: str, subtitle: str, sections: list[Section], demo_text: s
     left_out = []
     for section in sections:
         need = section.height(width)
+        if y + need > height - 24 and hasattr(section, "fit"):  # a list can show its first rows
+            section = section.fit(height - 24 - y) or section
+            need = section.height(width)
         if y + need > height - 24:
             left_out.append(section.title)
             continue

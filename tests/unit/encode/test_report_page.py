@@ -67,3 +67,16 @@ def test_a_table_title_leaves_out_unit_annotations_and_long_row_names_their_expl
     assert render.TableSection("Relevance", "density", "/mm3", ()).title == "Relevance: density (/mm3)"
     assert render.TableSection.row_name("Lobar (cortex and juxtacortical white matter)") == "Lobar"
     assert render.TableSection.row_name("Deep (basal ganglia, thalamus)") == "Deep (basal ganglia, thalamus)"  # fits
+
+
+def test_a_long_lesion_list_shows_its_largest_lesions_in_the_room_left():
+    lesions = tuple(render.LesionLine("microbleed", "deep", float(v), 0.9) for v in range(1, 20))
+    section = render.LesionSection(lesions)
+    findings = render.FindingsSection(tuple(_findings(*([True] * 8))))
+    page = _page([findings, section], height=480)
+    alone = _page([findings], height=480)
+    assert not np.array_equal(page[:450], alone[:450])  # drawn, not only named at the bottom
+    fitted = section.fit(120)
+    assert fitted.shown == 4 and fitted.height(1024) <= 120
+    assert fitted.title == "Lesions: 19 (the 4 largest here, all in the SR)"
+    assert section.fit(40) is None and render.LesionSection(lesions[:3]).title == "Lesions: 3"
