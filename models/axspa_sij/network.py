@@ -176,8 +176,7 @@ class MSFANet(nn.Module):
         self.heads = nn.ModuleDict({b: nn.Linear(w2, config.n_classes) for b in BRANCHES})
 
     def features(self, x: Tensor) -> dict[str, Tensor]:
-        """Each branch's last features ``[B, C, D, H/8, W/8]`` (``t1``, ``fs``, ``fuse``) and the
-        inputs of the two MSFA modules (``msfa1``, ``msfa2``: pairs)."""
+        """Each branch's last features ``[B, C, D, H/8, W/8]`` (``t1``, ``fs``, ``fuse``)."""
         if x.ndim != 5 or x.shape[1] != 2:
             raise ValueError(f"MSFANet takes [B, 2, D, H, W] (T1 and fat-suppressed), got {list(x.shape)}")
         batch = x.shape[0]
@@ -188,7 +187,7 @@ class MSFANet(nn.Module):
         z = self.fuse.block(self.fuse.msfa1(t1, fs))
         t2, f2 = self.t1.block2(t1), self.fs.block2(fs)
         zf = self.fuse.msfa2(z, f2)
-        return {"t1": t2, "fs": f2, "fuse": zf, "msfa1": (t1, fs), "msfa2": (z, f2)}
+        return {"t1": t2, "fs": f2, "fuse": zf}
 
     def forward(self, x: Tensor) -> MSFAOutput:
         f = self.features(x)
