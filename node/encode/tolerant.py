@@ -88,7 +88,9 @@ def _value_problem(vr: str, value: object) -> str | None:
     validator = VALIDATORS.get(vr)
     if validator is None:
         return None
-    ok, _ = validator(vr, str(value) if vr == "PN" else value)  # PersonName objects as text
+    # PersonName, DSfloat/DSdecimal and IS objects as the text they were read from: pydicom's
+    # validators take text, and refuse a DSfloat('82.0') itself as "cannot be assigned"
+    ok, _ = validator(vr, str(value) if vr in ("PN", "DS", "IS") else value)
     return None if ok else f"not a valid {vr} value"
 
 

@@ -189,6 +189,14 @@ def test_invalid_copied_values_are_emptied_or_removed_named_without_their_values
     assert withhold_invalid(ds) == [], "a second pass finds nothing"
 
 
+def test_valid_numbers_are_kept():
+    # pydicom's validators refuse a decoded DSfloat or IS itself; the text it was read from is valid
+    ds = _source(weight=(0x00101030, "DS", b"82.0"), size=(0x00101020, "DS", b"1.75"),
+                 series=(0x00200011, "IS", b"3 "))
+    assert withhold_invalid(ds) == []
+    assert float(ds.PatientWeight) == 82.0 and float(ds.PatientSize) == 1.75
+
+
 def test_a_sequence_with_an_invalid_item_value_is_left_out_and_valid_data_kept():
     ds = _source()
     item = Dataset()
