@@ -24,6 +24,7 @@ The file, with every section and its default::
       quarantine: null             # null: <root>/quarantine (spooled files start-up could not use)
     assemble:
       stable_age_s: 30             # a series is complete after this quiet period
+      study_quiet_s: null          # a study (multi-series models) after this one; null: stable_age_s
       early_completion: true       # ... or sooner when its headers say it is complete
     routes: []                     # passed untouched to neuroread.node.route.rules.load_routes
     models: {}                     # name: {enabled: true, weights: path|null, device: cpu, thresholds: {label: 0.4}}
@@ -206,8 +207,13 @@ class StorageConfig:
 
 @dataclass(frozen=True)
 class AssembleConfig:
+    """``stable_age_s``: a series is complete after this much silence (or sooner when its headers
+    say so); ``study_quiet_s``: a study (what a model of several series waits for) after this
+    much silence from all its series, at least ``stable_age_s`` (``None``: the same)."""
+
     stable_age_s: float = 30.0
     early_completion: bool = True
+    study_quiet_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -364,7 +370,13 @@ def parse_config(data: object, base: Path) -> Config:
     assemble = AssembleConfig(
         asm.get("stable_age_s", 30.0, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
                 "must be a number of seconds > 0"),
-        asm.bool("early_completion", True))
+        asm.bool("early_completion", True),
+        asm.get("study_quiet_s", None, lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                               and v > 0), "must be a number of seconds > 0 or null"))
+    if assemble.study_quiet_s is not None and assemble.study_quiet_s < assemble.stable_age_s:
+        raise ConfigError(f"config: assemble.study_quiet_s: must be at least assemble.stable_age_s "
+                          f"({assemble.stable_age_s:g} s): a study is quiet only once its series are, got "
+                          f"{assemble.study_quiet_s:g}")
     asm.finish()
     routes = top.get("routes", [], lambda v: isinstance(v, list), "must be a list of routes")
     for i, route in enumerate(routes):

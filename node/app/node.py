@@ -152,6 +152,7 @@ class Node:
                              backoff=Backoff(d.retry_base_s, d.retry_cap_s, d.retry_factor))
         self.deliverer = Deliverer(self.outbox, interval=d.interval_s if deliver_interval_s is None else deliver_interval_s)
         self.assembler = Assembler(self._on_complete, quiet_s=config.assemble.stable_age_s,
+                                   study_quiet_s=config.assemble.study_quiet_s,
                                    early=config.assemble.early_completion, store=self.store)
         # Without listeners (inside Orthanc) completeness comes from outside: the intake calls
         # route_series / route_study itself, so the assembler never sees the spool.

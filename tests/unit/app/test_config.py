@@ -23,7 +23,7 @@ node:
 storage:
   root: data
   spool: /srv/spool
-assemble: {stable_age_s: 12.5, early_completion: false}
+assemble: {stable_age_s: 12.5, early_completion: false, study_quiet_s: 40}
 routes:
   - {name: ct, match: {modality: CT}, model: tiny-test, slot: ct, destinations: [pacs]}
 models:
@@ -58,7 +58,7 @@ def test_defaults_work_on_one_machine(tmp_path, monkeypatch):
     assert cfg.storage.outbox == tmp_path / "neuroread-data" / "outbox"
     assert cfg.queue.database == f"sqlite:///{tmp_path}/neuroread-data/state.db"
     assert (cfg.queue.backend, cfg.queue.workers, cfg.queue.torch_threads) == ("embedded", 1, None)
-    assert cfg.assemble.stable_age_s == 30 and cfg.assemble.early_completion
+    assert cfg.assemble.stable_age_s == 30 and cfg.assemble.early_completion and cfg.assemble.study_quiet_s is None
     assert cfg.routes == () and cfg.models == {} and cfg.destinations == {} and cfg.dicomweb is None
     assert load_config(_write(tmp_path, "")) == cfg  # an empty file is all defaults too
 
@@ -71,6 +71,7 @@ def test_full_example(tmp_path):
     assert cfg.storage.root == tmp_path / "data" and cfg.storage.spool == Path("/srv/spool")
     assert cfg.storage.outbox == tmp_path / "data" / "outbox"
     assert cfg.assemble.stable_age_s == 12.5 and not cfg.assemble.early_completion
+    assert cfg.assemble.study_quiet_s == 40
     assert cfg.routes[0]["model"] == "tiny-test"
     model = cfg.models["tiny-test"]
     assert (model.weights, model.device, model.thresholds) == (tmp_path / "w/tiny.pt", "cuda:0", {"finding": 0.3})
@@ -108,6 +109,9 @@ def test_to_dict_round_trips(tmp_path):
     ("node: {tls: {cert: a.pem}}", "config: node.tls: missing key 'key'"),
     ("node: [1, 2]", "config: node: must be a mapping, got list"),
     ("assemble: {stable_age_s: -1}", "config: assemble.stable_age_s: must be a number of seconds > 0, got -1"),
+    ("assemble: {stable_age_s: 10, study_quiet_s: 5}", "config: assemble.study_quiet_s: must be at least "
+                                                       "assemble.stable_age_s (10 s)"),
+    ("assemble: {study_quiet_s: soon}", "config: assemble.study_quiet_s: must be a number of seconds > 0 or null"),
     ("routes: {a: 1}", "config: routes: must be a list of routes, got dict"),
     ("routes: [rule]", "config: routes[0]: must be a mapping, got 'rule'"),
     ("models: {m: {device: gpu}}", "config: models.m.device: must be cpu, cuda, cuda:N or mps, got 'gpu'"),
