@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import time
 from pathlib import Path
 
@@ -168,6 +169,9 @@ class _SettingsHelp(argparse.Action):
         parser.exit()
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _parse_set(items: list[str], kind) -> dict:
     """``--set KEY=VALUE`` items as typed keyword arguments of the recipe's settings class ``kind``:
     a value is read as YAML (numbers, true/false, null, lists), paths stay strings."""
@@ -187,7 +191,13 @@ def _parse_set(items: list[str], kind) -> dict:
             close = difflib.get_close_matches(key, known, n=1)
             raise ValueError(f"--set {key}: not a setting" + (f" (did you mean {close[0]}?)" if close else "")
                              + f"; settings: {', '.join(sorted(known))}")
-        out[key] = yaml.safe_load(text) if text.strip() else None
+        value = yaml.safe_load(text) if text.strip() else None
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as text; a number is meant
+            try:
+                value = float(value) if _FLOAT.fullmatch(value.strip()) else value
+            except ValueError:
+                pass
+        out[key] = value
     return out
 
 

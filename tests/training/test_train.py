@@ -408,10 +408,10 @@ def test_settings_refuse_bad_values_naming_them():
 
 
 def test_recipes_are_found_by_model_name():
-    assert names() == ["cmb-svd", "ct-hemorrhage", "ct-hemorrhage-cq500", "ms-csvd"]
+    assert names() == ["axspa-sij", "cmb-svd", "ct-hemorrhage", "ct-hemorrhage-cq500", "ms-csvd"]
     assert recipe("ct-hemorrhage") is RECIPE and recipe("ct-hemorrhage-cq500") is RECIPE_CQ500
     assert RECIPE.outputs() == RSNA_LABELS and len(RECIPE_CQ500.outputs()) == 9
-    with pytest.raises(ValueError, match=r"no training recipe for model 'ct-hemorage' \(trainable: cmb-svd, ct-hemorrhage, "
+    with pytest.raises(ValueError, match=r"no training recipe for model 'ct-hemorage' \(trainable: axspa-sij, cmb-svd, ct-hemorrhage, "
                                          r"ct-hemorrhage-cq500, ms-csvd\). Did you mean ct-hemorrhage\?"):
         recipe("ct-hemorage")
 
@@ -463,6 +463,9 @@ def test_train_names_the_bad_option(phantom_sets, tmp_path, capsys):
     assert "--set 'epochs': expected KEY=VALUE" in error("--data", phantoms, "--format", "phantoms", "--set", "epochs")
     assert "Settings.mask_weight must be a number >= 0, got -1" in error(
         "--data", phantoms, "--format", "phantoms", "--set", "mask_weight=-1")
+    # 1e-3 is a number (YAML 1.1 alone would read it as text): refused as negative, not as text
+    assert "Settings.mask_weight must be a number >= 0, got -0.001" in error(
+        "--data", phantoms, "--format", "phantoms", "--set", "mask_weight=-1e-3")
     assert "--preset papr: ct-hemorrhage's presets are paper, demo" in error(
         "--data", phantoms, "--format", "phantoms", "--preset", "papr")
     assert "needs at least 5 patients of each class (stratum) of the split, got 2 of class 0, 2 of class 1" in error(
