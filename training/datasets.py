@@ -1,6 +1,7 @@
 """Training data: study records from four layouts.
 
-A :class:`StudyRecord` is one series with its study labels (0/1 per name of a configured
+A :class:`StudyRecord` is one series (with, for a model of several input slots, the study's
+other series by slot: :attr:`StudyRecord.other_series`) with its study labels (0/1 per name of a configured
 label list: a multi-label model's labels, or a multi-class model's classes one-hot) and, where
 the source has them, per-slice labels keyed by SOP Instance UID and a lesion mask (a label map
 in the series' physical space, one id per lesion, with each id's type where the source says).
@@ -50,7 +51,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from tqdm import tqdm
 
-from neuroread.models import SeriesVolume
+from neuroread.models import ModelSpec, SeriesVolume
 from neuroread.models.volume import load_series
 
 if TYPE_CHECKING:
@@ -92,7 +93,10 @@ class StudyRecord:
     ``(1, "sdh")``, or :data:`UNTYPED_LESION` where the source does not say);
     ``mask_components``: the file marks every lesion 1 and its lesions are its connected
     components (26-connected, on the file's grid), numbered 1, 2, ... in the file's voxel order
-    by :meth:`load_mask`, so touching lesions are one.
+    by :meth:`load_mask`, so touching lesions are one; ``other_series``: for a model of several
+    input slots (e.g. axspa-sij's T1 and STIR), ``(slot, files)`` of the study's other series,
+    in the spec's slot order after the first (whose series is ``files``; per-slice labels and the
+    mask belong to it), read by :meth:`load_others`.
     """
 
     study_id: str
@@ -107,6 +111,7 @@ class StudyRecord:
     mask: Path | None = None
     mask_types: tuple[tuple[int, str], ...] = ()
     mask_components: bool = False
+    other_series: tuple[tuple[str, tuple[Path, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         where = f"StudyRecord {self.study_id!r}"
@@ -126,6 +131,10 @@ class StudyRecord:
                 raise ValueError(f"{where}: slice_labels must be 0/1")
         if not self.group:
             object.__setattr__(self, "group", self.study_id)
+        slots = [slot for slot, _ in self.other_series]
+        if len(set(slots)) != len(slots) or any(not files for _, files in self.other_series):
+            raise ValueError(f"{where}: other_series must name each slot once, each with files, got "
+                             f"{[(slot, len(files)) for slot, files in self.other_series]}")
 
     def load(self, spacing_tol: float = 0.1) -> tuple[SeriesVolume, np.ndarray | None]:
         """The volume (``load_series``) and the per-slice labels in its slice order (or None)."""
@@ -141,6 +150,10 @@ class StudyRecord:
             raise ValueError(f"study {self.study_id}: per-slice labels need one row per single-frame slice; "
                              f"{len(missing)} slice(s) without one (e.g. {missing[:2]})")
         return volume, self.slice_labels[[row[uid] for uid in volume.sop_instance_uids]]
+
+    def load_others(self, spacing_tol: float = 0.1) -> dict[str, SeriesVolume]:
+        """The study's other series by slot (empty for a one-series record)."""
+        return {slot: load_series(files, spacing_tol=spacing_tol) for slot, files in self.other_series}
 
     def load_mask(self, volume: SeriesVolume) -> np.ndarray | None:
         """The lesion label map on ``volume``'s grid (same shape as its array; nearest-neighbour
@@ -194,22 +207,30 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 # --- phantoms ---------------------------------------------------------------------------------
 
-def read_phantoms(folder: Path, labels: Sequence[str] = CQ500_LABELS, series: str = "ct",
+def read_phantoms(folder: Path, labels: Sequence[str] = CQ500_LABELS, series: str | Mapping[str, str] = "ct",
                   mask: str | None = None) -> list[StudyRecord]:
     """Studies written by :func:`neuroread.training.phantoms.writer.write_study` under ``folder``
-    (``<case>/truth.json``); ``series`` is the truth's series key; ``mask`` the truth's lesion mask
-    (e.g. ``hemorrhage``; ``None``: the first mask on that series whose name is not ``mimics``),
-    with each lesion id's type from the truth's lesion list."""
+    (``<case>/truth.json``); ``series`` is the truth's series key, or for a model of several
+    input slots a mapping slot → series key in the spec's slot order (e.g. ``{"t1": "t1", "fs":
+    "fs"}``: the first is the record's own series, the others its :attr:`StudyRecord.other_series`);
+    ``mask`` the truth's lesion mask on the first series (e.g. ``hemorrhage``; ``None``: the
+    first mask on that series whose name is not ``mimics``), with each lesion id's type from the
+    truth's lesion list."""
     studies = sorted(Path(folder).glob("*/truth.json"))
     if not studies:
         raise FileNotFoundError(f"no phantom studies (*/truth.json) under {folder}")
+    slots = dict(series) if isinstance(series, Mapping) else {"": series}
+    if not slots:
+        raise ValueError("read_phantoms: series names no series")
+    series = next(iter(slots.values()))
     records = []
     for truth_path in studies:
         truth = json.loads(truth_path.read_text())
         source = f"phantom {truth_path.parent.name}"
         names = _check_labels(labels, truth["labels"], source)
-        if series not in truth["series"]:
-            raise ValueError(f"{source}: no series {series!r}; it has {', '.join(truth['series'])}")
+        absent = [key for key in slots.values() if key not in truth["series"]]
+        if absent:
+            raise ValueError(f"{source}: no series {', '.join(map(repr, absent))}; it has {', '.join(truth['series'])}")
         info = truth["series"][series]
         uids = tuple(info["sop_instance_uids"])
         per_slice = truth.get("per_slice_labels")
@@ -224,14 +245,20 @@ def read_phantoms(folder: Path, labels: Sequence[str] = CQ500_LABELS, series: st
         types = tuple((int(les["id"]), str(les["type"])) for les in truth.get("lesions", [])
                       if "id" in les and "type" in les)
         records.append(StudyRecord(
-            study_id=truth["case_id"], files=tuple(sorted((truth_path.parent / info["folder"]).glob("*.dcm"))),
+            study_id=truth["case_id"], files=_phantom_files(truth_path.parent, info),
             n_slices=len(uids), label_names=names,
             labels=np.array([truth["labels"][name] for name in names], np.float32),
             slice_uids=uids if slice_labels is not None else None, slice_labels=slice_labels,
             description=info.get("description", ""),
             mask=truth_path.parent / masks[mask_name]["file"] if mask_name else None,
-            mask_types=types if mask_name else ()))
+            mask_types=types if mask_name else (),
+            other_series=tuple((slot, _phantom_files(truth_path.parent, truth["series"][key]))
+                               for slot, key in list(slots.items())[1:])))
     return records
+
+
+def _phantom_files(study: Path, info: Mapping) -> tuple[Path, ...]:
+    return tuple(sorted((study / info["folder"]).glob("*.dcm")))
 
 
 # --- DICOM headers ----------------------------------------------------------------------------
@@ -281,7 +308,7 @@ def _scan(folder: Path, progress: bool = False) -> dict[str, list[_Header]]:
 
 # --- generic manifest -------------------------------------------------------------------------
 
-def read_manifest(path: Path, labels: Sequence[str]) -> list[StudyRecord]:
+def read_manifest(path: Path, labels: Sequence[str], spec: ModelSpec | None = None) -> list[StudyRecord]:
     """Studies listed in a manifest CSV (header row, one row per study):
 
     - ``study`` (required): folder of the study's DICOM files, searched recursively (files that
@@ -289,6 +316,13 @@ def read_manifest(path: Path, labels: Sequence[str]) -> list[StudyRecord]:
     - one column per name in ``labels`` (required): 0 or 1, the study label.
     - ``series_instance_uid`` (optional): which series to use when the folder holds several;
       empty or absent, the folder must hold exactly one.
+    - for a model of several input slots (``spec`` with more than one slot, e.g. axspa-sij's
+      ``t1`` and ``fs``): ``series_<slot>`` (optional, one column per slot) names the slot's
+      SeriesInstanceUID; an empty cell or no column lets the node's own rules choose among the
+      folder's series (:func:`neuroread.node.route.rules.default_routes` and
+      :func:`~neuroread.node.route.study_slots.fill_slots`: the MR sequence classifier, never the
+      description), and a study where a slot stays empty is an error naming the slot and why.
+      The first slot's series carries the per-slice labels and the mask.
     - ``slice_labels`` (optional): a CSV of per-slice labels (relative to the manifest's folder):
       column ``sop_instance_uid`` plus one 0/1 column per name in ``labels``, one row for every
       slice of the series, in any order.
@@ -317,6 +351,7 @@ def read_manifest(path: Path, labels: Sequence[str]) -> list[StudyRecord]:
     names = tuple(labels)
     if not names:
         raise ValueError(f"manifest {path}: no labels given")
+    several = spec is not None and len(spec.slots) > 1
     records = []
     for line, row in enumerate(rows, start=2):
         where = f"manifest {path.name} line {line}"
@@ -325,7 +360,12 @@ def read_manifest(path: Path, labels: Sequence[str]) -> list[StudyRecord]:
             raise FileNotFoundError(f"{where}: study folder {folder} does not exist")
         scanned = _scan(folder)
         wanted = (row.get("series_instance_uid") or "").strip()
-        if wanted:
+        others: tuple[tuple[str, tuple[Path, ...]], ...] = ()
+        if several:
+            chosen = _fill_slots(spec, scanned, row, where)
+            headers = scanned[chosen[spec.slots[0].name]]
+            others = tuple((slot.name, tuple(h.path for h in scanned[chosen[slot.name]])) for slot in spec.slots[1:])
+        elif wanted:
             if wanted not in scanned:
                 raise ValueError(f"{where}: series {wanted} not in {folder}; found {sorted(scanned)}")
             headers = scanned[wanted]
@@ -347,10 +387,50 @@ def read_manifest(path: Path, labels: Sequence[str]) -> list[StudyRecord]:
             label_names=names, labels=np.array([_binary(row[n], f"{where} column {n}") for n in names], np.float32),
             slice_uids=uids, slice_labels=slice_labels, group=(row.get("group") or "").strip(),
             description=headers[0].description, mask=mask,
-            mask_types=tuple((i, UNTYPED_LESION) for i in mask_ids), mask_components=components))
+            mask_types=tuple((i, UNTYPED_LESION) for i in mask_ids), mask_components=components,
+            other_series=others))
     log.info("manifest %s: %d studies, %d with a lesion mask", path.name, len(records),
              sum(r.mask is not None for r in records))
     return sorted(records, key=lambda r: r.study_id)
+
+
+def _fill_slots(spec: ModelSpec, scanned: Mapping[str, list[_Header]], row: Mapping[str, str],
+                where: str) -> dict[str, str]:
+    """Slot → SeriesInstanceUID for one manifest row of a model of several slots: the row's
+    ``series_<slot>`` cells where given, the node's slot filling for the others (read_manifest)."""
+    from neuroread.node.route.rules import SeriesFacts, default_routes
+    from neuroread.node.route.study_slots import Candidate, fill_slots
+
+    chosen: dict[str, str] = {}
+    for slot in spec.slots:
+        uid = (row.get(f"series_{slot.name}") or "").strip()
+        if uid and uid not in scanned:
+            raise ValueError(f"{where}: column series_{slot.name} names series {uid}, not in the study folder; "
+                             f"found {sorted(scanned)}")
+        if uid:
+            chosen[slot.name] = uid
+    if len(chosen) < len(spec.slots):
+        candidates = []
+        for uid, headers in scanned.items():
+            if uid in chosen.values():
+                continue
+            header = pydicom.dcmread(headers[0].path, stop_before_pixels=True)
+            instances = sum(h.frames for h in headers)
+            facts = SeriesFacts.from_dataset(header, instances)
+            for route in default_routes(spec):
+                if route.slot not in chosen and route.match.check(facts).ok:
+                    candidates.append(Candidate.of(uid, route, header, instances))
+        filling = fill_slots(spec, candidates)
+        for slot in spec.slots:
+            if slot.name in chosen:
+                continue
+            if slot.name not in filling.chosen:
+                why = (filling.why or {}).get(slot.name) or (f"no series of the folder fits it ({slot.description or slot.name}; "
+                                                     f"{len(scanned)} series looked at)")
+                raise ValueError(f"{where}: slot {slot.name!r} of {spec.name} stays empty: {why}; name its series "
+                                 f"in column series_{slot.name}")
+            chosen[slot.name] = filling.chosen[slot.name].series_uid
+    return chosen
 
 
 def _mask_file(path: Path, where: str) -> tuple[tuple[int, ...], bool]:

@@ -25,7 +25,8 @@ alone (so every model gets the same measurements for the same kind of output):
   mass inside the lesions (``pointing.mass_in_lesion``) and, beside it, the lesions' share of
   the slice's soft tissue (``pointing.lesion_share``: what a map spread evenly would score); for
   the main map (the first one explaining the first label or decided class, as the overlays
-  show it) and, as ``pointing.<kind>.*``, for every kind of whole-network map;
+  show it) and, as ``pointing.<kind>.*``, for every kind of whole-network map (a branch's map,
+  such as axspa-sij's Grad-CAM of its T1 branch, as ``pointing.<kind>.<branch>.*``);
 - **lesions** against the record's lesion instance mask (one id per lesion), on every record
   with a mask once the model has returned a lesion: per-lesion recall, false positives per scan,
   IoU and Dice of the matched lesions (mean and SD) and the per-scan Dice of all lesions together
@@ -86,11 +87,13 @@ class Collected:
 
 def _pointing_maps(result: ModelResult, series_uid: str) -> dict[str, Heatmap]:
     """The maps the pointing game reads, by kind ("" for the main one, the map the overlays show):
-    of the series, whole-network, each kind's first in :meth:`ModelResult.ranked_heatmaps`."""
-    ranked = [h for h in result.ranked_heatmaps(series_uid) if not h.branch]
-    out: dict[str, Heatmap] = {"": ranked[0]} if ranked else {}
+    of the series, each kind's first in :meth:`ModelResult.ranked_heatmaps`, whole-network maps
+    as ``<kind>`` and a branch's as ``<kind>.<branch>`` (e.g. axspa-sij's ``gradcam.t1``)."""
+    ranked = result.ranked_heatmaps(series_uid)
+    whole = [h for h in ranked if not h.branch]
+    out: dict[str, Heatmap] = {"": whole[0]} if whole else {}
     for h in ranked:
-        out.setdefault(h.kind, h)
+        out.setdefault(f"{h.kind}.{h.branch}" if h.branch else h.kind, h)
     return out
 
 
@@ -130,7 +133,9 @@ def _pointing(col: Collected, maps: dict[str, Heatmap], volume: SeriesVolume, le
 def collect(model: Model, records: Sequence[StudyRecord], *, thresholds: Mapping[str, float] | None = None,
             slot: str | None = None, progress: bool = True, tolerance_mm: float = POINTING_TOLERANCE_MM,
             desc: str = "evaluate") -> Collected:
-    """Run ``model.predict`` on each record (single-slot models) and gather outputs beside the truth.
+    """Run ``model.predict`` on each record and gather outputs beside the truth. The record's
+    series fills ``slot`` (default: the spec's first) and its other series their slots
+    (:attr:`StudyRecord.other_series`); the truth (per-slice labels, masks) is the first's.
 
     ``thresholds`` (label → threshold) decide the findings instead of the spec's defaults, as
     the node's runner applies the effective thresholds (the weights' card, the configuration).
@@ -145,8 +150,13 @@ def collect(model: Model, records: Sequence[StudyRecord], *, thresholds: Mapping
     before_first_lesion: list[StudyRecord] = []  # records with a mask, gathered once a lesion shows
     for record in tqdm(records, desc=desc, unit="series", leave=False, disable=None if progress else True):
         volume, slice_labels = record.load()
-        result = model.predict({slot: volume})
-        result.check(spec, {slot: volume})
+        inputs = {slot: volume, **record.load_others()}
+        absent = [s.name for s in spec.slots if s.name not in inputs]
+        if absent:
+            raise ValueError(f"record {record.study_id} has series for slot(s) {sorted(inputs)}; {spec.name} also "
+                             f"needs {absent} (read the dataset with one series per slot)")
+        result = model.predict(inputs)
+        result.check(spec, inputs)
         names = list(record.label_names)
         wanted = list(labels) + [c.name for o in spec.multi_class for c in o.classes]
         missing = [n for n in wanted if n not in names]

@@ -13,7 +13,9 @@ the same ``predict``), and its demo plan. This module does the rest, the same fo
 - :func:`fit`: a network trained on some records; on validation records, the per-label
   thresholds that maximise F1 are chosen (:mod:`neuroread.training.thresholds`) and stored, and
   a recipe with a ``tune(net, validation, settings, progress=...)`` method first sets its own
-  operating points there (e.g. a detector's score threshold, kept in the network's configuration);
+  operating points there (e.g. a detector's score threshold, kept in the network's configuration),
+  and one with a ``measure(net, records, settings)`` method adds its own metrics wherever the
+  card's are measured (e.g. the joint localiser's error in mm);
 - :func:`train`: cross-validation (``folds >= 2``: mean metrics over the folds, then a final
   network trained on every record with a validation fifth for the thresholds) or one held-out
   fifth (``folds == 1``), optionally scored on an extra held-out set (fresh phantoms), and the
@@ -209,6 +211,20 @@ def summary(m: Mapping[str, float]) -> str:
     return ", ".join(parts) + (f" on {int(m['n_studies'])} series" if "n_studies" in m else "")
 
 
+def _measure(recipe: Recipe, net: torch.nn.Module, records: Sequence[StudyRecord], settings: Any) -> dict[str, float]:
+    """A recipe's own measurements of ``net`` on ``records`` (e.g. axspa-sij's localiser error),
+    where it has a ``measure`` method: what the model's outputs alone cannot show."""
+    return dict(recipe.measure(net, records, settings)) if hasattr(recipe, "measure") and records else {}
+
+
+def _scores(recipe: Recipe, trained: Trained, records: Sequence[StudyRecord], *, progress: bool,
+            desc: str) -> dict[str, float]:
+    """The card's metrics of a trained network on ``records`` at its thresholds, with the recipe's own."""
+    out = metrics(collect(model_of(recipe, trained.net, trained.settings), records, thresholds=trained.thresholds,
+                          progress=progress, desc=desc))
+    return {**out, **_measure(recipe, trained.net, records, trained.settings)}
+
+
 @dataclass(frozen=True)
 class TrainReport:
     """What :func:`train` wrote: the checkpoint, its SHA-256, the card's metrics and thresholds."""
@@ -270,15 +286,13 @@ def train(recipe: Recipe, settings: Any, records: Sequence[StudyRecord], out: Pa
             inner_train, inner_val = _split(recipe, train_part, settings.seed)
             fold = fit(recipe, settings, inner_train, inner_val, progress=progress, desc=f"fold {i}/{folds}",
                        score_validation=False)  # a fold is scored on its test part
-            per_fold.append(metrics(collect(model_of(recipe, fold.net, settings), [records[j] for j in split.test],
-                                            thresholds=fold.thresholds, progress=progress,
-                                            desc=f"fold {i}/{folds}: test")))
+            per_fold.append(_scores(recipe, fold, [records[j] for j in split.test], progress=progress,
+                                    desc=f"fold {i}/{folds}: test"))
     train_part, validation = _split(recipe, records, settings.seed)
     final = fit(recipe, settings, train_part, validation, progress=progress, desc="train",
                 score_validation=not heldout and not per_fold)
     if heldout:
-        scores = metrics(collect(model_of(recipe, final.net, settings), heldout, thresholds=final.thresholds,
-                                 progress=progress, desc="held-out"))
+        scores = _scores(recipe, final, heldout, progress=progress, desc="held-out")
         how = (f"Metrics: {len(heldout)} held-out series never seen in training or threshold choice "
                f"({heldout_source or 'held-out set'})")
     elif per_fold:
@@ -288,7 +302,7 @@ def train(recipe: Recipe, settings: Any, records: Sequence[StudyRecord], out: Pa
         how = (f"Metrics: mean over {folds}-fold cross-validation (seed {settings.seed}, stratified, patients kept "
                "whole; thresholds chosen inside each fold)")
     else:
-        scores = dict(final.validation)
+        scores = {**final.validation, **_measure(recipe, final.net, validation, settings)}
         how = (f"Metrics: the validation fifth ({len(validation)} series), the same series the thresholds were "
                "chosen on (optimistic; give held-out data or folds >= 2 for an unbiased figure)")
     thresholds = final.thresholds
