@@ -317,12 +317,11 @@ def read_manifest(path: Path, labels: Sequence[str], spec: ModelSpec | None = No
     - ``series_instance_uid`` (optional): which series to use when the folder holds several;
       empty or absent, the folder must hold exactly one.
     - for a model of several input slots (``spec`` with more than one slot, e.g. axspa-sij's
-      ``t1`` and ``fs``): ``series_<slot>`` (optional, one column per slot) names the slot's
-      SeriesInstanceUID; an empty cell or no column lets the node's own rules choose among the
-      folder's series (:func:`neuroread.node.route.rules.default_routes` and
-      :func:`~neuroread.node.route.study_slots.fill_slots`: the MR sequence classifier, never the
-      description), and a study where a slot stays empty is an error naming the slot and why.
-      The first slot's series carries the per-slice labels and the mask.
+      ``t1`` and ``fs``): ``series_<slot>``, one column per slot, names the slot's
+      SeriesInstanceUID in the study folder; one slot may be left empty when the folder's only
+      other series is its series. ``neuroread route explain FOLDER`` says which series the node
+      would route to each slot. The first slot's series carries the per-slice labels and the
+      mask.
     - ``slice_labels`` (optional): a CSV of per-slice labels (relative to the manifest's folder):
       column ``sop_instance_uid`` plus one 0/1 column per name in ``labels``, one row for every
       slice of the series, in any order.
@@ -397,10 +396,8 @@ def read_manifest(path: Path, labels: Sequence[str], spec: ModelSpec | None = No
 def _fill_slots(spec: ModelSpec, scanned: Mapping[str, list[_Header]], row: Mapping[str, str],
                 where: str) -> dict[str, str]:
     """Slot → SeriesInstanceUID for one manifest row of a model of several slots: the row's
-    ``series_<slot>`` cells where given, the node's slot filling for the others (read_manifest)."""
-    from neuroread.node.route.rules import SeriesFacts, default_routes
-    from neuroread.node.route.study_slots import Candidate, fill_slots
-
+    ``series_<slot>`` cells, and a slot left empty gets the folder's one series no other slot
+    named (read_manifest)."""
     chosen: dict[str, str] = {}
     for slot in spec.slots:
         uid = (row.get(f"series_{slot.name}") or "").strip()
@@ -409,27 +406,16 @@ def _fill_slots(spec: ModelSpec, scanned: Mapping[str, list[_Header]], row: Mapp
                              f"found {sorted(scanned)}")
         if uid:
             chosen[slot.name] = uid
-    if len(chosen) < len(spec.slots):
-        candidates = []
-        for uid, headers in scanned.items():
-            if uid in chosen.values():
-                continue
-            header = pydicom.dcmread(headers[0].path, stop_before_pixels=True)
-            instances = sum(h.frames for h in headers)
-            facts = SeriesFacts.from_dataset(header, instances)
-            for route in default_routes(spec):
-                if route.slot not in chosen and route.match.check(facts).ok:
-                    candidates.append(Candidate.of(uid, route, header, instances))
-        filling = fill_slots(spec, candidates)
-        for slot in spec.slots:
-            if slot.name in chosen:
-                continue
-            if slot.name not in filling.chosen:
-                why = (filling.why or {}).get(slot.name) or (f"no series of the folder fits it ({slot.description or slot.name}; "
-                                                     f"{len(scanned)} series looked at)")
-                raise ValueError(f"{where}: slot {slot.name!r} of {spec.name} stays empty: {why}; name its series "
-                                 f"in column series_{slot.name}")
-            chosen[slot.name] = filling.chosen[slot.name].series_uid
+    empty = [slot.name for slot in spec.slots if slot.name not in chosen]
+    rest = sorted(set(scanned) - set(chosen.values()))
+    if len(empty) == 1 and len(rest) == 1:
+        chosen[empty[0]] = rest[0]
+    elif empty:
+        columns = ", ".join(f"series_{slot.name}" for slot in spec.slots)
+        raise ValueError(f"{where}: {spec.name} reads one series per slot ({', '.join(s.name for s in spec.slots)}) "
+                         f"and the study folder holds {len(scanned)} ({', '.join(sorted(scanned))}); name each "
+                         f"slot's SeriesInstanceUID in columns {columns} (`neuroread route explain FOLDER` says "
+                         "which series the node would route to each slot)")
     return chosen
 
 
