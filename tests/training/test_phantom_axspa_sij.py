@@ -176,11 +176,11 @@ def test_each_class_keeps_its_pattern(studies):
         assert "osteophyte" not in kinds
         assert "bme" in kinds or ("erosion" in kinds and "fat" in kinds)
         assert all(les["pattern"] == "axspa" for les in s.truth["lesions"])
-        assert s.labels == {"axspa": 1} and 18 <= s.truth["age"] <= 48
+        assert s.labels == {"axspa": 1, "non_axspa": 0} and 18 <= s.truth["age"] <= 48
     for s in studies["normal"]:
         assert len(s.truth["lesions"]) <= 1
         assert all(les["type"] == "bme" and les["pattern"] == "normal_variant" for les in s.truth["lesions"])
-        assert s.labels == {"axspa": 0}
+        assert s.labels == {"axspa": 0, "non_axspa": 1}
     for s in studies["degenerative"]:
         kinds = [les["type"] for les in s.truth["lesions"]]
         assert "osteophyte" in kinds and "erosion" not in kinds and "fat" not in kinds

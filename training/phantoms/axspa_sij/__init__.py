@@ -12,7 +12,9 @@ differ by their lesions (:mod:`.lesions`). This module acquires the study: grids
 headers, masks, truth, and the task's baseline.
 
 Masks (one id per lesion, ids shared by both series): ``<kind>_t1`` and ``<kind>_fs`` for
-kind in bme, erosion, sclerosis, fat, osteophyte. Truth: the class and its subtype, sex and
+kind in bme, erosion, sclerosis, fat, osteophyte, and ``lesions_t1``/``lesions_fs`` of every
+kind together. Labels: one-hot over ``axspa`` and ``non_axspa``; per-slice labels on the T1
+(the slices with a lesion of the axSpA pattern). Truth: the class and its subtype, sex and
 age, every lesion (kind, side, bone, joint quadrant, centroid and volume on both grids),
 the joint ROI box of each side in LPS and in voxel indices of each series, per-slice ids.
 """
@@ -270,6 +272,7 @@ def generate(rng: np.random.Generator, case_id: str, label: str, size: str, subt
         vox = g.pixel_spacing[0] * g.pixel_spacing[1] * g.slice_spacing
         for kind, arr in km.items():
             masks[f"{kind}_{key}"] = (key, arr)
+        masks[f"lesions_{key}"] = (key, np.maximum.reduce(list(km.values())))  # every kind, the same ids
         ids_per_slice = [[] for _ in range(g.shape[0])]
         for les in lesions:
             m = km[les.kind] == les.id
@@ -300,7 +303,7 @@ def generate(rng: np.random.Generator, case_id: str, label: str, size: str, subt
 
     contrast = {k: v for k, v in MASK_CONTRAST.items() if masks[k][1].any()}
     return Study(
-        task="axspa-sij", case_id=case_id, label=label, labels={"axspa": int(label == "axspa")}, identity=ident,
+        task="axspa-sij", case_id=case_id, label=label, labels={c: int(label == c) for c in CLASSES}, identity=ident,
         study_description=pick_description(rng, _STUDY_DESCRIPTIONS, scanner.style, p_misleading=0.0),
         series=series, masks=masks, mask_contrast=contrast,
         truth={
@@ -312,9 +315,10 @@ def generate(rng: np.random.Generator, case_id: str, label: str, size: str, subt
             "joint_roi": rois,
             "lesions": lesions_out,
             "per_slice_lesion_ids": per_slice,
+            # On the T1: the slices that show axSpA (a lesion of its pattern); none show "non_axspa".
             "per_slice_labels": {
-                key: [int(any(les.pattern == "axspa" for les in lesions if les.id in ids)) for ids in per_slice[key]]
-                for key in grids
+                "axspa": [int(any(les.pattern == "axspa" for les in lesions if les.id in ids)) for ids in per_slice["t1"]],
+                "non_axspa": [0] * g_t1.shape[0],
             },
         },
     )
