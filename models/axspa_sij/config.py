@@ -16,6 +16,7 @@ PAPER = ("Diagnosis of HLA-B27-negative axial spondyloarthritis with a 3D multi-
          "hybrid loss, Grad-CAM")
 
 FUSIONS = ("msfa", "concat")
+POOLINGS = ("avg", "max", "avgmax")
 SEQUENCES = (("t1", "fs"), ("t1",), ("fs",))
 
 
@@ -40,8 +41,9 @@ class MSFAConfig:
     - **MSFA**: ``Q`` from the first input, ``K`` and ``V`` from the second, by 1×1×1
       convolutions; ``attention_dim`` channels for ``Q`` and ``K`` (the paper's ``d``), ``V``
       as wide as the input; ``Z_f = α·softmax(Q Kᵀ/√d) V + Z_1`` with a learned ``α``.
-    - Each branch: global average pooling, ``dropout``, a linear layer to ``n_classes``
-      logits; the Fuse branch's is the decision.
+    - Each branch: global pooling (``pooling``: ``"avg"``, the paper's global average pooling;
+      ``"max"``; or ``"avgmax"``, both concatenated), ``dropout``, a linear layer to
+      ``n_classes`` logits; the Fuse branch's is the decision.
 
     ``localiser_width``: the first width of the joint localiser
     (:class:`~neuroread.models.axspa_sij.localiser.JointLocaliser`) that travels in the same
@@ -60,6 +62,7 @@ class MSFAConfig:
     attention_dim: int = 16
     dropout: float = 0.3
     fusion: str = "msfa"
+    pooling: str = "avg"
     sequences: tuple[str, ...] = ("t1", "fs")
     localiser_width: int = 8
     name: str = "custom"
@@ -90,6 +93,8 @@ class MSFAConfig:
             raise ValueError(f"MSFAConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if self.fusion not in FUSIONS:
             raise ValueError(f"MSFAConfig.fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"MSFAConfig.pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.sequences not in SEQUENCES:
             raise ValueError(f"MSFAConfig.sequences must be one of {SEQUENCES}, got {self.sequences!r}")
         if not isinstance(self.name, str) or not self.name.strip():
@@ -109,10 +114,11 @@ class MSFAConfig:
 
     @classmethod
     def demo(cls) -> MSFAConfig:
-        """A network for demo weights trained on this CPU from phantoms (under 5 MB): the crop at
-        half the paper's in-plane size and two thirds of its slices (16 × 160 × 112, the same
-        field of view at twice the pixel size and 4.5 mm slices), widths 8, 16, 32, ``d`` = 8."""
-        return cls(input_shape=(16, 160, 112), voxel_mm=(4.5, 1.4, 1.4), widths=(8, 16, 32), attention_dim=8,
+        """A network for demo weights trained on this CPU from phantoms (under 5 MB): the paper's
+        field of view (72 × 224 × 168 mm) at 12 × 128 × 96 voxels of 6 × 1.75 × 1.75 mm (the
+        small phantoms' resolution; a quarter of the paper's tokens per MSFA, which is most of a
+        training step's time on a CPU), widths 8, 16, 32, ``d`` = 8."""
+        return cls(input_shape=(12, 128, 96), voxel_mm=(6.0, 1.75, 1.75), widths=(8, 16, 32), attention_dim=8,
                    name="demo")
 
     def to_dict(self) -> dict[str, Any]:

@@ -21,9 +21,13 @@ reference: a STIR from another one is registered rigidly to the T1
 ``non_axspa``; no SNOMED CT identifier could be checked here, so the codes are in the node's
 private scheme ``99NEUROREAD``.
 
-Not registered yet (issue 18): its training recipe and demo weights come first.
+``axspa-sij`` (:data:`ENTRY`) runs with its demo weights (:data:`DEMO_WEIGHTS`, trained on
+phantoms by ``neuroread train-demo axspa-sij``) unless the configuration names others.
 """
 from __future__ import annotations
+
+import functools
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,15 +35,16 @@ from torch import nn
 
 from ..checkpoint import NetworkModel
 from ..explain import GradCAM
-from ..registry import check_ready
+from ..registry import ModelEntry, check_ready
 from ..result import Classification, Heatmap, KeySlice, ModelResult, SeriesVolume
 from ..spec import ClassLabel, Code, InputSlot, ModelSpec, MultiClass
 from .config import MSFAConfig
 from .localiser import JointLocaliser, locate
-from .network import MSFANet
+from .network import HybridLoss, MSFANet
 from .preprocess import prepare
 
 VERSION = "0.1.0"
+DEMO_WEIGHTS = Path(__file__).parent / "weights" / "axspa-sij-demo.pt"
 KEY_SLICES = 5
 MIN_INSTANCES = 8
 PRIVATE = "99NEUROREAD"
@@ -50,6 +55,9 @@ DIAGNOSIS = MultiClass("diagnosis", Code("AXSPAASSESS", PRIVATE, "Axial spondylo
     ClassLabel("non_axspa", Code("NONAXSPA", PRIVATE, "No axial spondyloarthritis")),
 ))
 CLASSES: tuple[str, ...] = tuple(c.name for c in DIAGNOSIS.classes)
+# The sacroiliac lesions the ASAS definitions read (active: bone-marrow oedema; structural:
+# erosion, fat metaplasia, sclerosis; and degenerative osteophytes), as typed masks name them.
+LESION_KINDS = ("bme", "erosion", "fat", "sclerosis", "osteophyte")
 SLOTS = (
     InputSlot("t1", "MR", sequences=("T1",), body_parts=BODY_PARTS, min_slices=MIN_INSTANCES,
               description="coronal-oblique T1-weighted series of the sacroiliac joints"),
@@ -69,13 +77,22 @@ BRANCH_LAYERS = {
 
 
 class SacroiliacNet(nn.Module):
-    """MSFANet and the joint localiser in one module (one state dict, one checkpoint)."""
+    """MSFANet, the joint localiser, the hybrid loss's learned weights and the training-only
+    lesion head in one module (one state dict, one checkpoint: the card's loss weights are the
+    checkpoint's).
+
+    ``lesion_head``: a 1×1×1 convolution, shared by the three branches, that reads each
+    branch's last features as "a lesion of this kind in this cell", one channel per
+    :data:`LESION_KINDS` (deep supervision from typed lesion masks during training,
+    :mod:`neuroread.training.recipes.axspa_sij.stages`); the node never runs it."""
 
     def __init__(self, config: MSFAConfig) -> None:
         super().__init__()
         self.config = config
         self.msfa = MSFANet(config)
         self.localiser = JointLocaliser(config.localiser_width)
+        self.loss = HybridLoss()
+        self.lesion_head = nn.Conv3d(config.widths[2], len(LESION_KINDS), 1)
 
 
 class AxSpAModel(NetworkModel):
@@ -124,3 +141,6 @@ class AxSpAModel(NetworkModel):
         return ModelResult(model=self.spec.name, version=self.spec.version, card=self.card,
                            classifications=(Classification.of(DIAGNOSIS, probabilities / probabilities.sum()),),
                            key_slices=key_slices, heatmaps=tuple(heatmaps))
+
+
+ENTRY = ModelEntry(SPEC, functools.partial(AxSpAModel, SPEC), demo_weights=DEMO_WEIGHTS)

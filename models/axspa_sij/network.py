@@ -173,7 +173,8 @@ class MSFANet(nn.Module):
         self.fs = _Branch(w1, w2)
         self.fuse = _Fuse(w2, config.attention_dim, config.fusion)
         self.dropout = nn.Dropout(config.dropout)
-        self.heads = nn.ModuleDict({b: nn.Linear(w2, config.n_classes) for b in BRANCHES})
+        pooled = 2 * w2 if config.pooling == "avgmax" else w2
+        self.heads = nn.ModuleDict({b: nn.Linear(pooled, config.n_classes) for b in BRANCHES})
 
     def features(self, x: Tensor) -> dict[str, Tensor]:
         """Each branch's last features ``[B, C, D, H/8, W/8]`` (``t1``, ``fs``, ``fuse``)."""
@@ -189,10 +190,21 @@ class MSFANet(nn.Module):
         zf = self.fuse.msfa2(z, f2)
         return {"t1": t2, "fs": f2, "fuse": zf}
 
-    def forward(self, x: Tensor) -> MSFAOutput:
-        f = self.features(x)
-        logits = {b: self.heads[b](self.dropout(f[b].mean(dim=(2, 3, 4)))) for b in BRANCHES}
+    def pool(self, features: Tensor) -> Tensor:
+        """Global pooling of ``[B, C, D, H, W]`` features to ``[B, C]`` (or ``[B, 2C]`` for avgmax)."""
+        mode = self.config.pooling
+        if mode == "avg":
+            return features.mean(dim=(2, 3, 4))
+        peak = features.amax(dim=(2, 3, 4))
+        return peak if mode == "max" else torch.cat([features.mean(dim=(2, 3, 4)), peak], dim=1)
+
+    def classify(self, features: dict[str, Tensor]) -> MSFAOutput:
+        """Each branch's logits from its :meth:`features`."""
+        logits = {b: self.heads[b](self.dropout(self.pool(features[b]))) for b in BRANCHES}
         return MSFAOutput(logits["fuse"], logits["t1"], logits["fs"])
+
+    def forward(self, x: Tensor) -> MSFAOutput:
+        return self.classify(self.features(x))
 
 
 class HybridLoss(nn.Module):
@@ -208,7 +220,7 @@ class HybridLoss(nn.Module):
 
     @property
     def weights(self) -> dict[str, float]:
-        return {b: float(torch.exp(-s)) for b, s in zip(BRANCHES, self.log_variance)}
+        return {b: float(torch.exp(-s.detach())) for b, s in zip(BRANCHES, self.log_variance)}
 
     def forward(self, out: MSFAOutput, target: Tensor) -> dict[str, Tensor]:
         parts = {"fuse": F.cross_entropy(out.fusion_logits, target), "t1": F.cross_entropy(out.t1_logits, target),

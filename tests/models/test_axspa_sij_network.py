@@ -42,7 +42,7 @@ def test_msfa_keeps_the_size_starts_as_the_identity_and_learns_alpha():
     assert msfa.alpha.grad is not None and float(msfa.alpha.grad) != 0.0  # α is learned
     opt = torch.optim.SGD(msfa.parameters(), lr=0.5)
     opt.step()
-    assert float(msfa.alpha) != 0.0 and not torch.equal(msfa(z1, z2), z1)
+    assert float(msfa.alpha.detach()) != 0.0 and not torch.equal(msfa(z1, z2), z1)
     with pytest.raises(ValueError, match="one shape"):
         msfa(z1, z2[:, :, :2])
 

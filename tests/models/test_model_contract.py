@@ -176,7 +176,7 @@ def test_registry_finds_models_and_suggests_names():
         reg.spec("tiny-tset")
     with pytest.raises(ValueError, match="registered twice"):
         reg.with_model(ENTRY)
-    assert default_registry().names() == ["cmb-svd", "ct-hemorrhage", "ms-csvd"]  # the product models, each with its issue
+    assert default_registry().names() == ["axspa-sij", "cmb-svd", "ct-hemorrhage", "ms-csvd"]  # the product models, each with its issue
 
 
 def test_plugins_add_models_and_bad_references_say_why():
