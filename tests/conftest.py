@@ -1,4 +1,4 @@
-"""Shared fixtures (small phantom sets, tiny ct-hemorrhage and ms-csvd weights, made once per test session) and
+"""Shared fixtures (small phantom sets, tiny ct-hemorrhage, ms-csvd and axspa-sij weights, made once per test session) and
 the markers by folder: a test under ``tests/<kind>/`` is marked ``<kind>`` (unit, models,
 training, integration, e2e), so ``pytest -m unit`` and ``pytest tests/unit`` pick the same tests."""
 from __future__ import annotations
@@ -140,6 +140,30 @@ def ms_csvd_weights(phantom_sets, tmp_path_factory) -> Path:
     settings = RECIPE.settings("demo", network=TINY_TAN, epochs=1, batch_size=2, threads=1, pretrain_epochs=1)
     trained = fit(RECIPE, settings, records, progress=False)
     out = tmp_path_factory.mktemp("weights") / "ms-csvd-tiny.pt"
+    config = RECIPE.checkpoint_config(trained.net, settings)
+    save_checkpoint(out, model=RECIPE.model, config=config, labels=RECIPE.outputs(),
+                    state_dict=trained.net.state_dict(), architecture=config,
+                    training_data="four test phantoms, one epoch", demo=True)
+    return out
+
+
+TINY_MSFA = {"input_shape": [6, 32, 24], "voxel_mm": [10.0, 7.0, 7.0], "widths": [4, 4, 4], "attention_dim": 4,
+             "localiser_width": 2, "name": "tiny"}
+
+
+@pytest.fixture(scope="session")
+def axspa_weights(phantom_sets, tmp_path_factory) -> Path:
+    """A tiny axspa-sij checkpoint (MSFANet and its joint localiser at toy size) trained one epoch
+    on the four session T1 + fat-suppressed phantoms by the shared loop and the model's recipe, marked demo."""
+    from neuroread.models.checkpoint import save_checkpoint
+    from neuroread.training.loop import fit
+    from neuroread.training.recipes.axspa_sij import RECIPE
+
+    records, _ = RECIPE.read_records(phantom_sets["axspa-sij"], "phantoms", progress=False)
+    settings = RECIPE.settings("demo", network=TINY_MSFA, epochs=1, batch_size=2, localiser_epochs=1,
+                               localiser_batch=2, threads=1)
+    trained = fit(RECIPE, settings, records, progress=False)
+    out = tmp_path_factory.mktemp("weights") / "axspa-sij-tiny.pt"
     config = RECIPE.checkpoint_config(trained.net, settings)
     save_checkpoint(out, model=RECIPE.model, config=config, labels=RECIPE.outputs(),
                     state_dict=trained.net.state_dict(), architecture=config,
