@@ -203,7 +203,7 @@ def test_serve_answers_echo_and_stops_cleanly_on_sigterm(tmp_path):
 
 
 def test_run_says_when_nothing_could_be_processed(tmp_path, phantom_sets):
-    study = sorted(p.parent for p in phantom_sets["axspa-sij"].glob("*/truth.json"))[0]  # no model for it yet
+    study = sorted(p.parent for p in phantom_sets["ad-lrp"].glob("*/truth.json"))[0]  # no model for it yet
     res = _cli("run", str(study), "--out", str(tmp_path / "out"))
     assert res.returncode == 1
     assert "no results" in res.stdout and "unrouted" in res.stderr

@@ -180,9 +180,10 @@ def test_registry_finds_models_and_suggests_names():
 
 
 def test_plugins_add_models_and_bad_references_say_why():
-    assert default_registry(["support.tiny_model:ENTRY"]).names() == ["cmb-svd", "ct-hemorrhage", "ms-csvd", "tiny-test"]
+    assert default_registry(["support.tiny_model:ENTRY"]).names() == ["axspa-sij", "cmb-svd", "ct-hemorrhage", "ms-csvd",
+                                                                      "tiny-test"]
     assert default_registry(["neuroread.models.ct_hemorrhage.model:ENTRY_CQ500"]).names() == [
-        "cmb-svd", "ct-hemorrhage", "ct-hemorrhage-cq500", "ms-csvd"]
+        "axspa-sij", "cmb-svd", "ct-hemorrhage", "ct-hemorrhage-cq500", "ms-csvd"]
     assert load_plugin("support.tiny_model:ENTRY") == [ENTRY]
     for ref, message in [("no_such_module_here:ENTRY", "cannot import no_such_module_here"),
                          ("support.tiny_model:NOPE", "has no 'NOPE'"),
