@@ -16,8 +16,13 @@ PAPER = ("Diagnosis of HLA-B27-negative axial spondyloarthritis with a 3D multi-
          "hybrid loss, Grad-CAM")
 
 FUSIONS = ("msfa", "concat")
+# The sacroiliac lesions the ASAS definitions read (active: bone-marrow oedema; structural:
+# erosion, fat metaplasia, sclerosis; and degenerative osteophytes), as typed masks name them:
+# the channels of the lesion head (:class:`~neuroread.models.axspa_sij.network.MSFANet`).
+LESION_KINDS = ("bme", "erosion", "fat", "sclerosis", "osteophyte")
 POOLINGS = ("avg", "max", "avgmax")
 SEQUENCES = (("t1", "fs"), ("t1",), ("fs",))
+QUERIES = ("t1", "fs")
 
 
 @dataclass(frozen=True)
@@ -41,9 +46,19 @@ class MSFAConfig:
     - **MSFA**: ``Q`` from the first input, ``K`` and ``V`` from the second, by 1×1×1
       convolutions; ``attention_dim`` channels for ``Q`` and ``K`` (the paper's ``d``), ``V``
       as wide as the input; ``Z_f = α·softmax(Q Kᵀ/√d) V + Z_1`` with a learned ``α``.
+      ``query``: the sequence whose features are ``Z_1`` (they query the other's, and carry the
+      Fuse branch's residual path); the paper does not say which: ``"t1"`` (the structure
+      asks where the lesions are) or ``"fs"`` (the lesions ask for their anatomy).
     - Each branch: global pooling (``pooling``: ``"avg"``, the paper's global average pooling;
       ``"max"``; or ``"avgmax"``, both concatenated), ``dropout``, a linear layer to
       ``n_classes`` logits; the Fuse branch's is the decision.
+    - ``evidence`` (not in the paper): the network carries the **lesion head**, a 1×1×1
+      convolution shared by the branches that reads each branch's last features as "a lesion
+      of this kind in this cell", one channel per :data:`LESION_KINDS` (trained by deep
+      supervision from typed lesion masks), and each branch's linear layer also reads its
+      lesion evidence: per kind, ``log(1 + Σ sigmoid)`` over the cells (a soft count) and the
+      largest sigmoid. ``False``: the paper's decision from the pooled features alone (the
+      lesion head then lives beside the network, for training only).
 
     ``localiser_width``: the first width of the joint localiser
     (:class:`~neuroread.models.axspa_sij.localiser.JointLocaliser`) that travels in the same
@@ -63,6 +78,8 @@ class MSFAConfig:
     dropout: float = 0.3
     fusion: str = "msfa"
     pooling: str = "avg"
+    evidence: bool = False
+    query: str = "t1"
     sequences: tuple[str, ...] = ("t1", "fs")
     localiser_width: int = 8
     name: str = "custom"
@@ -95,6 +112,10 @@ class MSFAConfig:
             raise ValueError(f"MSFAConfig.fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"MSFAConfig.pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if not isinstance(self.evidence, bool):
+            raise ValueError(f"MSFAConfig.evidence must be true or false, got {self.evidence!r}")
+        if self.query not in QUERIES:
+            raise ValueError(f"MSFAConfig.query must be one of {QUERIES}, got {self.query!r}")
         if self.sequences not in SEQUENCES:
             raise ValueError(f"MSFAConfig.sequences must be one of {SEQUENCES}, got {self.sequences!r}")
         if not isinstance(self.name, str) or not self.name.strip():

@@ -38,7 +38,7 @@ from ..explain import GradCAM
 from ..registry import ModelEntry, check_ready
 from ..result import Classification, Heatmap, KeySlice, ModelResult, SeriesVolume
 from ..spec import ClassLabel, Code, InputSlot, ModelSpec, MultiClass
-from .config import MSFAConfig
+from .config import LESION_KINDS, MSFAConfig
 from .localiser import JointLocaliser, locate
 from .network import HybridLoss, MSFANet
 from .preprocess import prepare
@@ -55,9 +55,6 @@ DIAGNOSIS = MultiClass("diagnosis", Code("AXSPAASSESS", PRIVATE, "Axial spondylo
     ClassLabel("non_axspa", Code("NONAXSPA", PRIVATE, "No axial spondyloarthritis")),
 ))
 CLASSES: tuple[str, ...] = tuple(c.name for c in DIAGNOSIS.classes)
-# The sacroiliac lesions the ASAS definitions read (active: bone-marrow oedema; structural:
-# erosion, fat metaplasia, sclerosis; and degenerative osteophytes), as typed masks name them.
-LESION_KINDS = ("bme", "erosion", "fat", "sclerosis", "osteophyte")
 SLOTS = (
     InputSlot("t1", "MR", sequences=("T1",), body_parts=BODY_PARTS, min_slices=MIN_INSTANCES,
               description="coronal-oblique T1-weighted series of the sacroiliac joints"),
@@ -81,10 +78,12 @@ class SacroiliacNet(nn.Module):
     lesion head in one module (one state dict, one checkpoint: the card's loss weights are the
     checkpoint's).
 
-    ``lesion_head``: a 1×1×1 convolution, shared by the three branches, that reads each
+    :attr:`lesion`: a 1×1×1 convolution, shared by the three branches, that reads each
     branch's last features as "a lesion of this kind in this cell", one channel per
     :data:`LESION_KINDS` (deep supervision from typed lesion masks during training,
-    :mod:`neuroread.training.recipes.axspa_sij.stages`); the node never runs it."""
+    :mod:`neuroread.training.recipes.axspa_sij.stages`). With ``MSFAConfig.evidence`` it is
+    the network's own (``msfa.lesion``), whose evidence the decision reads; without, it is
+    ``lesion_head`` beside the network, for training only, and the node never runs it."""
 
     def __init__(self, config: MSFAConfig) -> None:
         super().__init__()
@@ -92,7 +91,12 @@ class SacroiliacNet(nn.Module):
         self.msfa = MSFANet(config)
         self.localiser = JointLocaliser(config.localiser_width)
         self.loss = HybridLoss()
-        self.lesion_head = nn.Conv3d(config.widths[2], len(LESION_KINDS), 1)
+        self.lesion_head = None if config.evidence else nn.Conv3d(config.widths[2], len(LESION_KINDS), 1)
+
+    @property
+    def lesion(self) -> nn.Conv3d:
+        """The lesion head in use (class docstring)."""
+        return self.msfa.lesion if self.msfa.lesion is not None else self.lesion_head
 
 
 class AxSpAModel(NetworkModel):

@@ -17,6 +17,9 @@ After the paper (``../shared/papers/axspa-sij-msfanet.txt``, sections 1.3.1-1.3.
 
   so each MSFA's output has its input's size, as the paper requires, and the Fuse branch's
   residual block sits between the two (its residual connection with MSFA's output, 1.3.3).
+  The paper does not say which sequence is ``Z_1`` (the query, and the residual path):
+  ``MSFAConfig.query`` picks it. Above is ``query="t1"``; with ``query="fs"`` the FS
+  features query the T1's, ``z = Fuse.block(MSFA_1(fs, t1))`` and ``zf = MSFA_2(z, t2)``.
 - **MSFA** (:class:`MSFA`): ``Q = W_q Z_1``, ``K = W_k Z_2``, ``V = W_v Z_2`` by 1×1×1
   convolutions over ``N = D·H·W`` tokens, ``A_2 = softmax(Q Kᵀ / √d) V``, ``Z_f = α·A_2 + Z_1``
   with a learned scalar ``α`` (zero at the start, so the block begins as the identity and
@@ -27,6 +30,11 @@ After the paper (``../shared/papers/axspa-sij-msfanet.txt``, sections 1.3.1-1.3.
   explanation asks for them (:meth:`MSFA.attention_weights`, for chosen queries).
 - **Heads**: each branch global-average-pools its last features, dropout, a linear layer. The
   Fuse head decides; the T1 and FS heads are the paper's deep supervision.
+  With ``MSFAConfig.evidence`` (not the paper's) each linear layer also reads its branch's
+  lesion evidence (:meth:`MSFANet.evidence`): a 1×1×1 convolution to one map per lesion kind,
+  shared by the branches and trained by deep supervision from lesion masks, summed per kind
+  as a soft count ``log(1 + Σ sigmoid)`` and its peak. A global average over a crop of the
+  whole pelvis dilutes a 10 mm lesion; the count keeps it.
 - **Hybrid loss** (:class:`HybridLoss`): ``L = β_f L_f + β_1 L_1 + β_2 L_2``, each a
   cross-entropy, the weights learned. Learned weights minimised with the loss would go to zero;
   here they are uncertainty weights (Kendall, Gal and Cipolla, CVPR 2018): ``β_i = exp(-s_i)``
@@ -42,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import MSFAConfig
+from .config import LESION_KINDS, MSFAConfig
 
 IN_PLANE = (1, 2, 2)
 BRANCHES = ("t1", "fs", "fuse")
@@ -174,7 +182,9 @@ class MSFANet(nn.Module):
         self.fuse = _Fuse(w2, config.attention_dim, config.fusion)
         self.dropout = nn.Dropout(config.dropout)
         pooled = 2 * w2 if config.pooling == "avgmax" else w2
-        self.heads = nn.ModuleDict({b: nn.Linear(pooled, config.n_classes) for b in BRANCHES})
+        self.lesion = nn.Conv3d(w2, len(LESION_KINDS), 1) if config.evidence else None
+        evidence = 2 * len(LESION_KINDS) if config.evidence else 0
+        self.heads = nn.ModuleDict({b: nn.Linear(pooled + evidence, config.n_classes) for b in BRANCHES})
 
     def features(self, x: Tensor) -> dict[str, Tensor]:
         """Each branch's last features ``[B, C, D, H/8, W/8]`` (``t1``, ``fs``, ``fuse``)."""
@@ -185,9 +195,10 @@ class MSFANet(nn.Module):
         shared = self.shared(torch.cat([x[:, c:c + 1] for c in channels], dim=0))  # the shared weights, both at once
         s1, s2 = shared[:batch], shared[batch:]
         t1, fs = self.t1.block1(s1), self.fs.block1(s2)
-        z = self.fuse.block(self.fuse.msfa1(t1, fs))
+        first, other = (t1, fs) if self.config.query == "t1" else (fs, t1)
+        z = self.fuse.block(self.fuse.msfa1(first, other))
         t2, f2 = self.t1.block2(t1), self.fs.block2(fs)
-        zf = self.fuse.msfa2(z, f2)
+        zf = self.fuse.msfa2(z, f2 if self.config.query == "t1" else t2)
         return {"t1": t2, "fs": f2, "fuse": zf}
 
     def pool(self, features: Tensor) -> Tensor:
@@ -198,9 +209,24 @@ class MSFANet(nn.Module):
         peak = features.amax(dim=(2, 3, 4))
         return peak if mode == "max" else torch.cat([features.mean(dim=(2, 3, 4)), peak], dim=1)
 
+    def evidence(self, features: Tensor) -> Tensor:
+        """The lesion evidence of ``[B, C, D, H, W]`` features (``MSFAConfig.evidence``):
+        ``[B, 2K]``, per lesion kind ``log(1 + Σ sigmoid)`` over the cells, then per kind the
+        largest sigmoid."""
+        if self.lesion is None:
+            raise ValueError("MSFANet.evidence needs a network with a lesion head (MSFAConfig.evidence)")
+        p = torch.sigmoid(self.lesion(features))
+        return torch.cat([torch.log1p(p.sum(dim=(2, 3, 4))), p.amax(dim=(2, 3, 4))], dim=1)
+
     def classify(self, features: dict[str, Tensor]) -> MSFAOutput:
-        """Each branch's logits from its :meth:`features`."""
-        logits = {b: self.heads[b](self.dropout(self.pool(features[b]))) for b in BRANCHES}
+        """Each branch's logits from its :meth:`features` (and, with ``MSFAConfig.evidence``,
+        their :meth:`evidence`)."""
+        logits = {}
+        for b in BRANCHES:
+            pooled = self.dropout(self.pool(features[b]))
+            if self.lesion is not None:
+                pooled = torch.cat([pooled, self.evidence(features[b])], dim=1)
+            logits[b] = self.heads[b](pooled)
         return MSFAOutput(logits["fuse"], logits["t1"], logits["fs"])
 
     def forward(self, x: Tensor) -> MSFAOutput:

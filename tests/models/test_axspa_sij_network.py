@@ -1,6 +1,6 @@
 """MSFANet: MSFA's shape and its learned α, the fused attention against the explicit one and its
-memory, the shared module, the three heads, the hybrid loss's learned weights, the ablations,
-and a training step that learns."""
+memory, the shared module, the three heads, which sequence queries, the lesion evidence, the
+hybrid loss's learned weights, the ablations, and a training step that learns."""
 from __future__ import annotations
 
 import json
@@ -108,6 +108,43 @@ def test_the_ablations_are_configurations():
     assert torch.equal(t1_only(x).fusion_logits, t1_only(changed).fusion_logits)
     both = MSFANet(TINY).eval()
     assert not torch.equal(both(x).t1_logits, both(changed).fs_logits)
+
+
+def test_query_picks_the_sequence_whose_features_carry_the_fuse_branch():
+    torch.manual_seed(0)
+    x = torch.rand(1, 2, *TINY.input_shape)
+    changed = x.clone()
+    changed[:, 0] = torch.rand_like(changed[:, 0])  # another T1
+    for query in ("t1", "fs"):
+        net = MSFANet(MSFAConfig(**{**TINY.__dict__, "query": query})).eval()
+        # α = 0 at the start: both MSFA modules pass Z_1 through, so the Fuse branch is the query's path alone
+        fused = net.features(x)["fuse"], net.features(changed)["fuse"]
+        assert torch.equal(*fused) == (query == "fs")
+    with pytest.raises(ValueError, match="query"):
+        MSFAConfig(query="stir")
+
+
+def test_the_evidence_decision_reads_soft_lesion_counts():
+    torch.manual_seed(0)
+    net = MSFANet(MSFAConfig(**{**TINY.__dict__, "evidence": True})).eval()
+    plain = MSFANet(TINY)
+    assert plain.lesion is None and net.lesion.out_channels == 5
+    assert net.heads["fuse"].in_features == plain.heads["fuse"].in_features + 2 * 5
+    features = torch.rand(2, TINY.widths[2], 4, 4, 3)
+    with torch.no_grad():
+        net.lesion.weight.zero_()
+        net.lesion.bias.fill_(-100.0)  # no lesion anywhere: counts and peaks 0
+        assert torch.allclose(net.evidence(features), torch.zeros(2, 10), atol=1e-6)
+        net.lesion.bias.fill_(100.0)  # a lesion in every one of the 48 cells: log(1 + 48), peak 1
+        assert torch.allclose(net.evidence(features)[:, :5], torch.full((2, 5), math.log(49.0)))
+        assert torch.allclose(net.evidence(features)[:, 5:], torch.ones(2, 5))
+    net = MSFANet(MSFAConfig(**{**TINY.__dict__, "evidence": True})).eval()  # fresh: not saturated
+    net(torch.rand(2, 2, *TINY.input_shape)).fusion_logits.sum().backward()
+    assert net.lesion.weight.grad is not None and net.lesion.weight.grad.abs().sum() > 0  # the decision trains it
+    with pytest.raises(ValueError, match="evidence"):
+        MSFAConfig(evidence="yes")
+    with pytest.raises(ValueError, match="lesion head"):
+        plain.evidence(features)
 
 
 def test_the_hybrid_loss_weights_are_learned_and_cannot_collapse():

@@ -129,7 +129,10 @@ class Settings:
     def describe(self) -> str:
         """One line for the model card: the settings that shaped the weights."""
         net = self.network_config()
-        fusion = "two MSFA modules" if net.fusion == "msfa" else "concatenation instead of MSFA (ablation)"
+        fusion = (f"two MSFA modules, the {net.query.upper()} features querying" if net.fusion == "msfa"
+                  else "concatenation instead of MSFA (ablation)")
+        if net.evidence:
+            fusion += ", each head also reading its branch's lesion evidence"
         sequences = " + ".join(net.sequences) if len(net.sequences) == 2 else f"{net.sequences[0]} only (ablation)"
         loss = ("hybrid loss, β = exp(-s) learned per branch (uncertainty weighting)" if self.loss == "hybrid"
                 else "the Fuse branch's cross-entropy only (ablation)")

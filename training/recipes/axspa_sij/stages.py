@@ -12,7 +12,7 @@
    (none on the loss weights), cosine decay. Where the studies have lesion masks (phantoms:
    every lesion on the T1) and ``lesion_weight`` > 0, **deep supervision** adds, weighted by it,
    a binary cross-entropy of the network's lesion head (one 1×1×1 convolution read on each
-   branch's last features, :class:`~neuroread.models.axspa_sij.model.SacroiliacNet`) against
+   branch's last features, :attr:`~neuroread.models.axspa_sij.model.SacroiliacNet.lesion`) against
    "a lesion of this kind in this cell", one channel per kind of
    :data:`~neuroread.models.axspa_sij.model.LESION_KINDS` (bone-marrow oedema, erosion, fat
    metaplasia, sclerosis, osteophyte: the typed mask max-pooled to the feature grid; each
@@ -22,7 +22,8 @@
    lesion a study has and how many (counting them by their truth types separates the
    held-out classes completely; oedema alone gives an AUC of 0.86), and the typed masks teach
    exactly that. The paper trains on
-   the labels alone (its ablation here is ``lesion_weight: 0``); the node never runs the head.
+   the labels alone (its ablation here is ``lesion_weight: 0``); without ``MSFAConfig.evidence``
+   the node never runs the head; with it, every branch's decision reads the head's soft counts.
 
 :func:`measure` gives the card what ``evaluate`` cannot see: the localiser's error against
 the truth and how often the crop holds both truth boxes, and the learned loss weights.
@@ -125,7 +126,9 @@ def network_stage(net: SacroiliacNet, records: Sequence[StudyRecord], settings: 
         return -(-len(data["crops"]) // settings.batch_size)
 
     def optimizer() -> torch.optim.Optimizer:
-        trained = list(net.msfa.parameters()) + (list(net.lesion_head.parameters()) if "lesion" in data else [])
+        trained = list(net.msfa.parameters())
+        if "lesion" in data and net.lesion_head is not None:  # beside the network, trained only when supervised
+            trained += list(net.lesion_head.parameters())
         groups = [{"params": trained, "weight_decay": settings.weight_decay}]
         if settings.loss == "hybrid":
             groups.append({"params": list(net.loss.parameters()), "weight_decay": 0.0})
@@ -150,7 +153,7 @@ def network_stage(net: SacroiliacNet, records: Sequence[StudyRecord], settings: 
             one_hot = torch.stack([masks == k + 1 for k in range(len(LESION_KINDS))], dim=1).float()
             cells = F.adaptive_max_pool3d(one_hot, features["fs"].shape[2:]).to(x.device)
             weight = masked.float().view(-1, 1, 1, 1, 1).expand_as(cells).to(x.device)
-            lesion = sum(F.binary_cross_entropy_with_logits(net.lesion_head(features[b]), cells, weight=weight,
+            lesion = sum(F.binary_cross_entropy_with_logits(net.lesion(features[b]), cells, weight=weight,
                                                             pos_weight=data["pos_weight"]) for b in features) / 3
             parts = {**parts, "total": parts["total"] + settings.lesion_weight * lesion, "lesion": lesion}
         return {**parts, "n": torch.tensor(len(x))}
