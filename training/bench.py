@@ -1,4 +1,5 @@
-"""``neuroread bench MODEL``: inference per series on this machine, for any model with a recipe.
+"""``neuroread bench MODEL``: inference per series (per study for a model of several input slots)
+on this machine, for any model with a recipe.
 
 For each preset (e.g. ``paper`` and ``demo``), in a fresh subprocess (so that its peak memory
 is its own): the recipe's network with random weights (seeded; the speed does not depend on
@@ -251,7 +252,7 @@ def report(model_name: str, presets: list[str] | None, *, slices: int, size: int
         presets = [] if weights is not None else list(recipe_of(model_name).presets)
     source = (f"the series in {', '.join(map(str, series))}" if series
               else f"{slices} slices of {size}x{size}")
-    print(f"{model_name} inference per series: {source}, {threads} threads, "
+    print(f"{model_name} inference per {per(len(registered(model_name).spec.slots))}: {source}, {threads} threads, "
           f"{repeats} timed runs after one warm-up", flush=True)
     rows = []
     for preset in presets:
@@ -266,6 +267,11 @@ def report(model_name: str, presets: list[str] | None, *, slices: int, size: int
     return rows
 
 
+def per(slots: int) -> str:
+    """What one predict takes: a series, or a study for a model of several input slots."""
+    return "study" if slots > 1 else "series"
+
+
 def describe(row: dict) -> str:
     """One readable line for a row: its network, its input when read from a series, the figures."""
     name = row["preset"] if row.get("config") in (None, row["preset"]) else f"{row['preset']} ({row['config']})"
@@ -275,7 +281,7 @@ def describe(row: dict) -> str:
         shapes = row.get("shapes") or {"": [row["slices"], row["rows"], row["columns"]]}
         source = " on " + ", ".join(f"{slot + ' ' if len(shapes) > 1 else ''}{s} slices of {r}x{c}"
                                     for slot, (s, r, c) in shapes.items())
-    return (f"{name:6s} {parameters} parameters{source}: {row['seconds']:7.2f} s per series "
+    return (f"{name:6s} {parameters} parameters{source}: {row['seconds']:7.2f} s per {per(len(row.get('shapes') or {}))} "
             f"(runs {row['runs']}), peak {row['peak_rss_mb']:6.0f} MB, {row['gflops']:8.1f} GFLOP; at this "
             f"machine's matmul speed ({row['matmul_gflops_per_s']:.1f} GFLOP/s) {row['seconds_at_matmul_speed']:6.2f} s "
             f"-> measured/estimate = {row['ratio']:.2f}")

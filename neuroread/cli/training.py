@@ -130,7 +130,8 @@ examples:
       --weights models/cmb_svd/weights/cmb-svd-demo.pt --presets paper demo
 
 Each network runs in its own process with random weights (the time does not depend on them),
-loaded and run exactly as the node does. Printed: seconds per series, peak memory, the FLOPs
+loaded and run exactly as the node does. Printed: seconds per series (per study for a model of
+several input slots, such as axspa-sij), peak memory, the FLOPs
 of one predict and the time they would take at this machine's measured matrix-multiply speed.
 The input is a synthetic series (an ellipse of head-like values) unless --series names real
 ones, read as the node reads them; a detector with random weights finds the most candidates it
@@ -421,8 +422,8 @@ def add_commands(sub) -> None:
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(
-        "bench", help="time a model's inference per series and its peak memory on this machine",
-        description="Time MODEL's predict per series for each network preset, with peak memory and the ratio to "
+        "bench", help="time a model's inference per series (or study) and its peak memory on this machine",
+        description="Time MODEL's predict per series (per study for a model of several series) for each network preset, with peak memory and the ratio to "
         "a FLOP estimate at this machine's matrix-multiply speed.",
         epilog=_EPILOG_BENCH, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL", choices=models, help=f"one of: {', '.join(models)}")

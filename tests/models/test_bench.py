@@ -85,3 +85,16 @@ def test_series_must_fill_the_slots_in_order(phantom_sets, tmp_path, capsys):
     assert f"--series {tmp_path}: no files in it" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="--weights .*absent.pt: no such file"):
         report("ct-hemorrhage", None, slices=8, size=64, repeats=1, threads=1, weights=tmp_path / "absent.pt")
+
+
+def test_a_model_of_two_series_is_timed_per_study():
+    from neuroread.training.bench import describe
+
+    row = {"preset": "demo", "config": "demo", "parameters": 360_000, "series": ["T1", "STIR"],
+           "shapes": {"t1": [16, 320, 384], "fs": [15, 256, 288]}, "seconds": 0.48, "runs": [0.48],
+           "peak_rss_mb": 1200.0, "gflops": 10.0, "matmul_gflops_per_s": 50.0, "seconds_at_matmul_speed": 0.2,
+           "ratio": 2.4}
+    line = describe(row)
+    assert "on t1 16 slices of 320x384, fs 15 slices of 256x288: " in line and "s per study" in line
+    one = {**row, "series": ["S01"], "shapes": {"ct": [40, 512, 512]}}
+    assert "s per series" in describe(one) and "on 40 slices of 512x512" in describe(one)
