@@ -22,23 +22,13 @@ import pydicom
 import pytest
 import sqlalchemy as sa
 import yaml
-from pydicom.uid import (
-    Comprehensive3DSRStorage,
-    ComprehensiveSRStorage,
-    EnhancedSRStorage,
-    KeyObjectSelectionDocumentStorage,
-    ParametricMapStorage,
-    SecondaryCaptureImageStorage,
-)
 
 from neuroread.models.axspa_sij.model import DIAGNOSIS
 from neuroread.node.app.routing import RoutingRecords
 from neuroread.training.phantoms.baseline import load_truth
-from support.node_checks import referenced_uids
+from support.node_checks import RESULT_KINDS, referenced_uids
 from support.node_process import ResultSCP, ServeNode, all_sent, storescu, uids, wait_done, wait_for
 
-OBJECTS = {ComprehensiveSRStorage: "SR", Comprehensive3DSRStorage: "SR", EnhancedSRStorage: "SR",
-           KeyObjectSelectionDocumentStorage: "KOS", SecondaryCaptureImageStorage: "SC", ParametricMapStorage: "PM"}
 SERIES_QUIET_S = 1.5
 STUDY_QUIET_S = 8.0
 PAUSE_S = 4.0  # between a study's two series in scenario 1: the T1 complete, the study not yet
@@ -64,13 +54,13 @@ def _codes(ds: pydicom.Dataset) -> set[str]:
 def _check_results(node: ServeNode, job, series: dict[str, str], results: ResultSCP, study_uid: str, name: str):
     """The job's results all sent and received by the SCP: SR with the diagnosis, KOS, SC, a PM on each series."""
     items = wait_for(lambda: all_sent(node, job.id), 90, f"the results of {name} delivered", node)
-    kinds = Counter(OBJECTS.get(i.sop_class_uid, i.sop_class_uid) for i in items)
+    kinds = Counter(RESULT_KINDS.get(i.sop_class_uid, i.sop_class_uid) for i in items)
     # SR (measurement report, text report), KOS, SC (overlays, report page), PM (Grad-CAM: a branch's and the fused)
     assert kinds["SR"] == 2 and kinds["KOS"] == 1 and kinds["SC"] >= 2 and kinds["PM"] == 4, (name, kinds)
     assert set(kinds) == {"SR", "KOS", "SC", "PM"}, (name, kinds)
     assert {i.study_uid for i in items} == {study_uid}, name
     assert {i.sop_instance_uid for i in items} <= set(results.counts(study_uid)), name
-    datasets = {i.sop_instance_uid: (OBJECTS[i.sop_class_uid], pydicom.dcmread(i.path)) for i in items}
+    datasets = {i.sop_instance_uid: (RESULT_KINDS[i.sop_class_uid], pydicom.dcmread(i.path)) for i in items}
     srs = [ds for kind, ds in datasets.values() if kind == "SR"]
     classes = {c.code.value for c in DIAGNOSIS.classes}
     assert any(DIAGNOSIS.concept.value in _codes(ds) and _codes(ds) & classes for ds in srs), \

@@ -15,21 +15,11 @@ import pydicom
 import pytest
 import sqlalchemy as sa
 import yaml
-from pydicom.uid import (
-    Comprehensive3DSRStorage,
-    EnhancedSRStorage,
-    KeyObjectSelectionDocumentStorage,
-    ParametricMapStorage,
-    SecondaryCaptureImageStorage,
-    SegmentationStorage,
-)
 
 from neuroread.models.cmb_svd.model import MAX_SLICE_MM
 from neuroread.node.app.routing import RoutingRecords
+from support.node_checks import RESULT_KINDS
 from support.node_process import ResultSCP, ServeNode, all_sent, copy_series, storescu, uids, wait_done, wait_for
-
-OBJECTS = {Comprehensive3DSRStorage: "SR", EnhancedSRStorage: "SR", KeyObjectSelectionDocumentStorage: "KOS",
-           SecondaryCaptureImageStorage: "SC", ParametricMapStorage: "PM", SegmentationStorage: "SEG"}
 
 
 def _vendor(manufacturer: str, image_type: list[str], description: str):
@@ -82,7 +72,7 @@ def test_swi_magnitude_goes_to_cmb_svd_and_phase_and_minip_do_not(tmp_path, phan
             job = wait_done(node, series[name], timeout=240)
             assert job.model == "cmb-svd", name
             items = wait_for(lambda j=job: all_sent(node, j.id), 90, f"the results of {name} delivered", node)
-            kinds = Counter(OBJECTS.get(i.sop_class_uid, i.sop_class_uid) for i in items)
+            kinds = Counter(RESULT_KINDS.get(i.sop_class_uid, i.sop_class_uid) for i in items)
             # SR (measurement report, text report), KOS, SEG of the microbleeds, SC overlays and report page, PM
             assert kinds["SR"] == 2 and kinds["KOS"] == 1 and kinds["SEG"] == 1 and kinds["SC"] >= 2, (name, kinds)
             assert kinds["PM"] == 1, (name, kinds)

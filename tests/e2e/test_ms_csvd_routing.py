@@ -15,22 +15,12 @@ import pydicom
 import pytest
 import sqlalchemy as sa
 import yaml
-from pydicom.uid import (
-    Comprehensive3DSRStorage,
-    ComprehensiveSRStorage,
-    EnhancedSRStorage,
-    KeyObjectSelectionDocumentStorage,
-    ParametricMapStorage,
-    SecondaryCaptureImageStorage,
-)
 
 from neuroread.models.ms_csvd.preprocess import MIN_BRAIN_SLICES, brain_slices
 from neuroread.models.volume import load_series
 from neuroread.node.app.routing import RoutingRecords
+from support.node_checks import RESULT_KINDS
 from support.node_process import ResultSCP, ServeNode, all_sent, copy_series, storescu, uids, wait_done, wait_for
-
-OBJECTS = {ComprehensiveSRStorage: "SR", Comprehensive3DSRStorage: "SR", EnhancedSRStorage: "SR",
-           KeyObjectSelectionDocumentStorage: "KOS", SecondaryCaptureImageStorage: "SC", ParametricMapStorage: "PM"}
 
 
 def _acquisition(**values):
@@ -108,7 +98,7 @@ def test_flair_goes_to_ms_csvd_by_its_acquisition_and_other_sequences_do_not(tmp
             assert job.model == "ms-csvd", name
             items = wait_for(lambda j=job: all_sent(node, j.id), 60, f"the results of {name} delivered", node)
             # the outputs the issue names: SR (measurement and text report), KOS, SC overlays and report page, PM
-            kinds = Counter(OBJECTS.get(i.sop_class_uid, i.sop_class_uid) for i in items)
+            kinds = Counter(RESULT_KINDS.get(i.sop_class_uid, i.sop_class_uid) for i in items)
             assert kinds["SR"] == 2 and kinds["KOS"] == 1 and kinds["SC"] >= 2 and kinds["PM"] == 2, (name, kinds)
             assert {i.sop_instance_uid for i in items} <= set(results.counts(uids(sent[name])[0])), name
         failed = wait_done(node, series["flair, top of the head only"], timeout=120, state="failed")

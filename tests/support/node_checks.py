@@ -10,6 +10,15 @@ import time
 
 import pydicom
 import pytest
+from pydicom.uid import (
+    Comprehensive3DSRStorage,
+    ComprehensiveSRStorage,
+    EnhancedSRStorage,
+    KeyObjectSelectionDocumentStorage,
+    ParametricMapStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+)
 
 from neuroread.node.tools.dcmtk import dcmtk_tool
 
@@ -22,6 +31,13 @@ PM = "1.2.840.10008.5.1.4.1.1.30"
 SC = "1.2.840.10008.5.1.4.1.1.7"
 TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.22"  # Enhanced SR: the text report
 KINDS = {SR, KO, SEG, PM, SC, TEXT_SR}
+
+# The kind of each result object the node writes, by SOP class, as the routing tests count them
+# (every SR flavour counts as an SR; node.tools.results_summary calls the Enhanced SR a report).
+RESULT_KINDS = {ComprehensiveSRStorage: "SR", Comprehensive3DSRStorage: "SR", EnhancedSRStorage: "SR",
+                KeyObjectSelectionDocumentStorage: "KOS", SecondaryCaptureImageStorage: "SC",
+                ParametricMapStorage: "PM", SegmentationStorage: "SEG"}
+
 
 def storescu(port: int, files) -> None:
     proc = subprocess.run([dcmtk_tool("storescu"), "-aet", "STORESCU", "-aec", "NEUROREAD", "127.0.0.1", str(port),
