@@ -96,7 +96,7 @@ def test_ad_shrinks_hippocampus_and_balloons_temporal_horns_on_the_series_grid(p
     for r in cn.truth["regions"]:
         assert r["voxels"] == r["voxels_without_ad"] and r["depth_ad_mm"] == 0.0 and r["applied_change"] == 0.0
     assert ad.truth["mmse"] < cn.truth["mmse"]
-    assert ad.labels == {"ad": 1} and cn.labels == {"ad": 0}
+    assert ad.labels == {"ad": 1, "cn": 0} and cn.labels == {"ad": 0, "cn": 1}
 
 
 def test_atrophy_is_shape_change_filled_by_csf_not_painted(monkeypatch, pair):

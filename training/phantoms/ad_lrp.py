@@ -464,7 +464,7 @@ def generate(rng: np.random.Generator, case_id: str, label: str, size: str) -> S
         protocol=description or "T1 3D",
     )
     return Study(
-        task="ad-lrp", case_id=case_id, label=label, labels={"ad": int(label == "ad")}, identity=identity,
+        task="ad-lrp", case_id=case_id, label=label, labels={name: int(label == name) for name in CLASSES}, identity=identity,
         study_description=pick_description(rng, _STUDY_DESCRIPTIONS, scanner.style, p_misleading=0.0),
         series=[series], masks={"regions": ("t1", regions_map)},
         truth={
