@@ -179,7 +179,7 @@ class Registration:
         return sitk.GetArrayFromImage(out).transpose(2, 1, 0)
 
 
-def register(volume: SeriesVolume) -> Registration:
+def register(volume: SeriesVolume, fine: bool = False) -> Registration:
     """Fit the affine transform between the template and ``volume`` (module docstring).
 
     Raises ``ValueError`` when the optimiser ends without a usable fit (a series that holds no
@@ -202,8 +202,8 @@ def register(volume: SeriesVolume) -> Registration:
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(2.0, 1e-3, 100, gradientMagnitudeTolerance=1e-6)
     method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel([4, 2])
-    method.SetSmoothingSigmasPerLevel([2.0, 1.0])
+    method.SetShrinkFactorsPerLevel([4, 2, 1] if fine else [4, 2])
+    method.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.5] if fine else [2.0, 1.0])
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     method.SetInitialTransform(initial, inPlace=True)
     threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
