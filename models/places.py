@@ -10,7 +10,9 @@ A finding "has a place" when the result shows where it is:
   cluster of an LRP model, the hottest blob of a lesion map. Absent findings and classes not
   decided get no place: a region labelled with a low probability would point at what the model
   says is not there;
-- a **lesion**: its mask on the slice where it is largest, as its outline there.
+- a **lesion**: its mask on the slice where it is largest, as its outline there;
+- a **table row with a mask** (e.g. an atlas region on the patient's series): the same, its
+  mask's outline on the slice where it is largest.
 
 :func:`places` lists them; the node draws each as a planar ROI on its image (SR TID 1410) and
 names it in the text report, and tests check that both agree with the result. Everything here is
@@ -50,6 +52,7 @@ class Place:
     source: str
     tracking_id: str
     lesion: int | None = None
+    table_row: tuple[int, int] | None = None  # (table, row) of a table row with a mask
 
     @property
     def peak(self) -> tuple[float, float]:
@@ -106,7 +109,7 @@ def _heat_place(result: ModelResult, target: str, code: Code, probability: float
 
 def places(result: ModelResult, sop_instance_uids: dict[str, list[str]] | None = None) -> list[Place]:
     """Every place of ``result``: present findings, then decided classes (each in the result's
-    order), then lesions. ``sop_instance_uids[series]`` lists the series' instances slice by slice
+    order), then lesions, then table rows with a mask. ``sop_instance_uids[series]`` lists the series' instances slice by slice
     (needed only when a map peaks on a slice that is not a key slice)."""
     uids = sop_instance_uids or {}
     targets = [(f.label, f.code, f.probability) for f in result.findings if f.present]
@@ -132,4 +135,15 @@ def places(result: ModelResult, sop_instance_uids: dict[str, list[str]] | None =
             continue
         out.append(Place(les.label, les.code, les.probability, les.series_instance_uid, k, sop,
                          outline_of(les.mask[k]), int(areas[k]), "lesion", les.name(i), lesion=i))
+    for t, table in enumerate(result.tables):
+        for r, row in enumerate(table.rows):
+            if row.mask is None:
+                continue
+            areas = row.mask.sum(axis=(1, 2))
+            k = int(np.argmax(areas))
+            sop = (uids.get(row.series_instance_uid) or [None] * (k + 1))[k]
+            if sop is None:
+                continue
+            out.append(Place(row.code.meaning, row.code, None, row.series_instance_uid, k, sop, outline_of(row.mask[k]),
+                             int(areas[k]), "table", f"{table.name} {row.code.meaning}"[:64], table_row=(t, r)))
     return out

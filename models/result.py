@@ -320,14 +320,26 @@ class Column:
 
 @dataclass(frozen=True)
 class TableRow:
-    """A coded row (e.g. an atlas region) with one finite value per column."""
+    """A coded row (e.g. an atlas region) with one finite value per column, and optionally where
+    it is: ``mask``, a 3D boolean array on the grid of input series ``series_instance_uid`` (the
+    region on the patient's own series). A row with a place is drawn on its image in the
+    Measurement Report (its outline on the slice where it is largest, its values as the group's
+    measurements)."""
 
     code: Code
     values: tuple[float, ...]
+    mask: np.ndarray | None = field(default=None, compare=False, repr=False)
+    series_instance_uid: str = ""
 
     def __post_init__(self) -> None:
         for v in self.values:
             _finite(v, f"TableRow {self.code.meaning!r}: value")
+        if self.mask is not None:
+            if self.mask.ndim != 3 or self.mask.dtype != bool or not self.mask.any():
+                raise ValueError(f"TableRow {self.code.meaning!r}: mask must be a non-empty 3D boolean array, got "
+                                 f"{self.mask.dtype} {self.mask.shape}")
+            if not self.series_instance_uid:
+                raise ValueError(f"TableRow {self.code.meaning!r}: a mask needs the series_instance_uid of its grid")
 
 
 @dataclass(frozen=True)
@@ -418,6 +430,11 @@ class ModelResult:
             _same_grid(by_uid, h.series_instance_uid, h.array.shape, f"heatmap {h.kind}")
         for les in self.lesions:
             _same_grid(by_uid, les.series_instance_uid, les.mask.shape, f"lesion {les.label}")
+        for table in self.tables:
+            for row in table.rows:
+                if row.mask is not None:
+                    _same_grid(by_uid, row.series_instance_uid, row.mask.shape,
+                               f"table {table.name} row {row.code.meaning!r}")
         for s in self.slice_scores:
             vol = by_uid.get(s.series_instance_uid)
             if vol is None or s.slice_indices[-1] >= vol.array.shape[0]:

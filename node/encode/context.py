@@ -92,12 +92,17 @@ class Job:
     @property
     def target_places(self) -> dict[str, Place]:
         """The places of findings and decided classes, by label or class name."""
-        return {p.target: p for p in self.places if p.lesion is None}
+        return {p.target: p for p in self.places if p.lesion is None and p.table_row is None}
 
     @property
     def lesion_places(self) -> dict[int, Place]:
         """The places of lesions, by the lesion's index in the result."""
         return {p.lesion: p for p in self.places if p.lesion is not None}
+
+    @property
+    def table_places(self) -> dict[tuple[int, int], Place]:
+        """The places of table rows with a mask, by (table index, row index)."""
+        return {p.table_row: p for p in self.places if p.table_row is not None}
 
     @property
     def reference(self) -> pydicom.Dataset:

@@ -18,11 +18,15 @@ and the viewer shows "Something went wrong" instead of the study. So the groups 
   finding type, its coded location as finding site, volume (mm3), probability, MIL instance
   weight and every other measurement with its unit, its centroid as a SCOORD3D point
   ("Center"), a tracking identifier shared with its SEG segment, which it references;
+- per **table row with a place** (e.g. an atlas region with its relevance), a planar ROI group
+  (TID 1410): the region's outline on the slice where it is largest, the table's concept as
+  finding type, the row's code as finding site and its values as NUMs with their units;
 - the **card**: the model as device observer and in each group's algorithm identification
   (TID 4019: name, version, weights SHA-256, thresholds, demo or not, training data); demo
   weights are also stated in a root-level TEXT comment.
 
-A result with nothing to draw (no finding with a place, no lesion) gets no Measurement Report:
+A result with nothing to draw (no finding with a place, no lesion, no table row with a place) gets
+no Measurement Report:
 an empty one throws in OHIF as well. Every finding, class, table and slice score, placed or not,
 is in the text report (:mod:`.text`) as coded content; heatmaps and lesion masks are images (the
 Parametric Maps and the Segmentation).
@@ -208,12 +212,27 @@ def _lesion_region_groups(job: Job, algorithm: hd.sr.AlgorithmIdentification) ->
     return groups
 
 
+def _table_groups(job: Job, algorithm: hd.sr.AlgorithmIdentification) -> list:
+    """A planar ROI group (TID 1410) per table row with a place (e.g. an atlas region and its
+    relevance): the table's concept as finding type, the row's code as finding site, the row's
+    values as NUMs with their columns' concepts and units, on the region's outline."""
+    groups = []
+    for (t, r), place in sorted(job.table_places.items()):
+        table = job.result.tables[t]
+        row = table.rows[r]
+        measurements = [_num(code(col.concept), value, col.unit, algorithm) for col, value in zip(table.columns, row.values)]
+        groups.append(_planar_group(job, algorithm, place, _tracking(job, f"table-{t}", r, place.tracking_id),
+                                    code(table.concept), measurements, site=code(row.code)))
+    return groups
+
+
 def build_report(job: Job, segments: dict[int, tuple[pydicom.Dataset, int]]) -> list[pydicom.Dataset]:
     """The Measurement Report, or none when nothing is tied to an image; ``segments`` maps each
     lesion index to its (SEG, segment number)."""
     algorithm = _algorithm(job)
     groups = (_finding_groups(job, algorithm) + _classification_groups(job, algorithm)
-              + _lesion_region_groups(job, algorithm) + _lesion_groups(job, segments, algorithm))
+              + _lesion_region_groups(job, algorithm) + _lesion_groups(job, segments, algorithm)
+              + _table_groups(job, algorithm))
     if not groups:
         return []  # nothing tied to an image: the text report carries the findings
     report = hd.sr.MeasurementReport(

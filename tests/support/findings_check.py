@@ -111,7 +111,7 @@ def check_findings_agree(result: ModelResult, objects: list[pydicom.Dataset],
     text, ko = _one(objects, TEXT_REPORT), _one(objects, KOS)
     instance_number = {str(ds.SOPInstanceUID): int(ds.InstanceNumber) for s in sources.values() for ds in s}
     found = places(result, {uid: [str(ds.SOPInstanceUID) for ds in s] for uid, s in sources.items()})
-    where = {p.target: p for p in found if p.source != "lesion"}
+    where = {p.target: p for p in found if p.source not in ("lesion", "table")}
     reports = [ds for ds in objects if str(ds.SOPClassUID) == MEASUREMENT_REPORT]
     # a Measurement Report exactly when something is tied to an image, holding nothing else
     assert len(reports) == (1 if found else 0), f"{len(reports)} Measurement Reports for {len(found)} places"
@@ -172,6 +172,15 @@ def check_findings_agree(result: ModelResult, objects: list[pydicom.Dataset],
         if i < 20:
             assert any(line.startswith(f"{place.tracking_id}: ") and
                        f"marked on image {instance_number[place.sop_instance_uid]} " in line for line in lines)
+
+    for place in (p for p in found if p.source == "table"):  # a table row with a place (an atlas region)
+        (drawn,) = groups.get(place.tracking_id, [])
+        region = _region(drawn)
+        assert region is not None and region[0] == place.sop_instance_uid and np.allclose(region[1], place.outline)
+        table, row = (result.tables[place.table_row[0]], result.tables[place.table_row[0]].rows[place.table_row[1]])
+        nums = _nums(drawn)
+        assert all(abs(nums[col.concept.meaning] - value) <= 1e-6 * max(1.0, abs(value))
+                   for col, value in zip(table.columns, row.values)), (place.tracking_id, nums)
 
     keys = [k.sop_instance_uid for k in sorted(result.key_slices, key=lambda k: k.rank)]
     assert [str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for i in ko.ContentSequence

@@ -65,6 +65,9 @@ def full(ct_case):
     relevance = np.zeros(vol.array.shape, np.float32)
     relevance[3, 40:44, 40:44], relevance[3, 50:52, 50:52] = 2.5, -1.5
     mask = tiny.lesions[0].mask
+    region = np.zeros(vol.array.shape, bool)  # the left hippocampus, say: largest on slice 4
+    region[3, 60:66, 20:30] = True
+    region[4, 58:68, 18:32] = True
     result = ModelResult(
         model=SPEC.name, version=SPEC.version, card=dataclasses.replace(tiny.card, thresholds={"bleed": 0.4}),
         findings=(SPEC_FINDING("bleed", 0.83), SPEC_FINDING("mass", 0.12)),
@@ -79,7 +82,8 @@ def full(ct_case):
                         location=LOBAR, measurements=(Measurement(DIAMETER, 4.5, UCUM_MM),), probability=0.91,
                         instance_weight=0.37, tracking_id="microbleed 7"),),
         tables=(Table("regions", REGION_TABLE, (DENSITY, GAIN),
-                      (TableRow(Code("Left hippocampus", "99NMM", "Left hippocampus"), (0.0042, 1.8)),
+                      (TableRow(Code("Left hippocampus", "99NMM", "Left hippocampus"), (0.0042, 1.8), mask=region,
+                                series_instance_uid=uid),
                        TableRow(Code("Right hippocampus", "99NMM", "Right hippocampus"), (0.0031, 1.4)))),),
     )
     result.check(SPEC, {"ct": vol})
@@ -276,6 +280,23 @@ def check_lesions(result, sources, objects):
 
 
 def check_tables(result, sources, objects):
+    sr = _sr(objects)
+    for t in result.tables:
+        for row in t.rows:  # a row with a place is drawn: its region on the slice where it is largest
+            drawn = [g for g in _groups(sr) if any(i.ValueType == "TEXT" and i.TextValue == f"{t.name} {row.code.meaning}"
+                                                   for i in _items(g))]
+            if row.mask is None:
+                assert drawn == []
+                continue
+            (group,) = drawn
+            uid, xy = _outline(group)
+            assert uid == sources[4].SOPInstanceUID
+            assert xy[:, 0].min() == 18 and xy[:, 0].max() == 32 and xy[:, 1].min() == 58 and xy[:, 1].max() == 68
+            nums = _nums(group)
+            for col, value in zip(t.columns, row.values):
+                assert nums[col.concept.meaning] == (pytest.approx(value), col.unit.value)
+            assert ("Finding Site", row.code.meaning) in _codes(group) and ("Finding", t.concept.meaning) in _codes(group)
+
     for t in result.tables:
         table = _box(objects, t.concept.meaning)
         rows = {i.ConceptNameCodeSequence[0].CodeMeaning: i for i in table.ContentSequence if i.ValueType == "CONTAINER"}
@@ -327,7 +348,7 @@ def test_the_sr_the_text_report_and_the_regions_agree(full):
     KOS agree with each other and the result (the check every model's end-to-end test runs)."""
     result, sources, objects = full
     counts = check_findings_agree(result, objects, {sources[0].SeriesInstanceUID: sources})
-    assert counts == {"findings": 3, "places": 3}  # bleed's attention, caa's relevance, the lesion
+    assert counts == {"findings": 3, "places": 4}  # bleed's attention, caa's relevance, the lesion, a region
 
 
 def test_the_text_report_holds_only_what_text_viewers_show_and_passes_dciodvfy(full, dciodvfy):
