@@ -108,7 +108,8 @@ def _findings_boxes(ds: pydicom.Dataset):
 
 def _num(item: pydicom.Dataset) -> tuple[str, float, str]:
     value = item.MeasuredValueSequence[0]
-    return _meaning(item), float(value.NumericValue), str(value.MeasurementUnitsCodeSequence[0].CodeValue)
+    unit = value.MeasurementUnitsCodeSequence[0]  # a code longer than 16 characters is a LongCodeValue
+    return _meaning(item), float(value.NumericValue), str(unit.get("CodeValue") or unit.get("LongCodeValue", ""))
 
 
 def _tables(ds: pydicom.Dataset) -> list[ReportTable]:
