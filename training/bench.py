@@ -80,8 +80,12 @@ def synthetic_volume(slot: Any, slices: int, size: int, uid: str):
     """A series for ``slot`` (an :class:`~neuroread.models.InputSlot`): an ellipse of head-like
     values with noise on ``slices`` slices of ``size``², 5 mm apart (2 mm for a 3D acquisition:
     an SWI slot), HU for CT, arbitrary MR intensities otherwise, on an axial grid with 230 mm
-    field of view."""
+    field of view. For a T1 slot of the head (a model that registers a brain to a template, which
+    an ellipse is not) the MNI152 template itself on that grid (:func:`template_head`)."""
     from neuroread.models import SeriesVolume
+
+    if slot.modality == "MR" and "T1" in slot.sequences and "HEAD" in slot.body_parts:
+        return template_head(slices, size, uid)
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:size, :size]
@@ -94,6 +98,27 @@ def synthetic_volume(slot: Any, slices: int, size: int, uid: str):
     return SeriesVolume(uid, array.astype(np.float32), (pixel, pixel, thickness), (0.0, 0.0, 0.0), np.eye(3),
                         tuple(f"{uid}.{k + 1}" for k in range(slices)), slot.modality,
                         {"FrameOfReferenceUID": "2.25.7"})
+
+
+def template_head(slices: int, size: int, uid: str):
+    """The MNI152 2009 T1 template (nilearn's package data, brain-extracted) as an axial 3D T1
+    series: ``slices`` slices at most 3.5 mm apart (fewer slices cover less of the brain) of
+    ``size``² pixels over 230 mm, centred on the brain, linear interpolation, MR-like values."""
+    import SimpleITK as sitk
+
+    from neuroread.models import SeriesVolume
+    from neuroread.models.atlas import MNI_FILES, package_file
+
+    template = sitk.ReadImage(str(package_file("nilearn", MNI_FILES["t1"])), sitk.sitkFloat32)  # read in LPS
+    pixel, spacing = 230.0 / size, min(3.5, 170.0 / slices)
+    centre = np.array([0.0, 17.0, 3.0])  # LPS mm: the middle of the template's brain
+    origin = centre - np.array([pixel * (size - 1) / 2, pixel * (size - 1) / 2, spacing * (slices - 1) / 2])
+    reference = sitk.Image([size, size, slices], sitk.sitkFloat32)
+    reference.SetSpacing((pixel, pixel, spacing))
+    reference.SetOrigin(origin.tolist())
+    array = sitk.GetArrayFromImage(sitk.Resample(template, reference, sitk.Transform(), sitk.sitkLinear, 0.0))
+    return SeriesVolume(uid, (array * 4.0).astype(np.float32), (pixel, pixel, spacing), tuple(origin), np.eye(3),
+                        tuple(f"{uid}.{k + 1}" for k in range(slices)), "MR", {"FrameOfReferenceUID": "2.25.7"})
 
 
 def registered(model_name: str):

@@ -176,14 +176,14 @@ def test_registry_finds_models_and_suggests_names():
         reg.spec("tiny-tset")
     with pytest.raises(ValueError, match="registered twice"):
         reg.with_model(ENTRY)
-    assert default_registry().names() == ["axspa-sij", "cmb-svd", "ct-hemorrhage", "ms-csvd"]  # the product models, each with its issue
+    assert default_registry().names() == ["ad-lrp", "axspa-sij", "cmb-svd", "ct-hemorrhage", "ms-csvd"]  # the product models, each with its issue
 
 
 def test_plugins_add_models_and_bad_references_say_why():
-    assert default_registry(["support.tiny_model:ENTRY"]).names() == ["axspa-sij", "cmb-svd", "ct-hemorrhage", "ms-csvd",
+    assert default_registry(["support.tiny_model:ENTRY"]).names() == ["ad-lrp", "axspa-sij", "cmb-svd", "ct-hemorrhage", "ms-csvd",
                                                                       "tiny-test"]
     assert default_registry(["neuroread.models.ct_hemorrhage.model:ENTRY_CQ500"]).names() == [
-        "axspa-sij", "cmb-svd", "ct-hemorrhage", "ct-hemorrhage-cq500", "ms-csvd"]
+        "ad-lrp", "axspa-sij", "cmb-svd", "ct-hemorrhage", "ct-hemorrhage-cq500", "ms-csvd"]
     assert load_plugin("support.tiny_model:ENTRY") == [ENTRY]
     for ref, message in [("no_such_module_here:ENTRY", "cannot import no_such_module_here"),
                          ("support.tiny_model:NOPE", "has no 'NOPE'"),
