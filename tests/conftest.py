@@ -1,4 +1,4 @@
-"""Shared fixtures (small phantom sets, tiny ct-hemorrhage, ms-csvd and axspa-sij weights, made once per test session) and
+"""Shared fixtures (small phantom sets, tiny ct-hemorrhage, ms-csvd, axspa-sij and ad-lrp weights, made once per test session) and
 the markers by folder: a test under ``tests/<kind>/`` is marked ``<kind>`` (unit, models,
 training, integration, e2e), so ``pytest -m unit`` and ``pytest tests/unit`` pick the same tests."""
 from __future__ import annotations
@@ -168,6 +168,28 @@ def axspa_weights(phantom_sets, tmp_path_factory) -> Path:
     save_checkpoint(out, model=RECIPE.model, config=config, labels=RECIPE.outputs(),
                     state_dict=trained.net.state_dict(), architecture=config,
                     training_data="four test phantoms, one epoch", demo=True)
+    return out
+
+
+TINY_AD = {"widths": [2, 4, 4, 4], "hidden": 8, "name": "tiny"}
+
+
+@pytest.fixture(scope="session")
+def ad_weights(phantom_sets, tmp_path_factory) -> Path:
+    """A tiny ad-lrp checkpoint trained two epochs on the four session 3D T1 phantoms by the shared
+    loop and the model's recipe (its controls' reference densities included), marked demo."""
+    from neuroread.models.checkpoint import save_checkpoint
+    from neuroread.training.loop import fit
+    from neuroread.training.recipes.ad_lrp import RECIPE
+
+    records, _ = RECIPE.read_records(phantom_sets["ad-lrp"], "phantoms", progress=False)
+    settings = RECIPE.settings("demo", network=TINY_AD, epochs=2, batch_size=2, threads=1)
+    trained = fit(RECIPE, settings, records, progress=False)
+    out = tmp_path_factory.mktemp("weights") / "ad-lrp-tiny.pt"
+    config = RECIPE.checkpoint_config(trained.net, settings)
+    save_checkpoint(out, model=RECIPE.model, config=config, labels=RECIPE.outputs(),
+                    state_dict=trained.net.state_dict(), architecture=config,
+                    training_data="four test phantoms, two epochs", demo=True)
     return out
 
 

@@ -203,8 +203,12 @@ def test_serve_answers_echo_and_stops_cleanly_on_sigterm(tmp_path):
 
 
 def test_run_says_when_nothing_could_be_processed(tmp_path, phantom_sets):
-    study = sorted(p.parent for p in phantom_sets["ad-lrp"].glob("*/truth.json"))[0]  # no model for it yet
-    res = _cli("run", str(study), "--out", str(tmp_path / "out"))
+    from support.node_process import copy_series
+
+    study = sorted(p.parent for p in phantom_sets["ad-lrp"].glob("*/truth.json"))[0]
+    knee = tmp_path / "knee"  # a 3D T1 of a knee: no model takes it (ad-lrp wants a head)
+    copy_series(sorted((study / "S01").glob("*.dcm")), knee, modify=lambda ds: setattr(ds, "BodyPartExamined", "KNEE"))
+    res = _cli("run", str(knee), "--out", str(tmp_path / "out"))
     assert res.returncode == 1
     assert "no results" in res.stdout and "unrouted" in res.stderr
 

@@ -78,8 +78,8 @@ def test_demo_plans_and_train_demo_refuse_bad_requests(tmp_path):
         DemoPlan(task="ct-hemorrhage", studies=9)
     with pytest.raises(ValueError, match="DemoPlan.heldout_studies must be an integer >= 10, got True"):
         DemoPlan(task="ct-hemorrhage", heldout_studies=True)
-    with pytest.raises(ValueError, match="no training recipe for model 'ad-lrp'"):
-        train_demo("ad-lrp", tmp_path / "x.pt", progress=False, cache_dir=tmp_path / "cache", plan=PLAN)
+    with pytest.raises(ValueError, match="no training recipe for model 'no-such-model'"):
+        train_demo("no-such-model", tmp_path / "x.pt", progress=False, cache_dir=tmp_path / "cache", plan=PLAN)
     bad = DemoPlan(task="ct-hemorrhage", studies=10, heldout_studies=10, settings={"epochs": 0})
     with pytest.raises(ValueError, match="Settings.epochs must be a positive integer, got 0"):
         train_demo("ct-hemorrhage", tmp_path / "x.pt", progress=False, cache_dir=tmp_path / "cache", plan=bad)

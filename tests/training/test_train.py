@@ -408,10 +408,10 @@ def test_settings_refuse_bad_values_naming_them():
 
 
 def test_recipes_are_found_by_model_name():
-    assert names() == ["axspa-sij", "cmb-svd", "ct-hemorrhage", "ct-hemorrhage-cq500", "ms-csvd"]
+    assert names() == ["ad-lrp", "axspa-sij", "cmb-svd", "ct-hemorrhage", "ct-hemorrhage-cq500", "ms-csvd"]
     assert recipe("ct-hemorrhage") is RECIPE and recipe("ct-hemorrhage-cq500") is RECIPE_CQ500
     assert RECIPE.outputs() == RSNA_LABELS and len(RECIPE_CQ500.outputs()) == 9
-    with pytest.raises(ValueError, match=r"no training recipe for model 'ct-hemorage' \(trainable: axspa-sij, cmb-svd, ct-hemorrhage, "
+    with pytest.raises(ValueError, match=r"no training recipe for model 'ct-hemorage' \(trainable: ad-lrp, axspa-sij, cmb-svd, ct-hemorrhage, "
                                          r"ct-hemorrhage-cq500, ms-csvd\). Did you mean ct-hemorrhage\?"):
         recipe("ct-hemorage")
 
