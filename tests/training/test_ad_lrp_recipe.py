@@ -2,6 +2,10 @@
 relevance per region with the weights, and the card's relevance measurements."""
 from __future__ import annotations
 
+import csv
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -85,3 +89,28 @@ def test_a_fit_stores_the_controls_reference_density_and_the_card_measures_relev
         assert key in measured and np.isfinite(measured[key]), key
     assert 0.0 <= measured["regions.ad_top5_atrophied"] <= measured["regions.ad_top5_changed"] <= 1.0
     assert measured["regions.ad_series"] == sum(int(np.argmax(r.labels)) == 0 for r in records)
+
+
+def test_a_manifest_of_3d_t1_studies_trains_like_phantoms(phantom_sets, tmp_path):
+    """A site's data: study folders of DICOM files and a manifest with ad/cn columns, no truth
+    files. The records read the same series with the same labels; prepared, they are the same
+    inputs; without a phantom truth they carry no changed regions (the card's region metrics need
+    phantoms)."""
+    studies = sorted(p.parent for p in phantom_sets["ad-lrp"].glob("*/truth.json"))
+    with open(tmp_path / "manifest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, ["study", "ad", "cn"])
+        writer.writeheader()
+        for study in studies:
+            shutil.copytree(study, tmp_path / study.name, ignore=shutil.ignore_patterns("truth.json", "masks"))
+            label = json.loads((study / "truth.json").read_text())["label"]
+            writer.writerow({"study": study.name, "ad": int(label == "ad"), "cn": int(label == "cn")})
+    records, source = RECIPE.read_records(tmp_path / "manifest.csv", "manifest", progress=False)
+    phantoms, _ = RECIPE.read_records(phantom_sets["ad-lrp"], "phantoms", progress=False)
+    assert source.startswith("manifest") and len(records) == len(phantoms) == len(studies)
+    for record, phantom in zip(records, phantoms):
+        assert record.label_names == ("ad", "cn") and np.array_equal(record.labels, phantom.labels)
+        (ours,), (theirs,) = data.load_all([record], 2, progress=False), data.load_all([phantom], 2, progress=False)
+        assert torch.equal(ours.image, theirs.image) and ours.label == theirs.label
+        assert not ours.atrophied and not ours.enlarged
+    with pytest.raises(ValueError, match="unknown data format 'nifti' for ad-lrp"):
+        RECIPE.read_records(tmp_path / "manifest.csv", "nifti", progress=False)
