@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .result import SeriesVolume
-from .transforms import to_sitk
+from .transforms import VoxelGrid, resample_onto, to_sitk
 
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 MNI_FILES = {
@@ -168,15 +168,20 @@ class Registration:
         return np.array([inverse.TransformPoint(p.tolist()) for p in pts])
 
     def sample_on_template(self, volume: SeriesVolume, step: int = 2) -> np.ndarray:
-        """The series' values on the atlas label grid every ``step`` voxels (linear, 0 outside)."""
-        import SimpleITK as sitk
+        """The series' values on the atlas label grid every ``step`` voxels (linear, 0 outside),
+        indexed (i, j, k) as the atlas."""
+        return resample_onto(volume, template_grid(step), transform=self.transform).transpose(2, 1, 0)
 
-        atlas = load_atlas()
-        affine = atlas.affine @ np.diag([step, step, step, 1.0])
-        shape = tuple(int(np.ceil(n / step)) for n in atlas.labels.shape)
-        reference = _to_sitk(np.zeros(shape, np.float32), affine)
-        out = sitk.Resample(to_sitk(volume), reference, self.transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-        return sitk.GetArrayFromImage(out).transpose(2, 1, 0)
+
+def template_grid(step: int = 1) -> VoxelGrid:
+    """The atlas label grid (1.5 mm, MNI space) every ``step`` voxels, as a
+    :class:`~neuroread.models.transforms.VoxelGrid`. Its arrays are (k, j, i): an (i, j, k) array
+    of this module goes onto it transposed."""
+    atlas = load_atlas()
+    affine = atlas.affine @ np.diag([step, step, step, 1.0])
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    shape = tuple(-(-n // step) for n in atlas.labels.shape)
+    return VoxelGrid(shape[::-1], tuple(spacing), tuple(affine[:3, 3]), (affine[:3, :3] / spacing).ravel())
 
 
 def register(volume: SeriesVolume, fine: bool = False) -> Registration:

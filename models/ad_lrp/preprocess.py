@@ -5,7 +5,7 @@
   the acquisition plane and head position; the transform is kept (:attr:`Prepared.registration`)
   so every map goes back onto the patient's own grid (:func:`to_series`).
 - **Grid**: the Neuromorphometrics label grid (1.5 mm, MNI space) every ``step`` voxels
-  (:func:`template_grid`); the series is sampled there (linear).
+  (:func:`neuroread.models.atlas.template_grid`); the series is sampled there (linear).
 - **Brain mask**: the atlas's labelled voxels, grown by one voxel of the grid so the CSF that
   fills what atrophy takes (sulci, temporal horns) is inside; outside it the input is 0.
 - **Intensities**: zero mean, unit standard deviation over the brain mask
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..atlas import Registration, load_atlas, register
+from ..atlas import Registration, load_atlas, register, template_grid
 from ..result import SeriesVolume
 from ..transforms import VoxelGrid, ZScore, resample_onto
 
@@ -48,16 +48,6 @@ class Prepared:
     brain: np.ndarray
     registration: Registration
     step: int
-
-
-def template_grid(step: int) -> VoxelGrid:
-    """The atlas label grid every ``step`` voxels, as a :class:`VoxelGrid` (its arrays are the
-    (i, j, k) arrays of this module transposed to (k, j, i))."""
-    atlas = load_atlas()
-    affine = atlas.affine @ np.diag([step, step, step, 1.0])
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    shape = tuple(-(-n // step) for n in atlas.labels.shape)
-    return VoxelGrid(shape[::-1], tuple(spacing), tuple(affine[:3, 3]), (affine[:3, :3] / spacing).ravel())
 
 
 @functools.lru_cache(maxsize=2)
@@ -95,9 +85,12 @@ def prepare(volume: SeriesVolume, step: int, registration: Registration | None =
     return Prepared(torch.from_numpy(image)[None], labels, brain, registration, step)
 
 
-def to_series(grid_map: np.ndarray, volume: SeriesVolume, prepared: Prepared) -> np.ndarray:
-    """A map on the template grid (i, j, k) resampled (linear) onto ``volume``'s own grid through
-    the registration: float32 of the series' shape, 0 where the grid does not reach."""
-    grid = template_grid(prepared.step)
-    values = np.ascontiguousarray(np.asarray(grid_map, np.float32).transpose(2, 1, 0))
-    return resample_onto((values, grid), volume, transform=prepared.registration.transform.GetInverse())
+def to_series(grid_map: np.ndarray, volume: SeriesVolume, prepared: Prepared, interpolator: str = "linear"
+              ) -> np.ndarray:
+    """A map on the template grid (i, j, k) resampled onto ``volume``'s own grid through the
+    registration: of the series' shape, 0 where the grid does not reach; linear gives float32,
+    ``"nearest"`` keeps the map's dtype (atlas labels)."""
+    values = np.asarray(grid_map)
+    values = np.ascontiguousarray((values if interpolator == "nearest" else values.astype(np.float32)).transpose(2, 1, 0))
+    return resample_onto((values, template_grid(prepared.step)), volume, interpolator=interpolator,
+                         transform=prepared.registration.transform.GetInverse())

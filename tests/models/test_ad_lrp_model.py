@@ -10,8 +10,8 @@ import pytest
 
 from neuroread.models.ad_lrp import regions
 from neuroread.models.ad_lrp.model import COLUMNS, DIAGNOSIS, SPEC, ADModel
-from neuroread.models.ad_lrp.preprocess import UnusableSeries, grid_atlas, prepare, template_grid, to_series
-from neuroread.models.atlas import load_atlas
+from neuroread.models.ad_lrp.preprocess import UnusableSeries, prepare, to_series
+from neuroread.models.atlas import load_atlas, template_grid
 from neuroread.training.datasets import read_phantoms
 
 
@@ -65,9 +65,10 @@ def test_maps_go_back_onto_the_series_through_the_registration(model, records, v
     phantom's own truth (its regions mask, through the subject's warp) says its hippocampi are."""
     vol = volumes[1]
     prep = prepare(vol, model.net.config.step)
-    labels, _ = grid_atlas(prep.step)
     ids = [i for i, n in load_atlas().names.items() if n.endswith("Hippocampus")]
-    back = to_series(np.isin(labels, ids).astype(np.float32), vol, prep) > 0.5
+    on_series = to_series(prep.labels, vol, prep, "nearest")  # as predict takes the regions back
+    assert on_series.dtype == prep.labels.dtype
+    back = np.isin(on_series, ids)
     assert back.shape == vol.array.shape
     hippocampus = np.isin(records[1].load_mask(vol), ids)
     dice = 2 * (back & hippocampus).sum() / (back.sum() + hippocampus.sum())
