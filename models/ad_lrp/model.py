@@ -156,9 +156,10 @@ class ADModel(NetworkModel):
                            for rank, k in enumerate(order, start=1) if positive[k] > 0)
         with_gain = bool(config.reference_ids)  # weights from training carry the controls' densities
         columns = COLUMNS if with_gain else COLUMNS[1:]
+        labels = to_series(prep.labels, vol, prep, "nearest")  # the atlas on the series, so the report draws regions
         rows = []
-        for r in top:  # each region also on the series itself, so the report draws it where it is
-            mask = to_series((prep.labels == r.id).astype(np.float32), vol, prep) > 0.5
+        for r in top:
+            mask = labels == r.id
             rows.append(TableRow(region_code(r.id, r.name), ((r.gain,) if with_gain else ()) + (r.density, r.relevance),
                                  mask=mask if mask.any() else None, series_instance_uid=uid if mask.any() else ""))
         table = Table("regions", RELEVANCE_TABLE, columns, tuple(rows))
