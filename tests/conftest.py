@@ -99,6 +99,20 @@ def ct_case(phantom_sets):
     return vol, sources, dataclasses.replace(result, lesions=result.lesions + (extra,))
 
 
+def _tiny_checkpoint(recipe, settings, records, out: Path, training_data: str, *, thresholds: bool = False) -> Path:
+    """Train ``recipe``'s network on ``records`` with ``settings`` by the shared loop and write it to
+    ``out`` as demo weights with ``training_data`` (and its chosen thresholds, with ``thresholds``)."""
+    from neuroread.models.checkpoint import save_checkpoint
+    from neuroread.training.loop import fit
+
+    trained = fit(recipe, settings, records, progress=False)
+    config = recipe.checkpoint_config(trained.net, settings)
+    save_checkpoint(out, model=recipe.model, config=config, labels=recipe.outputs(),
+                    state_dict=trained.net.state_dict(), architecture=config, training_data=training_data,
+                    demo=True, thresholds=trained.thresholds if thresholds else None)
+    return out
+
+
 TINY_DRCT2 = {"slices": 8, "key_slices": 6, "input_size": 32, "zoom_size": 64, "backbone": [4, "M", 8, "M"],
               "gru_hidden": 4, "aps_fc": 8, "head": [8, 4], "freeze_backbone": False, "name": "tiny"}
 
@@ -108,21 +122,14 @@ def weights(phantom_sets, tmp_path_factory) -> Path:
     """A tiny ct-hemorrhage checkpoint (DrCT2 at toy size) trained one epoch on the four session
     phantoms by the shared training loop and the model's recipe, marked demo: real weights for
     the product model in seconds (four phantoms are too few for a validation fifth: thresholds 0.5)."""
-    from neuroread.models.checkpoint import save_checkpoint
     from neuroread.training.datasets import RSNA_LABELS, read_phantoms
-    from neuroread.training.loop import fit
     from neuroread.training.recipes.ct_hemorrhage import RECIPE
 
     records = read_phantoms(phantom_sets["ct-hemorrhage"], labels=RSNA_LABELS)
     settings = RECIPE.settings(network=TINY_DRCT2, epochs=1, batch_size=2, threads=1, augment=False,
                                pretrain_epochs=0)
-    trained = fit(RECIPE, settings, records, progress=False)
-    out = tmp_path_factory.mktemp("weights") / "ct-hemorrhage-tiny.pt"
-    config = RECIPE.checkpoint_config(trained.net, settings)
-    save_checkpoint(out, model=RECIPE.model, config=config, labels=RECIPE.outputs(),
-                    state_dict=trained.net.state_dict(), architecture=config,
-                    training_data="four test phantoms, one epoch", demo=True, thresholds=trained.thresholds)
-    return out
+    return _tiny_checkpoint(RECIPE, settings, records, tmp_path_factory.mktemp("weights") / "ct-hemorrhage-tiny.pt",
+                            "four test phantoms, one epoch", thresholds=True)
 
 
 TINY_TAN = {"widths": [4, 8, 8, 8], "input_size": 64, "pool_hidden": 8, "max_slices": 12, "name": "tiny"}
@@ -132,19 +139,12 @@ TINY_TAN = {"widths": [4, 8, 8, 8], "input_size": 64, "pool_hidden": 8, "max_sli
 def ms_csvd_weights(phantom_sets, tmp_path_factory) -> Path:
     """A tiny ms-csvd checkpoint (the transfer attention network at toy widths) trained one epoch
     on the four session FLAIR phantoms by the shared loop and the model's recipe, marked demo."""
-    from neuroread.models.checkpoint import save_checkpoint
-    from neuroread.training.loop import fit
     from neuroread.training.recipes.ms_csvd import RECIPE
 
     records, _ = RECIPE.read_records(phantom_sets["ms-csvd"], "phantoms", progress=False)
     settings = RECIPE.settings("demo", network=TINY_TAN, epochs=1, batch_size=2, threads=1, pretrain_epochs=1)
-    trained = fit(RECIPE, settings, records, progress=False)
-    out = tmp_path_factory.mktemp("weights") / "ms-csvd-tiny.pt"
-    config = RECIPE.checkpoint_config(trained.net, settings)
-    save_checkpoint(out, model=RECIPE.model, config=config, labels=RECIPE.outputs(),
-                    state_dict=trained.net.state_dict(), architecture=config,
-                    training_data="four test phantoms, one epoch", demo=True)
-    return out
+    return _tiny_checkpoint(RECIPE, settings, records, tmp_path_factory.mktemp("weights") / "ms-csvd-tiny.pt",
+                            "four test phantoms, one epoch")
 
 
 TINY_MSFA = {"input_shape": [6, 32, 24], "voxel_mm": [10.0, 7.0, 7.0], "widths": [4, 4, 4], "attention_dim": 4,
@@ -155,20 +155,13 @@ TINY_MSFA = {"input_shape": [6, 32, 24], "voxel_mm": [10.0, 7.0, 7.0], "widths":
 def axspa_weights(phantom_sets, tmp_path_factory) -> Path:
     """A tiny axspa-sij checkpoint (MSFANet and its joint localiser at toy size) trained one epoch
     on the four session T1 + fat-suppressed phantoms by the shared loop and the model's recipe, marked demo."""
-    from neuroread.models.checkpoint import save_checkpoint
-    from neuroread.training.loop import fit
     from neuroread.training.recipes.axspa_sij import RECIPE
 
     records, _ = RECIPE.read_records(phantom_sets["axspa-sij"], "phantoms", progress=False)
     settings = RECIPE.settings("demo", network=TINY_MSFA, epochs=1, batch_size=2, localiser_epochs=1,
                                localiser_batch=2, threads=1)
-    trained = fit(RECIPE, settings, records, progress=False)
-    out = tmp_path_factory.mktemp("weights") / "axspa-sij-tiny.pt"
-    config = RECIPE.checkpoint_config(trained.net, settings)
-    save_checkpoint(out, model=RECIPE.model, config=config, labels=RECIPE.outputs(),
-                    state_dict=trained.net.state_dict(), architecture=config,
-                    training_data="four test phantoms, one epoch", demo=True)
-    return out
+    return _tiny_checkpoint(RECIPE, settings, records, tmp_path_factory.mktemp("weights") / "axspa-sij-tiny.pt",
+                            "four test phantoms, one epoch")
 
 
 TINY_AD = {"widths": [2, 4, 4, 4], "hidden": 8, "name": "tiny"}
@@ -178,19 +171,12 @@ TINY_AD = {"widths": [2, 4, 4, 4], "hidden": 8, "name": "tiny"}
 def ad_weights(phantom_sets, tmp_path_factory) -> Path:
     """A tiny ad-lrp checkpoint trained two epochs on the four session 3D T1 phantoms by the shared
     loop and the model's recipe (its controls' reference densities included), marked demo."""
-    from neuroread.models.checkpoint import save_checkpoint
-    from neuroread.training.loop import fit
     from neuroread.training.recipes.ad_lrp import RECIPE
 
     records, _ = RECIPE.read_records(phantom_sets["ad-lrp"], "phantoms", progress=False)
     settings = RECIPE.settings("demo", network=TINY_AD, epochs=2, batch_size=2, threads=1)
-    trained = fit(RECIPE, settings, records, progress=False)
-    out = tmp_path_factory.mktemp("weights") / "ad-lrp-tiny.pt"
-    config = RECIPE.checkpoint_config(trained.net, settings)
-    save_checkpoint(out, model=RECIPE.model, config=config, labels=RECIPE.outputs(),
-                    state_dict=trained.net.state_dict(), architecture=config,
-                    training_data="four test phantoms, two epochs", demo=True)
-    return out
+    return _tiny_checkpoint(RECIPE, settings, records, tmp_path_factory.mktemp("weights") / "ad-lrp-tiny.pt",
+                            "four test phantoms, two epochs")
 
 
 @pytest.fixture(scope="module")

@@ -177,7 +177,8 @@ def check_findings_agree(result: ModelResult, objects: list[pydicom.Dataset],
         (drawn,) = groups.get(place.tracking_id, [])
         region = _region(drawn)
         assert region is not None and region[0] == place.sop_instance_uid and np.allclose(region[1], place.outline)
-        table, row = (result.tables[place.table_row[0]], result.tables[place.table_row[0]].rows[place.table_row[1]])
+        table = result.tables[place.table_row[0]]
+        row = table.rows[place.table_row[1]]
         nums = _nums(drawn)
         assert all(abs(nums[col.concept.meaning] - value) <= 1e-6 * max(1.0, abs(value))
                    for col, value in zip(table.columns, row.values)), (place.tracking_id, nums)
