@@ -10,14 +10,27 @@ the DICOMweb pull (:mod:`neuroread.node.intake`) and the deliver stage's ``stowr
 :func:`http_session`
     a :class:`requests.Session` built with :mod:`dicomweb_client.session_utils`, with the
     auth, a CA bundle for https (``ca_file``) or, when asked, no certificate check.
+:func:`basic_user`
+    the server side of HTTP basic: which configured user an ``Authorization`` header proves to
+    be (the status page's login; the STOW-RS receiver checks the same way).
+:class:`BackgroundHTTPServer`
+    the standard library's threading HTTP server as the node's endpoints run it: bound without a
+    DNS look-up, IPv6 by address, served from a daemon thread.
 """
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import json
 import os
+import socket
+import socketserver
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -47,6 +60,69 @@ def env_secret(name: object, field: str) -> str:
     if not value:
         raise ValueError(f"{field}: environment variable {name} is not set (or empty)")
     return value
+
+
+def basic_user(header: str | None, users: Mapping[str, str]) -> str | None:
+    """The user name an ``Authorization: Basic …`` header value proves, else None.
+
+    None when the header is missing, names another scheme, is not base64 of UTF-8
+    ``user:password`` (RFC 7617), or names a user not in ``users`` (name -> password) or with
+    another password. The password is compared with :func:`hmac.compare_digest`.
+    """
+    scheme, _, credentials = (header or "").strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        name, sep, password = base64.b64decode(credentials.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    expected = users.get(name)
+    if not sep or expected is None or not hmac.compare_digest(password.encode(), expected.encode()):
+        return None
+    return name
+
+
+class BackgroundHTTPServer(ThreadingHTTPServer):
+    """A :class:`~http.server.ThreadingHTTPServer` bound to ``address`` at once (``OSError`` when
+    it cannot be; port 0: a free one, :attr:`port`), one daemon thread per connection, an IPv6
+    address family for an address with ``:``, and no reverse DNS look-up of the host at bind
+    (:class:`~http.server.HTTPServer` calls ``socket.getfqdn``, which can stall a start on a
+    machine without DNS). :meth:`serve_in_thread` serves, :meth:`close` stops."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self._thread: threading.Thread | None = None
+        super().__init__(address, handler)
+
+    def server_bind(self) -> None:
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+
+    @property
+    def port(self) -> int:
+        """The port bound (the one picked when asked for 0)."""
+        return int(self.server_address[1])
+
+    def serve_in_thread(self, name: str) -> None:
+        """Serve from a daemon thread called ``name`` (it answers :meth:`close` within 0.2 s)."""
+        if self._thread is not None:
+            raise RuntimeError(f"{name}: already serving")
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2}, name=name,
+                                        daemon=True)
+        self._thread.start()
+
+    def close(self, wait_s: float = 10.0) -> None:
+        """Stop accepting and close the socket; wait up to ``wait_s`` for the serving thread
+        (requests in progress go on in their own threads)."""
+        if self._thread is not None:
+            self.shutdown()
+        self.server_close()
+        if self._thread is not None:
+            self._thread.join(wait_s)
+            self._thread = None
 
 
 class BearerAuth(requests.auth.AuthBase):
