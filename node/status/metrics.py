@@ -35,7 +35,8 @@ observed by the poller from jobs that finish after it started
                                            its rows are ``sent``; not for a job without
                                            destinations, nor one whose objects were sent before it
                                            was created (a re-run: the PACS had them already)
-``neuroread_jobs_failed_total{model}``     jobs that ended ``failed``
+``neuroread_jobs_failed_total{model}``     jobs that ended ``failed`` (their ``failed`` event, or a
+                                           ``recovered`` one to ``failed``: a lease lost once too often)
 =========================================  =========================================================
 
 The poller (:meth:`NodeMetrics.start`, a thread; :meth:`NodeMetrics.poll` does one pass) reads
@@ -288,11 +289,14 @@ class NodeMetrics:
         return rows
 
     def _observe_finished(self, conn: sa.Connection, rows: list[Any]) -> int:
-        """Inference time of each ``done`` event, a count per ``failed`` one; done jobs watched."""
-        ended = [r for r in rows if r.event in ("done", "failed")]
+        """Inference time of each ``done`` event, a count per failure; done jobs watched."""
+        a, j = audit_table.c, jobs_table.c
+        recovered = [r.id for r in rows if r.event == "recovered"]  # their detail says whether to failed
+        to_failed = {audit_id for chunk in _chunks(recovered) for audit_id, detail in conn.execute(
+            sa.select(a.id, a.detail).where(a.id.in_(chunk))) if dict(detail).get("state") == "failed"}
+        ended = [r for r in rows if r.event in ("done", "failed") or r.id in to_failed]
         if not ended:
             return 0
-        a, j = audit_table.c, jobs_table.c
         ids = sorted({r.job_id for r in ended})
         jobs, claims = {}, {}  # claims: job id -> [(audit id, at)] of its running events
         for chunk in _chunks(ids):
@@ -306,7 +310,7 @@ class NodeMetrics:
             job = jobs.get(row.job_id)
             if job is None:
                 continue
-            if row.event == "failed":
+            if row.event != "done":
                 self._failed.labels(job.model).inc()
                 made += 1
                 continue

@@ -8,6 +8,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from neuroread.node.config import StatusConfig
 from neuroread.node.http import basic_user
+from neuroread.node.jobs import JobStore
 from neuroread.node.schema import audit_table
 from neuroread.node.status import NodeMetrics, StatusServer
 from support.peers import StoreSCP
@@ -75,6 +77,12 @@ def metrics(server: StatusServer) -> dict[tuple[str, tuple], float]:
     assert status == 200 and headers["Content-Type"].startswith("text/plain"), (status, headers)
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(body.decode()) for s in family.samples}
+
+
+def failed_counts(metrics: NodeMetrics) -> dict[str, float]:
+    """``neuroread_jobs_failed_total`` by model, read from the registry."""
+    return {s.labels["model"]: s.value for f in metrics.registry.collect() if f.name == "neuroread_jobs_failed"
+            for s in f.samples if s.name.endswith("_total")}
 
 
 def test_page_shows_jobs_failures_backlog_and_results_without_patient_data(server, state):
@@ -211,9 +219,20 @@ def test_poller_reads_audit_rows_that_became_visible_late(state):
     failed(last + 1, 7)  # job 7, "tiny": committed later, with the lower id
     assert metrics.poll() == 1
     assert metrics.poll() == 0
-    values = {s.labels["model"]: s.value for f in metrics.registry.collect() if f.name == "neuroread_jobs_failed"
-              for s in f.samples if s.name.endswith("_total")}
-    assert values == {"other": 1, "tiny": 1}
+    assert failed_counts(metrics) == {"other": 1, "tiny": 1}
+
+
+def test_a_job_failed_by_its_lease_counts_as_failed(state):
+    state.finish()
+    metrics = NodeMetrics(state.store.engine, clock=state.clock)
+    metrics.poll()
+    once = JobStore(state.store.url, clock=state.clock, max_attempts=1)  # job 5 ran out of attempts
+    try:
+        assert once.recover(now=state.clock() + timedelta(hours=1)) == [5]
+    finally:
+        once.close()
+    assert metrics.poll() == 1
+    assert failed_counts(metrics) == {"other": 1}
 
 
 def test_poller_thread_observes_and_stops(state):
