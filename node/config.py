@@ -39,11 +39,24 @@ The file, with every section and its default::
       retry_factor: 2
       retry_cap_s: 3600            # ... up to this
     queue:
-      backend: embedded            # the only backend today (celery: not available yet)
-      database: null               # SQLAlchemy URL; null: sqlite:///<root>/state.db
-      broker: null                 # for the celery backend, once it exists
-      workers: 1
+      backend: embedded            # embedded: in-process workers; celery: `neuroread worker` processes
+                                   # on any machine, dispatched through Redis (see the README, "Scale out")
+      database: null               # SQLAlchemy URL; null: sqlite:///<root>/state.db. Several machines:
+                                   # postgresql+psycopg://user:password@host/neuroread (every node and worker)
+      broker: null                 # celery: redis://host:6379/0 (required)
+      workers: 1                   # embedded: worker threads; celery: processes per `neuroread worker`
       torch_threads: null          # null: torch's default
+      lease_s: 60                  # a running job's lease, renewed every lease_s/3 while it runs;
+                                   # a worker that dies loses its jobs to another after this
+      max_attempts: 3              # claims per job before it ends failed (a job that kills its worker)
+      time_limit_s: 3600           # celery: a job running longer is killed (and counts an attempt)
+      sweep_s: 5                   # celery: how often the node recovers expired leases and
+      republish_s: 120             # ... re-publishes claimable jobs not published for this long
+    status: null                   # the status page and Prometheus /metrics (HTTP); null: off. When on:
+      # host: 127.0.0.1            # beyond loopback a login is required (users or users_env)
+      # port: 8088
+      # users: {}                  # HTTP basic credentials, name: password
+      # users_env: {}              # name: environment variable holding the password
     dicomweb: null                 # the STOW-RS receiver (neuroread.node.receive.stow); null: off. When on:
       # host: 127.0.0.1
       # port: 8080
@@ -89,6 +102,7 @@ _PLUGIN = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 _BASIC_USER = re.compile(r"[^:\x00-\x1f\x7f]+")  # RFC 7617: a user-id holds no ':' or control characters
 _TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 b64token
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_BROKER = re.compile(r"^rediss?://[^\s]*$")
 _BASE_PATH = re.compile(r"/|(/[A-Za-z0-9\-._~!$&'()*+,;=:@%]+)+")
 
 
@@ -240,11 +254,38 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class QueueConfig:
+    """The job queue (:mod:`neuroread.node.jobs`): where jobs live and who runs them.
+
+    ``embedded``: ``workers`` threads in the node. ``celery``: the node publishes job ids to
+    ``broker`` (Redis) and ``neuroread worker`` processes (``workers`` children each) claim them
+    in ``database`` with a lease of ``lease_s``; every ``sweep_s`` the node recovers expired leases
+    and re-publishes claimable jobs whose message was last sent more than ``republish_s`` ago.
+    """
+
     database: str
     backend: str = "embedded"
     broker: str | None = None
     workers: int = 1
     torch_threads: int | None = None
+    lease_s: float = 60.0
+    max_attempts: int = 3
+    time_limit_s: float = 3600.0
+    sweep_s: float = 5.0
+    republish_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class StatusConfig:
+    """The status page and Prometheus ``/metrics`` endpoint (:mod:`neuroread.node.status`).
+
+    ``users`` (name -> password) and ``users_env`` (name -> environment variable) are HTTP basic
+    credentials; at least one is required when ``host`` is not a loopback address.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8088
+    users: dict[str, str] = field(default_factory=dict, repr=False)
+    users_env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -291,6 +332,7 @@ class Config:
     dicomweb: DicomWebConfig | None = None
     plugins: tuple[str, ...] = ()
     deliver: DeliverConfig = DeliverConfig()
+    status: StatusConfig | None = None
 
     def to_dict(self, *, hide_secrets: bool = False) -> dict[str, Any]:
         """The effective configuration as plain YAML-ready data (paths as strings).
@@ -304,6 +346,8 @@ class Config:
             if web:
                 web["users"] = {name: HIDDEN for name in web["users"]}
                 web["tokens"] = [HIDDEN for _ in web["tokens"]]
+            if data.get("status"):
+                data["status"]["users"] = {name: HIDDEN for name in data["status"]["users"]}
             for dest in data["destinations"].values():
                 for key in ("password", "token"):
                     if dest.get(key) is not None:
@@ -359,7 +403,7 @@ def parse_config(data: object, base: Path) -> Config:
     """A :class:`Config` from already-parsed YAML data; relative paths resolve against ``base``."""
     top = _Section(data, "")
     top.finish(("node", "storage", "assemble", "routes", "models", "destinations", "deliver", "queue", "dicomweb",
-                "plugins"))
+                "plugins", "status"))
     node = _node(_Section(top.get("node", {}, lambda v: True, ""), "node"), base)
     storage = _Section(top.get("storage", {}, lambda v: True, ""), "storage")
     root = storage.path_("root", Path("neuroread-data"), base)
@@ -391,8 +435,10 @@ def parse_config(data: object, base: Path) -> Config:
     plugins = top.get("plugins", [], lambda v: isinstance(v, list) and all(isinstance(x, str) and _PLUGIN.fullmatch(x) for x in v),
                       "must be a list of 'package.module:NAME' strings")
     deliver = _deliver(_Section(top.get("deliver", {}, lambda v: True, ""), "deliver"))
+    raw_status = top.get("status", None, lambda v: True, "")
+    status = None if raw_status is None else _status(_Section(raw_status, "status"))
     return Config(node, store, assemble, queue, tuple(dict(r) for r in routes), models, destinations, dicomweb,
-                  tuple(plugins), deliver)
+                  tuple(plugins), deliver, status)
 
 
 def _tls(raw: object, where: str, base: Path) -> TLSConfig:
@@ -526,15 +572,48 @@ def _destinations(data: Mapping, base: Path) -> dict[str, dict]:
 
 
 def _queue(s: _Section, root: Path) -> QueueConfig:
+    def seconds(key: str, default: float) -> float:
+        return float(s.get(key, default, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+                           "must be a number of seconds > 0"))
+
     backend = s.choice("backend", "embedded", QUEUE_BACKENDS)
-    broker = s.str("broker", None)
-    if backend == "celery":
-        # Accepted today it would silently run the embedded queue: refused until the distributed
-        # backend exists, so nobody believes a second machine is sharing the work.
-        raise ConfigError("config: queue.backend: 'celery' is not available yet (the distributed workers are "
-                          "not built); use 'embedded', one node process per database")
+    broker = s.get("broker", None, lambda v: isinstance(v, str) and bool(_BROKER.match(v)),
+                   "must be a Redis URL like redis://127.0.0.1:6379/0 (rediss:// for TLS)")
+    if backend == "celery" and broker is None:
+        raise s.fail("broker", "the celery backend needs a broker: a Redis URL like redis://127.0.0.1:6379/0")
     database = s.get("database", f"sqlite:///{root / 'state.db'}",
                      lambda v: isinstance(v, str) and "://" in v, "must be an SQLAlchemy URL like sqlite:///state.db")
-    queue = QueueConfig(database, backend, broker, s.int("workers", 1, 1), s.int("torch_threads", None, 1))
+    queue = QueueConfig(database, backend, broker, s.int("workers", 1, 1), s.int("torch_threads", None, 1),
+                        seconds("lease_s", 60.0), s.int("max_attempts", 3, 1), seconds("time_limit_s", 3600.0),
+                        seconds("sweep_s", 5.0), seconds("republish_s", 120.0))
+    if queue.lease_s < 3:
+        raise s.fail("lease_s", f"must be at least 3 s (it is renewed every lease_s/3), got {queue.lease_s:g}")
     s.finish()
     return queue
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _status(s: _Section) -> StatusConfig:
+    host, port = s.str("host", "127.0.0.1"), s.int("port", 8088, 0, 65535)
+    users = s.get("users", {}, lambda v: isinstance(v, Mapping) and all(
+        isinstance(k, str) and bool(_BASIC_USER.fullmatch(k)) and isinstance(p, str) and p != "" for k, p in v.items()),
+        "must be a mapping user name -> password (non-empty strings, names without ':')")
+    users_env = s.get("users_env", {}, lambda v: isinstance(v, Mapping) and all(
+        isinstance(k, str) and bool(_BASIC_USER.fullmatch(k)) and isinstance(e, str) and bool(_ENV_NAME.fullmatch(e))
+        for k, e in v.items()), "must be a mapping user name -> environment variable name")
+    s.finish()
+    both = sorted(set(users) & set(users_env))
+    if both:
+        raise s.fail("users_env", f"user {both[0]!r} is in status.users too: give one password")
+    if not _is_loopback(host) and not (users or users_env):
+        raise s.fail("users", f"the status page listens on {host}, beyond loopback: it needs a login, "
+                              "set status.users ({name: password}) or status.users_env ({name: VARIABLE})")
+    return StatusConfig(host, port, dict(users), dict(users_env))

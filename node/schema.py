@@ -8,7 +8,7 @@ schema, so no two descriptions of one database can drift apart.
 
 | table | written by |
 | --- | --- |
-| ``series``, ``jobs``, ``audit`` | the job store (:mod:`neuroread.node.jobs`) |
+| ``series``, ``jobs``, ``audit``, ``dispatch`` | the job store (:mod:`neuroread.node.jobs`) |
 | ``routing``, ``study_routing`` | the app's routing records (:mod:`neuroread.node.app.routing`) |
 | ``deliver_outbox``, ``deliver_outbox_jobs`` | the outbox (:mod:`neuroread.node.deliver`) |
 | ``orthanc_intake``, ``orthanc_intake_unstable`` | the Orthanc intake (:mod:`neuroread.node.intake`) |
@@ -86,6 +86,15 @@ audit_table = sa.Table(
     sa.Column("at", UTCDateTime, nullable=False),
     sa.Column("event", sa.String(32), nullable=False),
     sa.Column("detail", sa.JSON, nullable=False),
+)
+
+# The distributed queue's bookkeeping: when each job id was last published to the broker, so
+# that the node's sweeper re-publishes a claimable job only when its message may be lost.
+dispatch_table = sa.Table(
+    "dispatch", metadata,
+    sa.Column("job_id", sa.Integer, primary_key=True),
+    sa.Column("published_at", UTCDateTime, nullable=False),
+    sa.Column("count", sa.Integer, nullable=False),
 )
 
 

@@ -1,5 +1,6 @@
-"""The node's commands: ``serve``, ``run`` (the pipeline on files, or a study pulled over
-DICOMweb), ``models``, ``config check``, ``route explain``."""
+"""The node's commands: ``serve``, ``worker`` (a Celery worker of the distributed queue), ``run``
+(the pipeline on files, or a study pulled over DICOMweb), ``models``, ``config check``,
+``route explain``."""
 from __future__ import annotations
 
 import argparse
@@ -108,6 +109,31 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from neuroread.node.app import run_worker
+
+    config = config_of(args)
+    run_worker(config, registry_of(config), concurrency=args.concurrency, name=args.name)
+    return 0
+
+
+_EPILOG_WORKER = """\
+example (every machine mounts the node's storage at the paths the configuration names):
+  # neuroread.yaml, shared by the node and its workers:
+  #   storage: {root: /mnt/neuroread}
+  #   queue: {backend: celery, broker: 'redis://queue-host:6379/0',
+  #           database: 'postgresql+psycopg://neuroread@db-host/neuroread', workers: 2}
+  neuroread serve -c neuroread.yaml            # receives, routes, publishes, delivers
+  neuroread worker -c neuroread.yaml           # on each machine with a model's CPU or GPU
+
+A worker takes job ids from Redis, claims each job in the job store with a lease it renews
+while the job runs, reads the series from the shared spool, and writes the results to the
+shared outbox; the node sends them. A worker killed mid-job loses the job to another worker
+one lease (queue.lease_s) after its last heartbeat; a job that kills its worker every time
+ends failed after queue.max_attempts. Stop it with SIGTERM (running jobs finish first).
+"""
+
+
 _EPILOG_RUN = """\
 examples:
   neuroread run out/phantoms/ct-hemorrhage/ct-hemorrhage-s0-0000 --out results
@@ -197,6 +223,17 @@ def add_commands(sub) -> None:
         epilog="example:\n  neuroread serve -c neuroread.yaml\n  neuroread replay out/phantoms/ct-hemorrhage "
         "--to 127.0.0.1:11112   # from another terminal", formatter_class=argparse.RawDescriptionHelpFormatter))
     p.set_defaults(func=_cmd_serve)
+
+    p = with_config(sub.add_parser(
+        "worker", help="run jobs of a node whose queue is celery (scale out to more processes or machines)",
+        description="Run a Celery worker for the node configured in -c: a pool of queue.workers processes "
+        "(or --concurrency), each loading the models once and running the jobs the node publishes to "
+        "queue.broker (Redis), claimed in the shared job store (queue.database, PostgreSQL across machines). "
+        "Needs queue.backend: celery.",
+        epilog=_EPILOG_WORKER, formatter_class=argparse.RawDescriptionHelpFormatter))
+    p.add_argument("--concurrency", type=int, metavar="N", help="pool processes (default: queue.workers)")
+    p.add_argument("--name", metavar="NAME", help="the Celery node name (default: neuroread-<pid>@<host>)")
+    p.set_defaults(func=_cmd_worker)
 
     p = with_config(sub.add_parser(
         "run", help="one-shot: the same pipeline on files, or on studies pulled over DICOMweb",

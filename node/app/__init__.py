@@ -14,6 +14,7 @@ from .build import (
     make_runner,
     multi_series_specs,
 )
+from .distributed import run_worker, worker_factory
 from .job import JobContext, PipelineError, Processed, process_inputs, run_job
 from .job_queries import job_json, list_jobs, retry_job, show_job, unrouted
 from .node import Node
@@ -40,6 +41,8 @@ __all__ = [
     "routing_records",
     "run_files",
     "run_job",
+    "run_worker",
     "show_job",
     "unrouted",
+    "worker_factory",
 ]

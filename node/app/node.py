@@ -14,13 +14,17 @@ encode → validate → outbox → deliver).
       make two jobs); a series routed to a slot of a multi-series model waits for its study;
     * each :class:`~neuroread.node.assemble.assembler.CompleteStudy` fills the slots of every multi-series model
       from the study's series and enqueues one job per (study, model) (rules below);
-    * a :class:`~neuroread.node.jobs.store.WorkerPool` runs each job: :func:`~neuroread.node.infer.runner.load_series` for
+    * with ``queue.backend: embedded`` (the default) a :class:`~neuroread.node.jobs.store.WorkerPool` runs each job: :func:`~neuroread.node.infer.runner.load_series` for
       every slot, :meth:`ModelRunner.run` on {slot: volume}, :func:`~neuroread.node.encode.encode_result`
       with every slot's sources, :func:`~neuroread.node.encode.dciodvfy` on every object (one error: the
       job fails, nothing is sent), then :meth:`Outbox.add` to the destinations its routes name
       (the union over its slots, in slot order; every configured destination when none names
       any) and an ``outbox`` audit event (every slot's series → model, version, weights →
       outputs → destinations);
+    * with ``queue.backend: celery`` the node runs no model: a :class:`~neuroread.node.jobs.Publisher`
+      publishes each claimable job's id to Redis and sweeps (expired leases recovered, lost
+      messages published again), and ``neuroread worker`` processes run the jobs
+      (:mod:`neuroread.node.app.distributed`, :mod:`neuroread.node.jobs.dispatch`);
     * a :class:`~neuroread.node.deliver.Deliverer` thread sends the outbox;
     * with ``config.dicomweb`` set, a :class:`~neuroread.node.receive.stow.StowReceiver` takes STOW-RS pushes into
       the same spool (:attr:`Node.stow_port`; ``web_port`` overrides the configured port).
@@ -32,7 +36,8 @@ encode → validate → outbox → deliver).
     in-process Orthanc destination).
 
     Restart: the embedded queue has one node process per database, so at start-up every job
-    left ``running`` belonged to a dead process and is put back to ``queued`` at once
+    left ``running`` belonged to a dead process and is put back to ``queued`` at once (with the
+    celery backend, running jobs belong to workers elsewhere: only expired leases are recovered)
     (:meth:`JobStore.recover` with a time past any lease); the spool is rescanned so series
     and studies received before a kill are assembled again: inputs that already had a job (with
     any weights) keep that job, not re-run; only inputs without one get a new job. New weights
@@ -72,6 +77,7 @@ from typing import Any
 
 import pydicom
 import sqlalchemy as sa
+from kombu.utils.url import maybe_sanitize_url
 
 from neuroread.models import ModelRegistry
 from neuroread.node.assemble import Assembler, CompleteSeries, CompleteStudy, read_header_or_none, series_consensus
@@ -79,7 +85,7 @@ from neuroread.node.config import Config
 from neuroread.node.deliver import Backoff, Deliverer, Destination, Outbox
 from neuroread.node.encode import find_dciodvfy
 from neuroread.node.infer import ModelRunner
-from neuroread.node.jobs import Job, JobOutcome, JobStore, WorkerPool
+from neuroread.node.jobs import Job, JobOutcome, JobStore, Publisher, WorkerPool, make_celery
 from neuroread.node.malformed import MAX_SEQUENCE_DEPTH, PARSE_ERRORS, sequence_too_deep
 from neuroread.node.receive import Peer, StorageSCP, StowReceiver
 from neuroread.node.redact import describe_error, redact
@@ -114,19 +120,20 @@ class Node:
     ``tick_s``: how often the assembler is ticked; ``poll_s``: how often idle workers look for
     jobs; ``deliver_interval_s``: how often the outbox is tried without a wake-up (default:
     ``config.deliver.interval_s``; retries follow ``config.deliver``'s back-off); ``lease_s``:
-    a running job's lease; ``port``: overrides ``config.node.port`` (0: a free port, see
+    a running job's lease (default ``config.queue.lease_s``); ``port``: overrides ``config.node.port`` (0: a free port, see
     :attr:`port`); ``web_port``: overrides ``config.dicomweb.port`` of the STOW-RS receiver
     (built when ``config.dicomweb`` is set; 0: a free port, see :attr:`stow_port`).
     """
 
     def __init__(self, config: Config, registry: ModelRegistry, *, tick_s: float = 1.0, poll_s: float = 0.5,
-                 deliver_interval_s: float | None = None, lease_s: float = 60.0, port: int | None = None,
+                 deliver_interval_s: float | None = None, lease_s: float | None = None, port: int | None = None,
                  listen: bool = True, extra_destinations: Sequence[Destination] = (),
                  web_port: int | None = None) -> None:
         if not isinstance(config, Config):
             raise ValueError(f"Node.config must be a Config, got {type(config).__name__}")
         if not isinstance(registry, ModelRegistry):
             raise ValueError(f"Node.registry must be a ModelRegistry, got {type(registry).__name__}")
+        lease_s = config.queue.lease_s if lease_s is None else lease_s
         for name, value in (("tick_s", tick_s), ("poll_s", poll_s), ("lease_s", lease_s),
                             *((("deliver_interval_s", deliver_interval_s),) if deliver_interval_s is not None else ())):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
@@ -145,7 +152,7 @@ class Node:
         self.info = encode_info(config)
         self.dciodvfy = find_dciodvfy()
         Path(config.storage.root).mkdir(parents=True, exist_ok=True)  # the default database lives there
-        self.store = JobStore(config.queue.database)
+        self.store = JobStore(config.queue.database, max_attempts=config.queue.max_attempts)
         self.records = RoutingRecords(self.store.engine)
         d = config.deliver
         self.outbox = Outbox(self.store.engine, config.storage.outbox, self.destinations,
@@ -177,8 +184,15 @@ class Node:
         self._rescanned: set[str] = set()  # series UIDs
         self._rescanned_studies: set[str] = set()
         self._known_inputs: dict[str, int] = {}
-        self.pool = WorkerPool(self.store, self._run_job, n_workers=config.queue.workers, poll_s=poll_s,
-                               lease_s=lease_s, name="neuroread-worker")
+        q = config.queue
+        self.distributed = q.backend == "celery"
+        self.pool: WorkerPool | None = None
+        self.publisher: Publisher | None = None
+        if self.distributed:
+            self.publisher = Publisher(make_celery(q), self.store, sweep_s=q.sweep_s, republish_s=q.republish_s)
+        else:
+            self.pool = WorkerPool(self.store, self._run_job, n_workers=q.workers, poll_s=poll_s,
+                                   lease_s=lease_s, name="neuroread-worker")
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self._started = False
@@ -202,17 +216,24 @@ class Node:
     def start(self) -> "Node":
         if self._started:
             raise RuntimeError("Node is already started")
-        # embedded queue: one node process per database, so a job still running belongs to a dead one
-        leases = [j.lease_expires for j in self.store.list("running") if j.lease_expires is not None]
-        recovered = self.store.recover(now=max([utc_now(), *leases]) + timedelta(seconds=1))
-        if recovered:
-            logger.info("recovered %d jobs left running by a previous run: %s", len(recovered), recovered)
+        if self.pool is not None:
+            # embedded queue: one node process per database, so a job still running belongs to a dead one
+            leases = [j.lease_expires for j in self.store.list("running") if j.lease_expires is not None]
+            recovered = self.store.recover(now=max([utc_now(), *leases]) + timedelta(seconds=1))
+            if recovered:
+                logger.info("recovered %d jobs left running by a previous run: %s", len(recovered), recovered)
         self.spool.remove_stale_temp_files()
         self._log_models()
         if self.listen:
             self._rescan_spool()
         self.deliverer.start()
-        self.pool.start()
+        if self.pool is not None:
+            self.pool.start()
+        else:
+            assert self.publisher is not None
+            self.publisher.start()
+            logger.info("queue: celery on %s; jobs run in `neuroread worker` processes",
+                        maybe_sanitize_url(self.config.queue.broker))
         self._stop.clear()
         self._started = True
         if not self.listen:
@@ -238,7 +259,10 @@ class Node:
         if self._ticker is not None:
             self._ticker.join(30)
             self._ticker = None
-        self.pool.stop(timeout)
+        if self.pool is not None:
+            self.pool.stop(timeout)
+        if self.publisher is not None:
+            self.publisher.stop()
         self.deliverer.stop()
         self.store.close()
 
@@ -328,8 +352,17 @@ class Node:
             earlier = self._known_inputs.get(job_key(spec.name, spec.version, inputs, instances))
             if earlier is not None:
                 return self.store.get(earlier)
-        return self.store.enqueue(spec.name, spec.version, inputs, instances, ready=ready,
-                                  identity=self.catalog.identity(spec.name))
+        job = self.store.enqueue(spec.name, spec.version, inputs, instances, ready=ready,
+                                 identity=self.catalog.identity(spec.name))
+        if ready:
+            self._dispatch(job)
+        return job
+
+    def _dispatch(self, job: Job) -> None:
+        """With the celery backend, publish a job that just became claimable (a job that existed
+        already was published then; the sweeper covers a message lost since)."""
+        if self.publisher is not None and job.state == "queued":
+            self.publisher.publish(job.id)
 
     @staticmethod
     def _spooled_record(path: Path) -> InstanceRecord:
@@ -460,6 +493,7 @@ class Node:
             if job.state == "received":  # new (or left unreleased by a node killed here): audit, then release
                 self.store.audit(job.id, "slots", filling.audit(study.study_uid))
                 job = self.store.release(job.id)
+                self._dispatch(job)
             jobs.append(job)
             self._record_study(study.study_uid, spec.name, "routed", f"job {job.id}: {filling.describe()}", job.id)
             logger.info("study %s → %s: job %d (%s)", study.study_uid, spec.name, job.id, job.state)

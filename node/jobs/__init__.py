@@ -1,6 +1,9 @@
 """Jobs: the job state machine in SQL (:class:`JobStore`: idempotent enqueue, atomic claim, leases,
-retries, the audit trail) and the embedded in-process workers (:class:`WorkerPool`).
+retries, the audit trail), the embedded in-process workers (:class:`WorkerPool`), and the
+distributed queue's dispatch through Celery on Redis (:mod:`.dispatch`: :class:`Publisher`,
+:func:`make_celery`, :func:`register_task`).
 """
+from .dispatch import Publisher, make_celery, register_task, time_limited, worker_id
 from .store import (
                     CLAIMABLE,
                     STATES,
@@ -24,8 +27,13 @@ __all__ = [
     "JobStateError",
     "JobStore",
     "LeaseLostError",
+    "Publisher",
     "STATES",
     "Worker",
     "WorkerPool",
     "job_key",
+    "make_celery",
+    "register_task",
+    "time_limited",
+    "worker_id",
 ]

@@ -25,6 +25,11 @@ States of a job::
   after ``max_attempts`` rather than looping.
 * **Back-off.** A retryable failure waits ``backoff_s * 2**(attempts-1)`` (capped by
   ``backoff_max_s``) in state ``retrying``.
+* **Dispatch.** With a distributed engine (Celery, :mod:`.dispatch`) a message names one job:
+  :meth:`JobStore.claim_job` claims that job only (a duplicate or stale message finds nothing to
+  claim), :meth:`JobStore.take_over` gives back the job of a worker process known dead, and
+  :meth:`JobStore.mark_published` / :meth:`JobStore.unpublished` keep when each job was last
+  published, so that lost messages are re-published (table ``dispatch``).
 * **Audit.** Every transition appends a row (job id, time, event, JSON detail): the inputs
   (series and instance UIDs) at enqueue, the model name/version/weights hash and output UIDs at
   completion; later stages add theirs (e.g. ``delivered``) with :meth:`JobStore.audit`.
@@ -47,7 +52,7 @@ from sqlalchemy.engine import Engine, RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
-from neuroread.node.schema import audit_table, create_all, jobs_table, series_table, utc_now
+from neuroread.node.schema import audit_table, create_all, dispatch_table, jobs_table, series_table, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -233,28 +238,48 @@ class JobStore:
 
     def claim(self, worker_id: str, lease_s: float) -> Job | None:
         """Take the oldest claimable job for ``worker_id`` with a lease of ``lease_s``; None if none."""
+        self._check_claim(worker_id, lease_s)
+        with self.engine.connect() as conn:
+            candidates = conn.execute(select(jobs_table.c.id).where(self._claimable(self.clock()))
+                                      .order_by(jobs_table.c.created, jobs_table.c.id).limit(8)).scalars().all()
+        for job_id in candidates:
+            job = self._try_claim(job_id, worker_id, lease_s)
+            if job is not None:
+                return job
+        return None
+
+    def claim_job(self, job_id: int, worker_id: str, lease_s: float) -> Job | None:
+        """Claim the job ``job_id`` itself (what a dispatched message names) for ``worker_id``;
+        None when it is not claimable now: unknown, done, failed, running under a lease, or
+        retrying and not yet due. Two claims of one job never both succeed."""
+        self._check_claim(worker_id, lease_s)
+        return self._try_claim(job_id, worker_id, lease_s)
+
+    @staticmethod
+    def _check_claim(worker_id: str, lease_s: float) -> None:
         if not worker_id:
             raise ValueError("claim: worker_id must be non-empty")
         if lease_s <= 0:
             raise ValueError(f"claim: lease_s must be > 0, got {lease_s!r}")
-        now = self.clock()
+
+    @staticmethod
+    def _claimable(now: datetime) -> Any:
         due = or_(jobs_table.c.next_attempt_at.is_(None), jobs_table.c.next_attempt_at <= now)
-        claimable = jobs_table.c.state.in_(CLAIMABLE) & due
-        with self.engine.connect() as conn:
-            candidates = conn.execute(select(jobs_table.c.id).where(claimable)
-                                      .order_by(jobs_table.c.created, jobs_table.c.id).limit(8)).scalars().all()
-        for job_id in candidates:
-            with self.engine.begin() as conn:
-                won = conn.execute(update(jobs_table).where((jobs_table.c.id == job_id) & claimable).values(
-                    state="running", lease_owner=worker_id, lease_expires=now + timedelta(seconds=lease_s),
-                    attempts=jobs_table.c.attempts + 1, updated=now)).rowcount == 1
-                if won:
-                    self._audit(conn, job_id, "running", {"worker": worker_id})
+        return jobs_table.c.state.in_(CLAIMABLE) & due
+
+    def _try_claim(self, job_id: int, worker_id: str, lease_s: float) -> Job | None:
+        now = self.clock()
+        with self.engine.begin() as conn:
+            won = conn.execute(update(jobs_table).where((jobs_table.c.id == job_id) & self._claimable(now)).values(
+                state="running", lease_owner=worker_id, lease_expires=now + timedelta(seconds=lease_s),
+                attempts=jobs_table.c.attempts + 1, updated=now)).rowcount == 1
             if won:
-                job = self.get(job_id)
-                logger.info("job %d claimed by %s (attempt %d)", job_id, worker_id, job.attempts)
-                return job
-        return None
+                self._audit(conn, job_id, "running", {"worker": worker_id})
+        if not won:
+            return None
+        job = self.get(job_id)
+        logger.info("job %d claimed by %s (attempt %d)", job_id, worker_id, job.attempts)
+        return job
 
     def heartbeat(self, job_id: int, worker_id: str, lease_s: float) -> None:
         """Extend the lease; :class:`LeaseLostError` if ``worker_id`` no longer holds it."""
@@ -292,27 +317,69 @@ class JobStore:
 
     def recover(self, now: datetime | None = None) -> list[int]:
         """Running jobs whose lease expired before ``now`` go back to ``queued`` (or ``failed`` when
-        they used all their attempts). Returns the ids moved. Run at start-up."""
+        they used all their attempts). Returns the ids moved. Run at start-up (and, with a
+        distributed engine, every few seconds by the node's sweeper)."""
         now = now or self.clock()
-        expired = (jobs_table.c.state == "running") & (jobs_table.c.lease_expires < now)
+        return self._give_back((jobs_table.c.state == "running") & (jobs_table.c.lease_expires < now), now,
+                               "lease of {owner} expired")
+
+    def take_over(self, job_id: int, owner: str) -> bool:
+        """Give back ``job_id`` at once when it is running under ``owner``, a worker known dead
+        (its process is gone), as :meth:`recover` would once the lease expired: ``queued``, or
+        ``failed`` when out of attempts. False when the job is no longer ``owner``'s."""
+        held = (jobs_table.c.id == job_id) & (jobs_table.c.state == "running") & (jobs_table.c.lease_owner == owner)
+        return bool(self._give_back(held, self.clock(), "worker {owner} died"))
+
+    def _give_back(self, which: Any, now: datetime, why: str) -> list[int]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(jobs_table.c.id, jobs_table.c.attempts, jobs_table.c.lease_owner)
-                                .where(expired)).all()
+                                .where(which)).all()
         moved = []
         for job_id, attempts, owner in rows:
             out_of_attempts = attempts >= self.max_attempts
-            values = ({"state": "failed", "reason": f"lease of {owner} expired after {attempts} attempts"}
+            values = ({"state": "failed", "reason": f"{why.format(owner=owner)} after {attempts} attempts"}
                       if out_of_attempts else {"state": "queued", "next_attempt_at": None})
             with self.engine.begin() as conn:
-                n = conn.execute(update(jobs_table).where((jobs_table.c.id == job_id) & expired).values(
+                n = conn.execute(update(jobs_table).where((jobs_table.c.id == job_id) & which).values(
                     lease_owner=None, lease_expires=None, updated=now, **values)).rowcount
                 if n == 1:
                     self._audit(conn, job_id, "recovered", {"lease_owner": owner, "attempts": attempts,
-                                                            "state": values["state"]})
+                                                            "state": values["state"],
+                                                            "why": why.format(owner=owner)})
             if n == 1:
                 moved.append(job_id)
-                logger.warning("job %d: lease of %s expired, now %s", job_id, owner, values["state"])
+                logger.warning("job %d: %s, now %s", job_id, why.format(owner=owner), values["state"])
         return moved
+
+    # -- dispatch (distributed engine) --------------------------------------------------------
+    def mark_published(self, job_id: int) -> None:
+        """Record that a message naming ``job_id`` was just handed to the broker."""
+        now = self.clock()
+        with self.engine.begin() as conn:
+            n = conn.execute(update(dispatch_table).where(dispatch_table.c.job_id == job_id).values(
+                published_at=now, count=dispatch_table.c.count + 1)).rowcount
+            if n == 0:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert(dispatch_table).values(job_id=job_id, published_at=now, count=1))
+                except IntegrityError:  # published meanwhile by another node
+                    conn.execute(update(dispatch_table).where(dispatch_table.c.job_id == job_id).values(
+                        published_at=now, count=dispatch_table.c.count + 1))
+
+    def unpublished(self, republish_s: float, now: datetime | None = None) -> list[int]:
+        """Claimable, due jobs whose message may be missing: never published, published before
+        they last became claimable (enqueued, recovered, retried, or a back-off that ended), or
+        published more than ``republish_s`` seconds ago (a broker that lost its messages)."""
+        now = now or self.clock()
+        query = (select(jobs_table.c.id, jobs_table.c.updated, jobs_table.c.next_attempt_at,
+                        dispatch_table.c.published_at)
+                 .select_from(jobs_table.outerjoin(dispatch_table, dispatch_table.c.job_id == jobs_table.c.id))
+                 .where(self._claimable(now)).order_by(jobs_table.c.created, jobs_table.c.id))
+        stale = now - timedelta(seconds=republish_s)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [job_id for job_id, updated, next_at, published in rows
+                if published is None or published < max(updated, next_at or updated) or published < stale]
 
     def retry(self, job_id: int) -> Job:
         """A ``failed`` job back to ``queued`` with its attempts reset (CLI ``jobs retry``)."""

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable
+import time
+from typing import Callable, TypeVar
+
+from sqlalchemy.exc import OperationalError
 
 from neuroread.node.redact import describe_error
 
 from .store import Job, JobError, JobOutcome, JobStateError, JobStore, LeaseLostError
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Worker:
@@ -36,6 +40,11 @@ class Worker:
         job = self.store.claim(self.worker_id, self.lease_s)
         if job is None:
             return None
+        return self.run_claimed(job)
+
+    def run_claimed(self, job: Job) -> Job | None:
+        """Run ``job``, claimed by this worker, to done/retrying/failed with its lease kept alive;
+        None when the lease was lost meanwhile (another worker has the job now)."""
         stop = threading.Event()
         beat = threading.Thread(target=self._beat, args=(job.id, stop), name=f"{self.worker_id}-heartbeat",
                                 daemon=True)
@@ -51,18 +60,36 @@ class Worker:
             try:
                 outcome = self.run_job(job)
             except JobError as e:
-                return self.store.fail(job.id, self.worker_id, e.reason, retry=e.retryable)
+                reason, retry = e.reason, e.retryable
             except Exception as e:  # noqa: BLE001 -- last resort, see below
                 # A bug in a job function must not kill the worker thread, and must not vanish:
                 # the job is recorded failed (not retried: a bug repeats) with the exception, and
                 # the traceback is logged. Nothing else is caught anywhere in this loop.
                 logger.exception("job %d: unexpected %s in the job function", job.id, type(e).__name__)
-                return self.store.fail(job.id, self.worker_id, f"internal error: {describe_error(e)}",
-                                       retry=False)
-            return self.store.complete(job.id, self.worker_id, outcome.outputs, outcome.weights_hash)
+                reason, retry = f"internal error: {describe_error(e)}", False
+            else:
+                return self._record(lambda: self.store.complete(job.id, self.worker_id, outcome.outputs,
+                                                                outcome.weights_hash))
+            return self._record(lambda: self.store.fail(job.id, self.worker_id, reason, retry=retry))
         except LeaseLostError as e:
             logger.warning("%s", e)
             return None
+
+    def _record(self, write: Callable[[], T]) -> T:
+        """``write`` (the outcome into the store), tried again while the database is unreachable
+        (a PostgreSQL restart) for up to a lease: the work is done, losing its record would run
+        it again. After that the error propagates and the lease expires (the job runs again;
+        its results have the same UIDs, so nothing is delivered twice)."""
+        deadline = time.monotonic() + self.lease_s
+        while True:
+            try:
+                return write()
+            except OperationalError as exc:
+                if time.monotonic() > deadline:
+                    raise
+                logger.warning("%s: the job store is unreachable (%s); recording the outcome again in 2 s",
+                               self.worker_id, describe_error(exc))
+                time.sleep(2)
 
     def _beat(self, job_id: int, stop: threading.Event) -> None:
         while not stop.wait(self.lease_s / 3):
@@ -71,6 +98,8 @@ class Worker:
             except LeaseLostError as e:
                 logger.warning("%s", e)
                 return
+            except OperationalError as e:  # the database restarting: keep trying while the lease lasts
+                logger.warning("job %d: heartbeat failed, the job store is unreachable: %s", job_id, describe_error(e))
 
 
 class WorkerPool:

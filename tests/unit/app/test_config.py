@@ -124,8 +124,16 @@ def test_to_dict_round_trips(tmp_path):
     ("destinations: {f: {type: folder}}", "config: destinations.f: a folder destination needs 'path'"),
     ("destinations: {w: {type: stowrs, url: pacs.local}}", "config: destinations.w.url: must be an http(s) URL, got 'pacs.local'"),
     ("queue: {backend: rabbit}", "config: queue.backend: must be one of embedded, celery, got 'rabbit'"),
-    ("queue: {backend: celery}", "config: queue.backend: 'celery' is not available yet"),
-    ("queue: {backend: celery, broker: 'redis://localhost:6379/0'}", "config: queue.backend: 'celery' is not available yet"),
+    ("queue: {backend: celery}", "config: queue.broker: the celery backend needs a broker: a Redis URL"),
+    ("queue: {backend: celery, broker: 'amqp://localhost'}", "config: queue.broker: must be a Redis URL like "
+                                                             "redis://127.0.0.1:6379/0"),
+    ("queue: {lease_s: 1}", "config: queue.lease_s: must be at least 3 s"),
+    ("queue: {sweep_s: 0}", "config: queue.sweep_s: must be a number of seconds > 0, got 0"),
+    ("queue: {max_attempts: 0}", "config: queue.max_attempts: must be an integer >= 1, got 0"),
+    ("status: {host: 0.0.0.0}", "config: status.users: the status page listens on 0.0.0.0, beyond loopback: "
+                                "it needs a login"),
+    ("status: {port: x}", "config: status.port: must be an integer 0-65535, got 'x'"),
+    ("status: {user: {a: b}}", "config: status: unknown key 'user' (did you mean 'users'?)"),
     ("queue: {workers: 0}", "config: queue.workers: must be an integer >= 1, got 0"),
     ("queue: {database: state.db}", "config: queue.database: must be an SQLAlchemy URL"),
     ("queue: {worker: 2}", "config: queue: unknown key 'worker' (did you mean 'workers'?)"),
@@ -207,15 +215,12 @@ def test_no_shared_state(tmp_path):
     assert a.node.port == 2000 and b.node.port == 11112 and isinstance(a, Config)
 
 
-def test_serve_refuses_the_celery_backend_naming_the_key(tmp_path):
-    """Accepted, it would silently run the embedded queue; refused before anything starts."""
-    import subprocess
-    import sys
-
-    path = _write(tmp_path, "queue: {backend: celery, broker: 'redis://127.0.0.1:6379/0'}\n")
-    repo = Path(__file__).resolve().parents[3]
-    for command in (["serve"], ["config", "check"]):
-        done = subprocess.run([sys.executable, "-m", "neuroread.cli", *command, "-c", str(path)], cwd=repo,
-                              capture_output=True, text=True, timeout=120)
-        assert done.returncode == 2, done.stdout + done.stderr
-        assert "queue.backend: 'celery' is not available yet" in done.stderr
+def test_the_celery_backend_and_the_status_page_are_read_with_their_defaults(tmp_path):
+    c = load_config(_write(tmp_path, "queue: {backend: celery, broker: 'redis://127.0.0.1:6379/0', lease_s: 9}\n"
+                                     "status: {host: 0.0.0.0, users: {ops: s3cret}}\n"))
+    assert (c.queue.backend, c.queue.broker, c.queue.lease_s, c.queue.max_attempts) == \
+        ("celery", "redis://127.0.0.1:6379/0", 9.0, 3)
+    assert (c.status.host, c.status.port, c.status.users) == ("0.0.0.0", 8088, {"ops": "s3cret"})
+    assert c.to_dict(hide_secrets=True)["status"]["users"] == {"ops": "<hidden>"}
+    assert "s3cret" not in repr(c.status)
+    assert load_config(None).status is None

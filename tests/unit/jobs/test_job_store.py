@@ -309,3 +309,54 @@ def test_sigkill_mid_job_then_recover_runs_to_done_once(tmp_path):
     events = [e.event for e in store.audit_trail(job.id)]
     assert events == ["queued", "running", "recovered", "running", "done"]
     store.close()
+
+
+# -- the distributed queue's store operations (neuroread.node.jobs.dispatch) -------------------------
+def test_claim_job_claims_that_job_only_once_and_only_when_due(store, clock):
+    a, b = _enqueue(store, 1), _enqueue(store, 2)
+    assert store.claim_job(b.id, "w1", 30).id == b.id  # the named job, not the oldest
+    assert store.claim_job(b.id, "w2", 30) is None  # running under a lease: a duplicate message
+    store.fail(b.id, "w1", "busy", retry=True)  # retrying, due in 10 s
+    assert store.claim_job(b.id, "w2", 30) is None
+    clock.advance(11)
+    assert store.claim_job(b.id, "w2", 30).attempts == 2
+    store.complete(b.id, "w2")
+    assert store.claim_job(b.id, "w3", 30) is None  # done: a late message
+    assert store.claim_job(999, "w3", 30) is None
+    assert store.get(a.id).state == "queued"
+
+
+def test_take_over_gives_back_a_dead_owners_job_then_fails_it_out_of_attempts(store):
+    job = _enqueue(store)
+    store.claim_job(job.id, "host:1", 600)
+    assert not store.take_over(job.id, "host:2")  # not its owner: nothing happens
+    assert store.take_over(job.id, "host:1") and store.get(job.id).state == "queued"
+    for attempt in (2, 3):
+        store.claim_job(job.id, f"host:{attempt}", 600)
+        assert store.take_over(job.id, f"host:{attempt}")
+    failed = store.get(job.id)
+    assert (failed.state, failed.attempts) == ("failed", 3)
+    assert failed.reason == "worker host:3 died after 3 attempts"
+    assert [e.detail["why"] for e in store.audit_trail(job.id) if e.event == "recovered"][-1] == "worker host:3 died"
+
+
+def test_unpublished_names_claimable_jobs_whose_message_may_be_missing(store, clock):
+    a, b, c = _enqueue(store, 1), _enqueue(store, 2), _enqueue(store, 3)
+    assert store.unpublished(60) == [a.id, b.id, c.id]  # never published
+    clock.advance(1)
+    for job in (a, b, c):
+        store.mark_published(job.id)
+    assert store.unpublished(60) == []
+    store.claim_job(a.id, "w", 5)
+    store.fail(a.id, "w", "busy", retry=True)  # back-off of 10 s: not due, not listed
+    clock.advance(5)
+    store.claim_job(b.id, "w", 5)
+    assert store.unpublished(60) == []
+    clock.advance(6)  # a's back-off over; b's lease expired
+    assert store.unpublished(60) == [a.id]  # due again after its message was used
+    assert store.recover() == [b.id]
+    assert store.unpublished(60) == [a.id, b.id]  # recovered after it was published
+    store.mark_published(a.id)
+    store.mark_published(b.id)
+    clock.advance(61)
+    assert store.unpublished(60) == [a.id, b.id, c.id]  # published long ago: the broker may have lost them
