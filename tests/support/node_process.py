@@ -142,7 +142,8 @@ class ServeNode:
     """``neuroread serve`` in a subprocess with its own configuration, data and log under ``root``."""
 
     def __init__(self, root: Path, *, destination_port: int | None, spool: Path | None = None,
-                 peers: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+                 peers: list[str] | None = None, env: dict[str, str] | None = None,
+                 queue: dict | None = None, status: dict | None = None) -> None:
         self.root, self.port, self.env = root, free_port(), env or {}
         self.data = root / "data"
         self.spool = spool or self.data / "spool"
@@ -154,15 +155,17 @@ class ServeNode:
             "assemble": {"stable_age_s": 0.5},
             "destinations": destinations,
             "deliver": {"interval_s": 0.5, "retry_base_s": 2},
-            "queue": {"torch_threads": 1},
+            "queue": {"torch_threads": 1, **(queue or {})},
             "plugins": ["support.tiny_model:ENTRY"],
             # the product head-CT model would take the same CTs: these tests are about the node, with the test model
             "models": {"ct-hemorrhage": {"enabled": False}},
         }
+        if status is not None:
+            self.config["status"] = status
         root.mkdir(parents=True, exist_ok=True)
         self.config_path = root / "neuroread.yaml"
         self.config_path.write_text(yaml.safe_dump(self.config), encoding="utf-8")
-        self.database = f"sqlite:///{self.data / 'state.db'}"
+        self.database = (queue or {}).get("database") or f"sqlite:///{self.data / 'state.db'}"
         self.proc: subprocess.Popen | None = None
         self.logs: list[Path] = []
 

@@ -11,11 +11,14 @@ Fault tests can hold a running node inside ``predict``: when the environment var
 ``TINY_MODEL_HOLD`` names a file that exists, ``predict`` writes ``<that file>.running``
 (holding the series UID) and waits, polling, until the file is removed. Unset (the default),
 ``predict`` never waits. When ``TINY_MODEL_FAIL`` names a file that exists, ``predict`` raises
-``RuntimeError`` (a model failure, e.g. out of memory) instead.
+``RuntimeError`` (a model failure, e.g. out of memory) instead. When ``TINY_MODEL_CRASH`` names
+a file that holds the series UID being predicted, ``predict`` kills its own process with SIGKILL
+(a model that crashes its worker: a segfault, the kernel's OOM killer).
 """
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -57,6 +60,7 @@ BRIGHTEST = Code("TINYMEAN", "99NEUROREAD", "Mean feature in lesion")
 SITE = Code("12738006", "SCT", "Brain")
 HOLD_ENV = "TINY_MODEL_HOLD"
 FAIL_ENV = "TINY_MODEL_FAIL"
+CRASH_ENV = "TINY_MODEL_CRASH"
 
 
 def _hold(series_uid: str) -> None:
@@ -115,6 +119,9 @@ class TinyModel:
         fail = os.environ.get(FAIL_ENV)
         if fail and Path(fail).exists():
             raise RuntimeError(f"injected model failure ({FAIL_ENV})")
+        crash = os.environ.get(CRASH_ENV)
+        if crash and Path(crash).exists() and Path(crash).read_text().strip() == vol.series_instance_uid:
+            os.kill(os.getpid(), signal.SIGKILL)
         _hold(vol.series_instance_uid)
         x = torch.from_numpy(np.clip((vol.array.astype(np.float32) + 0.0) / 80.0, 0, 1))[:, None]
         with torch.no_grad():
