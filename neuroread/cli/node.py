@@ -101,6 +101,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     with Node(config, registry) as node:
         web = f"; STOW-RS at {node.stow.url}/studies" if node.stow is not None else ""
+        if node.status is not None:
+            web += f"; status page at {node.status.url}"
+        if node.distributed:
+            web += "; jobs run by `neuroread worker` (queue.backend: celery)"
         print(f"neuroread node {config.node.ae_title} listening on {config.node.host}:{node.port}{web}; "
               f"models: {', '.join(registry.names()) or 'none registered'}; data under {config.storage.root}",
               flush=True)

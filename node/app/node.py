@@ -93,6 +93,7 @@ from neuroread.node.redact import install as install_log_redaction
 from neuroread.node.route import Candidate, fill_slots
 from neuroread.node.schema import utc_now
 from neuroread.node.spool import InstanceRecord, Quarantine, SeriesStudyConflictError, Spool, validate_uid
+from neuroread.node.status import NodeMetrics, StatusServer
 
 from .build import (
     build_destinations,
@@ -122,13 +123,15 @@ class Node:
     ``config.deliver.interval_s``; retries follow ``config.deliver``'s back-off); ``lease_s``:
     a running job's lease (default ``config.queue.lease_s``); ``port``: overrides ``config.node.port`` (0: a free port, see
     :attr:`port`); ``web_port``: overrides ``config.dicomweb.port`` of the STOW-RS receiver
-    (built when ``config.dicomweb`` is set; 0: a free port, see :attr:`stow_port`).
+    (built when ``config.dicomweb`` is set; 0: a free port, see :attr:`stow_port`); ``status_port``
+    overrides ``config.status.port`` of the status page and ``/metrics`` (:attr:`status`, built
+    when ``config.status`` is set; :attr:`metrics` counts in any case).
     """
 
     def __init__(self, config: Config, registry: ModelRegistry, *, tick_s: float = 1.0, poll_s: float = 0.5,
                  deliver_interval_s: float | None = None, lease_s: float | None = None, port: int | None = None,
                  listen: bool = True, extra_destinations: Sequence[Destination] = (),
-                 web_port: int | None = None) -> None:
+                 web_port: int | None = None, status_port: int | None = None) -> None:
         if not isinstance(config, Config):
             raise ValueError(f"Node.config must be a Config, got {type(config).__name__}")
         if not isinstance(registry, ModelRegistry):
@@ -158,6 +161,12 @@ class Node:
         self.outbox = Outbox(self.store.engine, config.storage.outbox, self.destinations,
                              backoff=Backoff(d.retry_base_s, d.retry_cap_s, d.retry_factor))
         self.deliverer = Deliverer(self.outbox, interval=d.interval_s if deliver_interval_s is None else deliver_interval_s)
+        self.metrics = NodeMetrics(self.store.engine, models=registry.names())
+        self.status: StatusServer | None = None
+        if config.status is not None:
+            status = config.status if status_port is None else dataclasses.replace(config.status, port=status_port)
+            self.status = StatusServer(status, self.store.engine, outbox_folder=config.storage.outbox,
+                                       metrics=self.metrics, node_name=config.node.ae_title)
         self.assembler = Assembler(self._on_complete, quiet_s=config.assemble.stable_age_s,
                                    study_quiet_s=config.assemble.study_quiet_s,
                                    early=config.assemble.early_completion, store=self.store)
@@ -234,6 +243,9 @@ class Node:
             self.publisher.start()
             logger.info("queue: celery on %s; jobs run in `neuroread worker` processes",
                         maybe_sanitize_url(self.config.queue.broker))
+        if self.status is not None:
+            self.status.start()
+            logger.info("status page at %s, Prometheus metrics at %s/metrics", self.status.url, self.status.url)
         self._stop.clear()
         self._started = True
         if not self.listen:
@@ -250,6 +262,8 @@ class Node:
     def stop(self, timeout: float = 60.0) -> None:
         """Stop listening, let running jobs finish (up to ``timeout`` seconds: a job still
         running then is left ``running`` and recovered at the next start), stop delivering."""
+        if self.status is not None:
+            self.status.stop()
         if self.stow is not None:
             self.stow.stop()
         if self.listen:
@@ -276,6 +290,7 @@ class Node:
         """An instance received (new or again): its series and study are no longer only the start-up
         rescan's, so they are routed as any arrival is (a study sent again is processed again
         with the current weights), then the assembler gets it."""
+        self.metrics.instance_received(record.outcome)
         self._rescanned.discard(record.series_uid)
         self._rescanned_studies.discard(record.study_uid)
         self.assembler.add(record)

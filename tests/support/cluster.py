@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from support.node_process import REPO, ServeNode, wait_for
+from support.peers import free_port
 from support.services import PostgresServer, RedisServer
 
 
@@ -88,12 +89,15 @@ class Cluster:
 
     def __init__(self, root: Path, destination_port: int, *, workers: int = 2, lease_s: float = 6.0,
                  sweep_s: float = 1.0, max_attempts: int = 3, env: dict[str, str] | None = None,
-                 stable_age_s: float = 0.5) -> None:
+                 stable_age_s: float = 0.5, status: bool = False) -> None:
         self.redis = RedisServer(root / "redis").start()
         self.postgres = PostgresServer().start()
         queue = {"backend": "celery", "broker": self.redis.url, "database": self.postgres.url,
                  "lease_s": lease_s, "sweep_s": sweep_s, "republish_s": 30, "max_attempts": max_attempts}
-        self.node = ServeNode(root / "node", destination_port=destination_port, queue=queue, env=env)
+        status_port = free_port()
+        self.status_url = f"http://127.0.0.1:{status_port}" if status else None
+        self.node = ServeNode(root / "node", destination_port=destination_port, queue=queue, env=env,
+                              status={"port": status_port} if status else None)
         self.node.config["assemble"]["stable_age_s"] = stable_age_s
         self.node.config_path.write_text(__import__("yaml").safe_dump(self.node.config), encoding="utf-8")
         self.workers = [WorkerProcess(self.node, f"w{i}") for i in range(workers)]
