@@ -160,7 +160,12 @@ class Node:
         d = config.deliver
         self.outbox = Outbox(self.store.engine, config.storage.outbox, self.destinations,
                              backoff=Backoff(d.retry_base_s, d.retry_cap_s, d.retry_factor))
-        self.deliverer = Deliverer(self.outbox, interval=d.interval_s if deliver_interval_s is None else deliver_interval_s)
+        interval = d.interval_s if deliver_interval_s is None else deliver_interval_s
+        if config.queue.backend == "celery":
+            # Workers elsewhere fill the outbox and cannot wake this node's deliverer: it looks
+            # at least every second (one indexed query) so results do not wait for the interval.
+            interval = min(interval, 1.0)
+        self.deliverer = Deliverer(self.outbox, interval=interval)
         self.metrics = NodeMetrics(self.store.engine, models=registry.names())
         self.status: StatusServer | None = None
         if config.status is not None:

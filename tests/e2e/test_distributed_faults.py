@@ -11,7 +11,8 @@ Each case asserts that every result object reached the destination exactly once:
 * a job that always crashes its worker → ``failed`` after ``max_attempts``, and the queue drains;
 * Redis restarted with jobs queued and one running → every job done once;
 * PostgreSQL restarted mid-job → the job completes;
-* the same job id published twice more → one run.
+* the same job id published twice more → one run;
+* a job running past ``queue.time_limit_s`` → ``failed`` with that reason, nothing sent.
 
 And a load test: 20 studies over 4 concurrent associations → all done, none lost, none
 duplicated; it prints the p50/p95 turnaround from each series' last instance received to its
@@ -39,6 +40,7 @@ from support.node_process import AET, SCU_AET, all_sent, copy_series, dcmtk_tool
 
 pytestmark = pytest.mark.slow
 LEASE_S = 6.0
+TIME_LIMIT_S = 20.0  # every other case holds a job for a few seconds only
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,7 @@ def cluster(tmp_path_factory, results_scp):
     dcmtk_tool("storescu")
     root = tmp_path_factory.mktemp("cluster")
     env = {"TINY_MODEL_HOLD": str(root / "hold"), "TINY_MODEL_CRASH": str(root / "crash")}
-    c = Cluster(root, results_scp.port, lease_s=LEASE_S, env=env, status=True)
+    c = Cluster(root, results_scp.port, lease_s=LEASE_S, env=env, status=True, time_limit_s=TIME_LIMIT_S)
     c.hold, c.crash = root / "hold", root / "crash"
     c.start()
     yield c
@@ -205,6 +207,14 @@ def test_the_same_job_id_published_twice_more_runs_once(fresh, results_scp, head
     assert [e.event for e in trail].count("running") == 1 and done.attempts == 1
     delivered_once(fresh, results_scp, done.id)
     assert "dropped" in "".join(w.log_text() for w in fresh.workers)
+
+
+def test_a_job_past_the_time_limit_fails_with_that_reason(fresh, results_scp, head_ct, tmp_path):
+    fresh.hold.write_text("")  # held until the soft time limit interrupts it
+    series, _ = send(fresh, head_ct, tmp_path / "a")
+    job = wait_done(fresh.node, series, timeout=TIME_LIMIT_S + 60, state="failed")
+    assert job.reason == f"ran longer than queue.time_limit_s ({TIME_LIMIT_S:g} s)" and job.attempts == 1
+    assert fresh.node.outbox(job.id) == []
 
 
 def test_worker_refuses_a_node_without_the_celery_backend(tmp_path):

@@ -89,11 +89,12 @@ class Cluster:
 
     def __init__(self, root: Path, destination_port: int, *, workers: int = 2, lease_s: float = 6.0,
                  sweep_s: float = 1.0, max_attempts: int = 3, env: dict[str, str] | None = None,
-                 stable_age_s: float = 0.5, status: bool = False) -> None:
+                 stable_age_s: float = 0.5, status: bool = False, time_limit_s: float = 3600.0) -> None:
         self.redis = RedisServer(root / "redis").start()
         self.postgres = PostgresServer().start()
         queue = {"backend": "celery", "broker": self.redis.url, "database": self.postgres.url,
-                 "lease_s": lease_s, "sweep_s": sweep_s, "republish_s": 30, "max_attempts": max_attempts}
+                 "lease_s": lease_s, "sweep_s": sweep_s, "republish_s": 30, "max_attempts": max_attempts,
+                 "time_limit_s": time_limit_s}
         status_port = free_port()
         self.status_url = f"http://127.0.0.1:{status_port}" if status else None
         self.node = ServeNode(root / "node", destination_port=destination_port, queue=queue, env=env,
