@@ -1,11 +1,11 @@
 """The committed demo weights reach what their card says, on fresh phantoms no training saw.
 
 For every registered model with committed demo weights and a training recipe with a demo
-plan: 48 phantoms of its task (24 where the plan's phantoms are full-size) with a seed neither the training nor the card's held-out
+plan: 40 phantoms of its task (16 where the plan's phantoms are full-size) with a seed neither the training nor the card's held-out
 set used are run through the model's ``predict`` (the card's thresholds applied, as the node
 does: :func:`neuroread.training.evaluate.evaluate`), and the headline metrics must come within
-:data:`TOLERANCE` of the card's. 48 studies cannot pin a metric down to the card's second
-decimal (the card's own held-out set is 160 studies): this catches weights that are not the
+:data:`TOLERANCE` of the card's. 40 studies cannot pin a metric down to the card's second
+decimal (the card's own held-out sets are 128 to 160 studies): this catches weights that are not the
 card's, preprocessing that drifted from training, or a broken map back onto the series, not a
 point of F1.
 """
@@ -23,8 +23,8 @@ from neuroread.training.recipes import names as trainable
 from neuroread.training.recipes import recipe as recipe_of
 
 FRESH_SEED = 31337
-FRESH_STUDIES = 48
-FRESH_FULL_SIZE = 24  # full-size phantoms (clinical matrices) take ten times longer to make and to read
+FRESH_STUDIES = 40
+FRESH_FULL_SIZE = 16  # full-size phantoms (clinical matrices) take ten times longer to make and to read
 TOLERANCE = 0.15
 HEADLINE = ("f1_macro", "auc_macro", "key_slice.difficult", "key_slice.top5_lesion_fraction", "pointing.hit_rate",
             "diagnosis.balanced_accuracy", "diagnosis.auc", "subtype.auc_weighted", "detection.recall", "detection.dice")
