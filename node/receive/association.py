@@ -50,6 +50,7 @@ import socket
 import ssl
 import struct
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -78,6 +79,10 @@ logger = logging.getLogger(__name__)
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 MAX_PDU = 4 * 1024 * 1024  # the largest P-DATA-TF we accept, announced in the A-ASSOCIATE-AC
 MAX_ASSOCIATE_RQ = 1024 * 1024  # an A-ASSOCIATE-RQ with hundreds of contexts is ~100 KiB
+# Decoded A-ASSOCIATE-RQs kept with our answer, by their bytes (see _Proposal): at most this many,
+# each at most this long (storescu's 128 contexts: ~9.6 KB), so at most 2 MiB.
+CACHED_PROPOSALS = 32
+MAX_CACHED_ASSOCIATE_RQ = 64 * 1024
 
 # PDU types (PS3.8 9.3)
 _ASSOCIATE_RQ, _P_DATA, _RELEASE_RQ, _ABORT = 0x01, 0x04, 0x05, 0x07
@@ -127,6 +132,30 @@ class Association:
     released: bool = False
 
 
+_Answer = tuple[dict[int, PresentationContext], list[PresentationContext], bytes]
+
+
+@dataclass(frozen=True)
+class _Proposal:
+    """An A-ASSOCIATE-RQ as decoded, and our answer to it (None when it is refused outright).
+
+    A sender proposes the same bytes every time it associates (storescu: 128 presentation
+    contexts), and decoding them with pynetdicom (``A_ASSOCIATE_RQ.decode`` + ``to_primitive``,
+    ~7 ms on the 2-core development machine) then negotiating and encoding the A-ASSOCIATE-AC
+    (~3 ms) holds the interpreter lock for ~10 ms per association, which the associations already
+    open wait for. So both are done once per distinct proposal and kept by the request's bytes
+    (the answer depends on nothing else: our contexts are fixed for the server's life); threads
+    that receive the same bytes while they are being decoded wait for that result. Who may
+    associate (:meth:`Acceptor.vet`) and the association limit are still checked every time.
+    """
+
+    calling_ae: str
+    called_ae: str
+    max_send_pdu: int
+    refusal: tuple[Rejection, str] | None  # protocol version or application context not ours
+    answer: _Answer | None  # accepted contexts by ID, the rejected ones, the encoded A-ASSOCIATE-AC
+
+
 class Acceptor(Protocol):
     """What the server asks of its owner (:class:`~neuroread.node.receive.dimse.StorageSCP` implements it)."""
 
@@ -147,27 +176,29 @@ class Acceptor(Protocol):
         """Handle one C-STORE-RQ: the status (an int, or a Dataset with Status and comments)."""
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytearray:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
+def _recv_into(sock: socket.socket, view: memoryview) -> None:
+    """Fill ``view`` from the socket."""
+    got, n = 0, len(view)
     while got < n:
         k = sock.recv_into(view[got:], n - got)
         if k == 0:
             raise PeerGone("connection closed by the peer")
         got += k
-    return buf
 
 
 def _read_pdu(sock: socket.socket, limit: int) -> tuple[int, bytearray]:
-    """One PDU: its type and its bytes (header included)."""
-    head = _recv_exact(sock, 6)
+    """One PDU: its type and its bytes (header included), read into one buffer."""
+    head = bytearray(6)
+    _recv_into(sock, memoryview(head))
     pdu_type, length = head[0], struct.unpack_from(">I", head, 2)[0]
     if pdu_type not in _KNOWN_PDU_TYPES:
         raise ProtocolError(f"unrecognised PDU type 0x{pdu_type:02x}", _UNRECOGNISED_PDU)
     if length > limit:
         raise ProtocolError(f"PDU of {length} bytes is over the {limit}-byte maximum", _INVALID_PARAMETER)
-    return pdu_type, head + _recv_exact(sock, length)
+    pdu = bytearray(6 + length)
+    pdu[:6] = head
+    _recv_into(sock, memoryview(pdu)[6:])
+    return pdu_type, pdu
 
 
 def _pdvs(pdu: bytearray):
@@ -208,6 +239,8 @@ class AssociationServer:
         self._established: set[int] = set()  # id(Association) of accepted, not yet finished
         self._connections: dict[int, socket.socket] = {}  # thread ident -> its socket
         self._threads: set[threading.Thread] = set()
+        self._proposals: OrderedDict[bytes, _Proposal] = OrderedDict()  # see _Proposal
+        self._decoding: dict[bytes, threading.Event] = {}  # proposals being decoded, set when done
         self._stopping = threading.Event()
         self._listener = socket.create_server((host, port), backlog=64,
                                               family=socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -314,41 +347,76 @@ class AssociationServer:
             pass  # the peer is gone or silent; the connection is closed next anyway
 
     # -- association establishment ----------------------------------------------------------------
-    def _associate(self, sock: socket.socket, address: tuple) -> Association | None:
-        pdu_type, raw = _read_pdu(sock, MAX_ASSOCIATE_RQ)
-        if pdu_type != _ASSOCIATE_RQ:
-            raise ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02x}", _UNEXPECTED_PDU)
+    def _proposal(self, raw: bytearray) -> _Proposal:
+        """The A-ASSOCIATE-RQ ``raw`` decoded and answered, once per distinct request: from the
+        cache, or decoded here while other threads with the same bytes wait for the result
+        (associations of one sender often arrive together)."""
+        key = bytes(raw)
+        cacheable = len(key) <= MAX_CACHED_ASSOCIATE_RQ
+        while True:
+            with self._lock:
+                proposal = self._proposals.get(key)
+                if proposal is not None:
+                    self._proposals.move_to_end(key)
+                    return proposal
+                pending = self._decoding.get(key)
+                if pending is None and cacheable:
+                    self._decoding[key] = threading.Event()
+            if pending is None:
+                break
+            pending.wait()  # then from the cache, or decode it here if that decoding failed
+        proposal = None
+        try:
+            proposal = self._decode(key)
+        finally:
+            with self._lock:
+                if proposal is not None and cacheable:
+                    self._proposals[key] = proposal
+                    while len(self._proposals) > CACHED_PROPOSALS:
+                        self._proposals.popitem(last=False)
+                done = self._decoding.pop(key, None) if cacheable else None
+            if done is not None:
+                done.set()
+        return proposal
+
+    def _decode(self, raw: bytes) -> _Proposal:
         rq_pdu = A_ASSOCIATE_RQ()
         try:
-            rq_pdu.decode(bytes(raw))
+            rq_pdu.decode(raw)
             rq = rq_pdu.to_primitive()
         except _DECODE_ERRORS as exc:
             raise ProtocolError(f"A-ASSOCIATE-RQ cannot be decoded ({type(exc).__name__}: {exc})",
                                 _INVALID_PARAMETER) from exc
-        assoc = Association(calling_ae=str(rq.calling_ae_title).strip(), called_ae=str(rq.called_ae_title).strip(),
-                            address=address[0], port=address[1], sock=sock,
-                            max_send_pdu=int(rq.maximum_length_received or 0))
-        why = ""
-        rejection = None
+        refusal = None
         if rq_pdu.protocol_version != 0x0001:
-            rejection, why = REJECT_PROTOCOL_VERSION, f"protocol version {rq_pdu.protocol_version}"
+            refusal = REJECT_PROTOCOL_VERSION, f"protocol version {rq_pdu.protocol_version}"
         elif str(rq.application_context_name) != APPLICATION_CONTEXT:
-            rejection, why = REJECT_APPLICATION_CONTEXT, f"application context {rq.application_context_name}"
-        else:
-            rejection, why = self.acceptor.vet(assoc) or (None, "")
-            if rejection is None:
-                with self._lock:
-                    if len(self._established) >= self.max_associations:
-                        rejection, why = REJECT_LOCAL_LIMIT, f"more than {self.max_associations} associations"
-                    else:
-                        self._established.add(id(assoc))
+            refusal = REJECT_APPLICATION_CONTEXT, f"application context {rq.application_context_name}"
+        return _Proposal(calling_ae=str(rq.calling_ae_title).strip(), called_ae=str(rq.called_ae_title).strip(),
+                         max_send_pdu=int(rq.maximum_length_received or 0), refusal=refusal,
+                         answer=None if refusal else self._negotiate(rq))
+
+    def _associate(self, sock: socket.socket, address: tuple) -> Association | None:
+        pdu_type, raw = _read_pdu(sock, MAX_ASSOCIATE_RQ)
+        if pdu_type != _ASSOCIATE_RQ:
+            raise ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02x}", _UNEXPECTED_PDU)
+        proposal = self._proposal(raw)
+        assoc = Association(calling_ae=proposal.calling_ae, called_ae=proposal.called_ae,
+                            address=address[0], port=address[1], sock=sock, max_send_pdu=proposal.max_send_pdu)
+        rejection, why = proposal.refusal or self.acceptor.vet(assoc) or (None, "")
+        if rejection is None:
+            with self._lock:
+                if len(self._established) >= self.max_associations:
+                    rejection, why = REJECT_LOCAL_LIMIT, f"more than {self.max_associations} associations"
+                else:
+                    self._established.add(id(assoc))
         if rejection is not None:
             sock.sendall(_reject_pdu(rejection))
             self.acceptor.rejected(assoc, rejection, why)
             return None
         accepted = False
         try:
-            self._accept(assoc, rq)
+            self._accept(assoc, proposal)
             accepted = True
         finally:
             if not accepted:  # negotiation failed: the slot is free again
@@ -356,15 +424,21 @@ class AssociationServer:
                     self._established.discard(id(assoc))
         return assoc
 
-    def _accept(self, assoc: Association, rq: A_ASSOCIATE) -> None:
-        """Negotiate the presentation contexts and send the A-ASSOCIATE-AC."""
+    def _accept(self, assoc: Association, proposal: _Proposal) -> None:
+        """Take the negotiated presentation contexts and send the A-ASSOCIATE-AC."""
+        if proposal.answer is None:
+            raise RuntimeError("an A-ASSOCIATE-RQ that is refused has no answer to send")
+        contexts, rejected, ac = proposal.answer
+        assoc.contexts, assoc.rejected = dict(contexts), list(rejected)
+        assoc.sock.sendall(ac)
+        self.acceptor.accepted(assoc)
+
+    def _negotiate(self, rq: A_ASSOCIATE) -> _Answer:
+        """The accepted contexts by ID, the rejected ones and the encoded A-ASSOCIATE-AC for ``rq``."""
         roles = {item.sop_class_uid: (item.scu_role, item.scp_role) for item in rq.user_information
                  if isinstance(item, SCP_SCU_RoleSelectionNegotiation)}
         results, role_items = negotiate_as_acceptor(rq.presentation_context_definition_list, self.contexts,
                                                     roles or None)
-        assoc.contexts = {cx.context_id: cx for cx in results if cx.result == 0x00}
-        assoc.rejected = [cx for cx in results if cx.result != 0x00]
-
         ac = A_ASSOCIATE()
         ac.application_context_name = APPLICATION_CONTEXT
         ac.calling_ae_title, ac.called_ae_title = rq.calling_ae_title, rq.called_ae_title
@@ -379,19 +453,22 @@ class AssociationServer:
         ac.user_information = [max_length, class_uid, version, *role_items]
         ac_pdu = A_ASSOCIATE_AC()
         ac_pdu.from_primitive(ac)
-        assoc.sock.sendall(ac_pdu.encode())
-        self.acceptor.accepted(assoc)
+        return ({cx.context_id: cx for cx in results if cx.result == 0x00},
+                [cx for cx in results if cx.result != 0x00], ac_pdu.encode())
 
     # -- the association's life -------------------------------------------------------------------
     def _run(self, assoc: Association) -> None:
         sock = assoc.sock
         command = bytearray()
-        data = bytearray()
+        data: list[memoryview] = []  # the data set's fragments, views into their PDUs: joined once
         request: Dataset | None = None
         context_id = 0
+        current_timeout = None
         while True:
             timeout = self.dimse_timeout if (command or request is not None) else self.network_timeout
-            sock.settimeout(timeout)
+            if timeout != current_timeout:  # settimeout costs two system calls: only when it changes
+                sock.settimeout(timeout)
+                current_timeout = timeout
             try:
                 pdu_type, raw = _read_pdu(sock, MAX_PDU + 6)
             except TimeoutError as exc:
@@ -432,9 +509,9 @@ class AssociationServer:
                 else:  # data set fragment
                     if request is None or cx_id != context_id:
                         raise ProtocolError("a data set fragment without its command", _UNEXPECTED_PDU)
-                    data += fragment
+                    data.append(fragment)
                     if control & 0x02:
-                        self._dispatch(assoc, context_id, request, bytes(data))
+                        self._dispatch(assoc, context_id, request, b"".join(data))
                         data.clear()
                         request = None
 

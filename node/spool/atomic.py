@@ -58,8 +58,13 @@ def atomic_write(
     writer: Writer = write_all,
     temp_prefix: str = ".tmp-",
     temp_suffix: str = ".part",
+    sync_folder: Callable[[Path], None] = fsync_dir,
 ) -> None:
-    """Write ``data`` to ``path`` durably (see the module docstring); the folder must exist."""
+    """Write ``data`` to ``path`` durably (see the module docstring); the folder must exist.
+
+    ``sync_folder(folder)`` makes the rename durable (default :func:`fsync_dir`; the spool
+    passes :meth:`neuroread.node.spool.group_sync.FolderSync.sync`, which concurrent writers share).
+    """
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix, suffix=temp_suffix, dir=path.parent)
     tmp = Path(tmp_name)
@@ -76,4 +81,4 @@ def atomic_write(
         if not renamed:  # whatever went wrong, leave no half-written file behind
             tmp.unlink(missing_ok=True)
     if fsync:
-        fsync_dir(path.parent)
+        sync_folder(path.parent)

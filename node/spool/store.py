@@ -4,7 +4,9 @@ An instance is *stored* only once its bytes are durable: they are written to a t
 in the instance's own folder, ``fsync``-ed, renamed (atomic) to
 ``<root>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm`` and the folder is ``fsync``-ed, so the
 rename survives a power cut too (:func:`neuroread.node.spool.atomic.atomic_write`; a new study or series
-folder is synced into its parent when it is made). A crash leaves at most a temporary file,
+folder is synced into its parent when it is made). Threads storing into the same folder at once
+(several associations sending one series) share that folder ``fsync``: each waits for one that
+began after its own rename (:mod:`neuroread.node.spool.group_sync`). A crash leaves at most a temporary file,
 which :meth:`Spool.remove_stale_temp_files` clears at start; never a half-written instance.
 
 (An earlier version appended each instance to a write-ahead journal and synced the files in
@@ -22,7 +24,9 @@ UIDs are validated before they become path components (:func:`validate_uid`): a 
 
 Duplicates (same SOP Instance UID again) are idempotent:
 
-* same bytes: nothing is rewritten, the record says ``outcome="duplicate"``;
+* same bytes: nothing is rewritten, the record says ``outcome="duplicate"``; the folder is still
+  synced first (the copy found may be another association's, renamed a moment ago and not yet
+  covered by a folder ``fsync``: success for the re-send must not come before that);
 * different bytes: **the new bytes replace the old ones atomically** (``outcome="replaced"``).
   A SOP Instance UID names one object (PS3.3 C.12.1.1.1); a peer that sends it again with other
   bytes is re-sending that object (another transfer syntax, corrected attributes), so the latest
@@ -58,6 +62,7 @@ from pydicom import Dataset
 from pydicom.uid import UID
 
 from .atomic import atomic_write, make_dirs, write_all
+from .group_sync import FolderSync
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +176,10 @@ class Spool:
     writer:
         ``writer(file, data)`` writes bytes to an open temporary file;
         injectable so that tests can simulate a full disk. Defaults to ``file.write(data)``.
+    folder_sync:
+        Makes a rename into a series folder durable; threads storing into the same folder at
+        once share its ``fsync`` (:class:`~neuroread.node.spool.group_sync.FolderSync`, the
+        default; injectable for tests).
     """
 
     def __init__(
@@ -180,6 +189,7 @@ class Spool:
         *,
         fsync: bool = True,
         writer: Callable[[BinaryIO, bytes], None] = write_all,
+        folder_sync: FolderSync | None = None,
     ) -> None:
         if not isinstance(root, (str, Path)) or not str(root):
             raise ValueError(f"Spool.root must be a non-empty path, got {root!r}")
@@ -187,6 +197,8 @@ class Spool:
             raise ValueError(f"Spool.on_stored must be callable, got {on_stored!r}")
         if not callable(writer):
             raise ValueError(f"Spool.writer must be callable, got {writer!r}")
+        if folder_sync is not None and not isinstance(folder_sync, FolderSync):
+            raise ValueError(f"Spool.folder_sync must be a FolderSync, got {folder_sync!r}")
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         if not self.root.is_dir():
@@ -194,6 +206,7 @@ class Spool:
         self._on_stored = on_stored
         self._fsync = bool(fsync)
         self._writer = writer
+        self._folder_sync = folder_sync or FolderSync()
         self._lock = threading.Lock()
         self._study_of: dict[str, str] = self._read_series_index()
 
@@ -293,6 +306,8 @@ class Spool:
             exists = path.exists()  # one stat on the receive path
             if exists and _same_bytes(path, data):
                 outcome: Outcome = "duplicate"
+                if self._fsync:  # the copy found may be another thread's, renamed but not yet synced
+                    self._folder_sync.sync(path.parent)
             else:
                 outcome = "replaced" if exists else "new"
                 self._write_atomic(path, data)
@@ -339,4 +354,5 @@ class Spool:
 
     def _write_atomic(self, path: Path, data: bytes) -> None:
         atomic_write(path, data, fsync=self._fsync, writer=self._writer,
-                     temp_prefix=f"{TEMP_PREFIX}{path.stem}-", temp_suffix=TEMP_SUFFIX)
+                     temp_prefix=f"{TEMP_PREFIX}{path.stem}-", temp_suffix=TEMP_SUFFIX,
+                     sync_folder=self._folder_sync.sync)

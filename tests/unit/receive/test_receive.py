@@ -44,19 +44,6 @@ def _tools():
             pytest.fail(str(exc))
 
 
-@pytest.fixture(scope="module")
-def series(tmp_path_factory) -> list[Path]:
-    """One small MR phantom series (explicit VR LE), as written by the phantom generator."""
-    from neuroread.training.phantoms.registry import make_study
-    from neuroread.training.phantoms.writer import write_study
-
-    out = tmp_path_factory.mktemp("phantom")
-    write_study(make_study("ms-csvd", 7, 0, "ms", "small"), out)
-    files = sorted(out.glob("*/S01/IM*.dcm"))
-    assert len(files) >= 10
-    return files
-
-
 class _Node:
     """An SCP on a free loopback port with its spool and the records it handed on."""
 
