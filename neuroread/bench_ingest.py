@@ -1,26 +1,38 @@
 """Benchmark: DICOM ingest of one large CT series by neuroread, Orthanc and dcmtk storescp.
 
-    python -m neuroread.bench_ingest                    # 300 slices of 512×512, 3 rounds
+    python -m neuroread.bench_ingest                    # 300 slices of 512×512, 3 rounds, 1 association
+    python -m neuroread.bench_ingest --associations 1 4 # the same, then the series over 4 associations
     python -m neuroread.bench_ingest --rounds 5 --slices 300 --keep
 
 One run measures all four receivers on the same series, the same disk and the same sender
-(dcmtk ``storescu`` with ``TCP_NODELAY=1``, one association, the series' own transfer syntax),
-each round in a rotated order and each receiver into a fresh, empty folder:
+(dcmtk ``storescu`` with ``TCP_NODELAY=1``, the series' own transfer syntax), each round in a
+rotated order and each receiver into a fresh, empty folder. With ``--associations N`` the series
+is cut into N consecutive parts sent at once by N ``storescu`` processes, each its own
+association (as a PACS or a modality with several send queues does); every count given is run
+in every round:
 
-* **neuroread**: ``neuroread serve`` (the whole node, not only its SCP), durable spool on;
+* **neuroread**: ``neuroread serve`` (the whole node, not only its SCP), durable spool on,
+  ``node.max_associations`` at least the largest N (its default, 10, otherwise);
 * **Orthanc**: Debian's ``Orthanc`` with its defaults (``SyncStorageArea`` true: fsync per file,
-  SQLite index), plugins off, started with ``TCP_NODELAY=1`` like ``storescu``;
-* **storescp**: dcmtk ``storescp -od DIR`` (writes files, no fsync: the practical ceiling);
-* **pynetdicom**: pynetdicom's own server (``AE.start_server``) with a handler that only writes
-  the received bytes durably as neuroread's spool does (temporary file, fsync, rename, folder
-  fsync): what the receive stage would reach on pynetdicom's reactors (see neuroread.node.receive.association).
+  SQLite index), plugins off, started with ``TCP_NODELAY=1`` like ``storescu``. Its DICOM server
+  runs ``DicomThreadsCount`` operations at once (default 4; it does not limit connections): raised
+  to N only for an N above 4;
+* **storescp**: dcmtk ``storescp -od DIR`` (writes files, no fsync: the practical ceiling); with
+  more than one association ``--fork`` (a process per association: its default, single-process
+  mode, serves one association after the other);
+* **pynetdicom**: pynetdicom's own server (``AE.start_server``, a thread per association) with a
+  handler that only writes the received bytes durably as neuroread's spool does (temporary file,
+  fsync, rename, folder fsync): what the receive stage would reach on pynetdicom's reactors (see
+  neuroread.node.receive.association).
 
 The series is a head-CT phantom from ``neuroread.training.phantoms`` with ``--slices`` thin slices of
 512×512, made once (a few minutes) and kept under ``out/bench/``. Instances per second is the
-number of instances over ``storescu``'s wall time (association, sending, release); every
-receiver's count is checked after each round. Prints each round, the median and the ratios
-``neuroread / Orthanc`` and ``neuroread / storescp``. Not a timed test: the figures depend on
-the machine (its disk's fsync latency first of all).
+number of instances over the wall time from the first ``storescu``'s start to the last one's
+end (association, sending, release); every receiver's count is checked after each round. Prints
+each round; then, per association count, each receiver's median with the lowest and highest
+round, and the ratios ``neuroread / Orthanc``, ``neuroread / storescp`` and ``neuroread /
+pynetdicom SCP`` (of the medians, with the range of the same ratio within each round). Not a
+timed test: the figures depend on the machine (its cores, and its disk's fsync latency).
 """
 from __future__ import annotations
 
@@ -44,6 +56,8 @@ from neuroread.node.tools.dcmtk import DcmtkMissing, dcmtk_tool
 
 REPO = Path(__file__).resolve().parent.parent
 SENDER_ENV = {**os.environ, "TCP_NODELAY": "1"}
+NEUROREAD_MAX_ASSOCIATIONS = 10  # node.max_associations' default
+ORTHANC_DICOM_THREADS = 4  # Orthanc's DicomThreadsCount default (1.10)
 
 
 def _free_port() -> int:
@@ -94,8 +108,10 @@ class Receiver(AbstractContextManager):
     name = ""
     aet = ""
 
-    def __init__(self, work: Path) -> None:
-        self.work, self.port = work.resolve(), _free_port()
+    def __init__(self, work: Path, associations: int = 1) -> None:
+        if associations < 1:
+            raise ValueError(f"Receiver.associations must be >= 1, got {associations!r}")
+        self.work, self.port, self.associations = work.resolve(), _free_port(), associations
         self.proc: subprocess.Popen | None = None
         self.log = open(work / "receiver.log", "wb")
 
@@ -146,6 +162,8 @@ class Orthanc(Receiver):
                   "IndexDirectory": str(self.work / "db"), "DicomAet": self.aet, "DicomPort": self.port,
                   "HttpPort": self.http, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
                   "Plugins": []}
+        if self.associations > ORTHANC_DICOM_THREADS:  # its default serves 4 operations at once
+            config["DicomThreadsCount"] = self.associations
         (self.work / "orthanc.json").write_text(json.dumps(config, indent=2))
         return ["Orthanc", str(self.work / "orthanc.json")], SENDER_ENV
 
@@ -160,13 +178,13 @@ class BarePynetdicom(Receiver):
     def command(self) -> tuple[list[str], dict[str, str]]:
         (self.work / "in").mkdir()
         return [sys.executable, "-m", "neuroread.bench_ingest", "--bare-pynetdicom-scp", str(self.port),
-                str(self.work / "in")], {**os.environ, "PYTHONPATH": str(REPO)}
+                str(self.work / "in"), str(self.associations)], {**os.environ, "PYTHONPATH": str(REPO)}
 
     def stored(self) -> int:
         return sum(1 for f in (self.work / "in").iterdir() if f.suffix == ".dcm")
 
 
-def bare_pynetdicom_scp(port: int, folder: Path) -> None:
+def bare_pynetdicom_scp(port: int, folder: Path, associations: int) -> None:
     """Serve until killed: pynetdicom's server, each instance written durably, nothing else."""
     from pynetdicom import AE, AllStoragePresentationContexts, evt
     from pynetdicom.sop_class import Verification
@@ -180,6 +198,7 @@ def bare_pynetdicom_scp(port: int, folder: Path) -> None:
 
     ae = AE(BarePynetdicom.aet)
     ae.maximum_pdu_size = 0
+    ae.maximum_associations = max(ae.maximum_associations, associations)
     for cx in AllStoragePresentationContexts:
         ae.add_supported_context(cx.abstract_syntax, list(TRANSFER_SYNTAXES))
     ae.add_supported_context(Verification)
@@ -191,7 +210,9 @@ class StoreSCP(Receiver):
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         (self.work / "in").mkdir()
-        return [dcmtk_tool("storescp"), "-aet", self.aet, "-od", str(self.work / "in"), str(self.port)], SENDER_ENV
+        fork = ["--fork"] if self.associations > 1 else []  # single-process mode serves one at a time
+        return [dcmtk_tool("storescp"), *fork, "-aet", self.aet, "-od", str(self.work / "in"), str(self.port)], \
+            SENDER_ENV
 
     def stored(self) -> int:
         return sum(1 for f in (self.work / "in").iterdir() if f.is_file())
@@ -200,31 +221,80 @@ class StoreSCP(Receiver):
 RECEIVERS: tuple[type[Receiver], ...] = (Neuroread, Orthanc, StoreSCP, BarePynetdicom)
 
 
-def send(files: list[Path], port: int, aet: str) -> float:
-    """Seconds ``storescu`` takes to send ``files`` on one association (checked for success)."""
-    start = time.perf_counter()
-    done = subprocess.run([dcmtk_tool("storescu"), "-aec", aet, "127.0.0.1", str(port), *map(str, files)],
-                          env=SENDER_ENV, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"storescu to {aet} failed ({done.returncode}): {done.stderr[-800:]}")
+def split(files: list[Path], parts: int) -> list[list[Path]]:
+    """``files`` in ``parts`` consecutive runs as even as can be (each association sends one)."""
+    if not 1 <= parts <= len(files):
+        raise ValueError(f"cannot split {len(files)} instances into {parts} associations")
+    return [files[i * len(files) // parts:(i + 1) * len(files) // parts] for i in range(parts)]
+
+
+def send(files: list[Path], port: int, aet: str, associations: int = 1) -> float:
+    """Seconds from the first ``storescu``'s start to the last one's end, ``files`` sent over
+    ``associations`` concurrent associations (one ``storescu`` each; every one checked for success)."""
+    with tempfile.TemporaryDirectory(prefix="storescu-") as logs:
+        procs = []
+        start = time.perf_counter()
+        for i, part in enumerate(split(files, associations)):
+            with open(Path(logs) / f"{i}.log", "wb") as log:  # a file, not a pipe: nobody reads it meanwhile
+                procs.append(subprocess.Popen([dcmtk_tool("storescu"), "-aec", aet, "127.0.0.1", str(port),
+                                               *map(str, part)], env=SENDER_ENV, stdout=log, stderr=log))
+        codes = [proc.wait() for proc in procs]
+        seconds = time.perf_counter() - start
+        failed = [(i, code) for i, code in enumerate(codes) if code != 0]
+        if failed:
+            i, code = failed[0]
+            tail = (Path(logs) / f"{i}.log").read_text(errors="replace")[-800:]
+            raise RuntimeError(f"storescu {i + 1} of {associations} to {aet} failed ({code}): {tail}")
     return seconds
+
+
+def _label(associations: int) -> str:
+    return f"{associations} association" + ("s" if associations > 1 else "")
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):7.1f} ({min(values):.1f}-{max(values):.1f})"
+
+
+def report(rates: dict[int, dict[str, list[float]]], rounds: int, instances: int) -> None:
+    """Per association count: each receiver's median (lowest-highest round), then the ratios of
+    the medians with the range of the same ratio within each round."""
+    for associations, by_receiver in rates.items():
+        print(f"\nmedian (lowest-highest) of {rounds} rounds, {instances} × 512×512 CT, "
+              f"{_label(associations)}:")
+        for name, values in by_receiver.items():
+            print(f"  {name:10s} {_spread(values)} inst/s")
+        median = {name: statistics.median(values) for name, values in by_receiver.items()}
+        for other, label in (("Orthanc", "Orthanc "), ("storescp", "storescp"), ("pynetdicom", "pynetdicom SCP")):
+            per_round = [a / b for a, b in zip(by_receiver["neuroread"], by_receiver[other])]
+            print(f"  neuroread / {label} = {median['neuroread'] / median[other]:.2f} "
+                  f"(rounds {min(per_round):.2f}-{max(per_round):.2f})")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--slices", type=int, default=300, help="slices in the CT series (default 300)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, each receiver once per round (default 3)")
+    parser.add_argument("--associations", type=int, nargs="+", default=[1], metavar="N",
+                        help="concurrent associations the series is split over; several counts run one "
+                             "after the other in every round (default 1)")
     parser.add_argument("--series", type=Path, default=REPO / "out" / "bench", help="where the series is kept")
     parser.add_argument("--work", type=Path, default=None,
                         help="scratch folder for the receivers (default: a temporary folder beside --series, "
                              "so all write to the same disk)")
     parser.add_argument("--keep", action="store_true", help="keep the receivers' folders")
-    parser.add_argument("--bare-pynetdicom-scp", nargs=2, metavar=("PORT", "DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--bare-pynetdicom-scp", nargs=3, metavar=("PORT", "DIR", "ASSOCIATIONS"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.bare_pynetdicom_scp:  # one of the receivers, run as its own process
-        bare_pynetdicom_scp(int(args.bare_pynetdicom_scp[0]), Path(args.bare_pynetdicom_scp[1]))
+        port, folder, most = args.bare_pynetdicom_scp
+        bare_pynetdicom_scp(int(port), Path(folder), int(most))
         return 0
+    counts = list(dict.fromkeys(args.associations))  # in the order given, each once
+    if any(n < 1 or n > args.slices for n in counts):
+        parser.error(f"--associations must be between 1 and --slices ({args.slices}), got {args.associations}")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
     for tool in ("storescu", "storescp", "echoscu"):
         try:
             dcmtk_tool(tool)  # dcmtk's, not pynetdicom's namesake in an activated environment
@@ -236,34 +306,32 @@ def main(argv: list[str] | None = None) -> int:
     megabytes = sum(f.stat().st_size for f in files) / 1e6
     args.series.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="ingest-", dir=args.work or args.series))
-    print(f"series: {len(files)} instances, {megabytes:.0f} MB; {os.cpu_count()} cores; scratch {work}")
-    rates: dict[str, list[float]] = {r.name: [] for r in RECEIVERS}
+    print(f"series: {len(files)} instances, {megabytes:.0f} MB; {os.cpu_count()} cores; "
+          f"associations {', '.join(map(str, counts))}; scratch {work}")
+    rates = {n: {r.name: [] for r in RECEIVERS} for n in counts}
     try:
         for round_ in range(args.rounds):
             order = RECEIVERS[round_ % len(RECEIVERS):] + RECEIVERS[:round_ % len(RECEIVERS)]
-            for kind in order:
-                folder = work / f"{kind.name}-{round_}"
-                folder.mkdir()
-                with kind(folder) as receiver:
-                    seconds = send(files, receiver.port, receiver.aet)
-                    stored = receiver.stored()
-                if stored != len(files):
-                    raise RuntimeError(f"{kind.name} stored {stored} of {len(files)} instances")
-                rates[kind.name].append(len(files) / seconds)
-                print(f"round {round_ + 1}: {kind.name:10s} {len(files) / seconds:7.1f} inst/s "
-                      f"({seconds:5.2f} s, {megabytes / seconds:6.1f} MB/s)", flush=True)
-                if not args.keep:
-                    shutil.rmtree(folder)
+            for associations in counts:
+                for kind in order:
+                    folder = work / f"{kind.name}-{associations}-{round_}"
+                    folder.mkdir()
+                    with kind(folder, associations) as receiver:
+                        seconds = send(files, receiver.port, receiver.aet, associations)
+                        stored = receiver.stored()
+                    if stored != len(files):
+                        raise RuntimeError(f"{kind.name} stored {stored} of {len(files)} instances "
+                                           f"({_label(associations)})")
+                    rates[associations][kind.name].append(len(files) / seconds)
+                    print(f"round {round_ + 1}, {_label(associations)}: {kind.name:10s} "
+                          f"{len(files) / seconds:7.1f} inst/s ({seconds:5.2f} s, {megabytes / seconds:6.1f} MB/s)",
+                          flush=True)
+                    if not args.keep:
+                        shutil.rmtree(folder)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    median = {name: statistics.median(values) for name, values in rates.items()}
-    print(f"\nmedian of {args.rounds} rounds, {len(files)} × 512×512 CT, one storescu association:")
-    for name, value in median.items():
-        print(f"  {name:10s} {value:7.1f} inst/s")
-    print(f"  neuroread / Orthanc  = {median['neuroread'] / median['Orthanc']:.2f}")
-    print(f"  neuroread / storescp = {median['neuroread'] / median['storescp']:.2f}")
-    print(f"  neuroread / pynetdicom SCP = {median['neuroread'] / median['pynetdicom']:.2f}")
+    report(rates, args.rounds, len(files))
     return 0
 
 
