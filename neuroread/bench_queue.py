@@ -15,8 +15,9 @@ head-CT phantoms (``neuroread phantoms ct-hemorrhage``, made once under ``out/be
   per worker (models load), then ``--series`` series sent at once over one association; series
   per minute = series / (first instance sent → last result acknowledged by ``storescp``). The
   series carry ImagesInAcquisition, so each is routed as soon as its last instance arrives.
-  Also printed: the mean inference time (job claimed → done) and the CPU count, which say
-  whether the model or the machine is the limit.
+  Also printed: the mean inference time (job claimed → done) and how busy the machine's CPUs
+  were during the run (``/proc/stat``), which say whether the model or the machine is the
+  limit: a second worker can only help while CPUs are idle.
 * **Turnaround**: one worker, series sent one at a time (each after the previous one's results
   arrived, so nothing queues), with ``assemble.stable_age_s`` = ``--quiet-s``: once with
   ImagesInAcquisition on every instance (the header says when the series is complete) and once
@@ -309,6 +310,13 @@ class Deployment:
             engine.dispose()
 
 
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat (iowait counts as idle)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
 def _uid(files: list[Path]) -> str:
     return str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
 
@@ -346,13 +354,17 @@ def main(argv: list[str] | None = None) -> int:
                 node.send(warm)
                 node.finished([_uid(s) for s in warm])
                 batch = [fresh_copy(p, run / f"s{i:03d}", True) for i, p in enumerate(phantoms[:args.series])]
+                cpu0 = _cpu_ticks()
                 started = node.send(batch)
                 done = node.finished([_uid(s) for s in batch])
+                cpu1 = _cpu_ticks()
             took = max(d["acknowledged"] for d in done.values()) - started
             rates[n] = 60 * args.series / took
             inference = statistics.mean(d["inference"] for d in done.values())
+            busy = (cpu1[0] - cpu0[0]) / max(cpu1[1] - cpu0[1], 1)
             print(f"throughput, {n} worker{'s' if n > 1 else ''}: {args.series} series in {took:.1f} s = "
-                  f"{rates[n]:.1f} series/min (mean inference {inference:.2f} s per series)", flush=True)
+                  f"{rates[n]:.1f} series/min (mean inference {inference:.2f} s per series; the machine's "
+                  f"{os.cpu_count()} CPUs {100 * busy:.0f} % busy)", flush=True)
         if 1 in rates:
             for n, rate in rates.items():
                 if n > 1:
