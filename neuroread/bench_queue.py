@@ -243,9 +243,16 @@ class Deployment:
                 self.procs.append(subprocess.Popen([sys.executable, "-m", "neuroread.cli", *command, "-c",
                                                     str(self.config)], cwd=REPO, stdout=out,
                                                    stderr=subprocess.STDOUT, start_new_session=True))
-        _wait(lambda: all(" ready." in log.read_text(errors="replace") for log in self.logs[1:]), "the workers")
-        _wait(lambda: subprocess.run([dcmtk_tool("echoscu"), "-aet", SCU, "-aec", AET, "127.0.0.1", str(self.port)],
-                                     capture_output=True).returncode == 0, "the node")
+        try:
+            _wait(lambda: all(" ready." in log.read_text(errors="replace") for log in self.logs[1:]), "the workers")
+            _wait(lambda: subprocess.run([dcmtk_tool("echoscu"), "-aet", SCU, "-aec", AET, "127.0.0.1",
+                                          str(self.port)], capture_output=True).returncode == 0, "the node")
+        except RuntimeError:
+            self.__exit__()
+            for log in self.logs:
+                print(f"--- {log.name} ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:]),
+                      file=sys.stderr)
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -163,6 +163,27 @@ orthanc_unstable_table = sa.Table(
 )
 
 
+# Any constant: the key of the PostgreSQL advisory lock that serialises schema creation.
+_SCHEMA_LOCK = 0x6E726561  # "nrea"
+
+
 def create_all(engine: sa.Engine) -> None:
-    """Create every table that does not exist yet (idempotent; existing tables are left as they are)."""
-    metadata.create_all(engine)
+    """Create every table that does not exist yet (idempotent; existing tables are left as they are).
+
+    Safe when several processes start at once on an empty database (a node and its workers):
+    "create if missing" is a check then a create, so on PostgreSQL the processes take turns
+    under a transaction-scoped advisory lock; elsewhere (SQLite) a process that lost the race
+    (the table appeared between its check and its create) checks again.
+    """
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+            metadata.create_all(conn)
+        return
+    for attempt in range(3):
+        try:
+            metadata.create_all(engine)
+            return
+        except (sa.exc.OperationalError, sa.exc.IntegrityError, sa.exc.ProgrammingError):
+            if attempt == 2:
+                raise
