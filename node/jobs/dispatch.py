@@ -18,7 +18,10 @@ audit trail. Celery only carries messages that name a job id:
   live lease: a duplicate or a stale redelivery) is dropped. A job running under a worker
   process of this machine that no longer exists (a pool child killed: Celery requeues its
   message at once) is taken over at once (:meth:`JobStore.take_over`) instead of waiting for
-  its lease.
+  its lease. A lease owner is ``host:pid`` (:func:`worker_id`), so each worker machine or
+  container needs a host name of its own: two containers with one host name and separate pid
+  namespaces could take over each other's live jobs (harmless, the outbox keeps one copy of each
+  result, but the work is done twice).
 * **Celery's settings** (:func:`make_celery`): ``acks_late`` (a message is acknowledged when the
   task ends, not when it starts), prefetch 1 (a busy child holds no other message),
   ``task_reject_on_worker_lost`` (a killed child's message is requeued, not acknowledged), a soft
