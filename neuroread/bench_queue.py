@@ -192,9 +192,9 @@ def make_series(folder: Path, n: int) -> list[list[Path]]:
     return [sorted((s / "S01").glob("*.dcm")) for s in studies]
 
 
-def fresh_copy(files: list[Path], out: Path, header: bool) -> list[Path]:
-    """``files`` as a new study and series; ImagesInAcquisition set on every instance (``header``)
-    or removed."""
+def fresh_copy(files: list[Path], out: Path, modify: Callable[[pydicom.Dataset], None] | None = None) -> list[Path]:
+    """``files`` written under ``out`` as a new study and series (fresh UIDs), each data set
+    optionally changed by ``modify`` first (the tests use it too)."""
     out.mkdir(parents=True)
     study, series = generate_uid(), generate_uid()
     paths = []
@@ -202,13 +202,22 @@ def fresh_copy(files: list[Path], out: Path, header: bool) -> list[Path]:
         ds = pydicom.dcmread(path)
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        if header:
-            ds.ImagesInAcquisition = len(files)
-        elif "ImagesInAcquisition" in ds:
-            del ds.ImagesInAcquisition
+        if modify is not None:
+            modify(ds)
         paths.append(out / f"{i:03d}.dcm")
         ds.save_as(paths[-1], enforce_file_format=True)
     return paths
+
+
+def with_header(count: int, header: bool) -> Callable[[pydicom.Dataset], None]:
+    """ImagesInAcquisition = ``count`` on a data set (``header``), or removed: whether its headers
+    say when the series is complete."""
+    def modify(ds: pydicom.Dataset) -> None:
+        if header:
+            ds.ImagesInAcquisition = count
+        elif "ImagesInAcquisition" in ds:
+            del ds.ImagesInAcquisition
+    return modify
 
 
 class Deployment:
@@ -357,10 +366,12 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.workers:
             run = work / f"throughput-{n}"
             with Deployment(run, redis.url, postgres.create_database(f"throughput{n}"), port, n, 2.0) as node:
-                warm = [fresh_copy(phantoms[-1 - i], run / f"warm{i}", True) for i in range(n)]
+                warm = [fresh_copy(phantoms[-1 - i], run / f"warm{i}", with_header(len(phantoms[-1 - i]), True))
+                        for i in range(n)]
                 node.send(warm)
                 node.finished([_uid(s) for s in warm])
-                batch = [fresh_copy(p, run / f"s{i:03d}", True) for i, p in enumerate(phantoms[:args.series])]
+                batch = [fresh_copy(p, run / f"s{i:03d}", with_header(len(p), True))
+                         for i, p in enumerate(phantoms[:args.series])]
                 cpu0 = _cpu_ticks()
                 started = node.send(batch)
                 done = node.finished([_uid(s) for s in batch])
@@ -381,12 +392,12 @@ def main(argv: list[str] | None = None) -> int:
             run = work / f"turnaround-{'header' if header else 'quiet'}"
             with Deployment(run, redis.url, postgres.create_database(f"turnaround{int(header)}"), port, 1,
                             args.quiet_s) as node:
-                warm = fresh_copy(phantoms[-1], run / "warm", True)
+                warm = fresh_copy(phantoms[-1], run / "warm", with_header(len(phantoms[-1]), True))
                 node.send([warm])
                 node.finished([_uid(warm)])
                 rows = []
                 for i, p in enumerate(phantoms[:args.turnaround]):
-                    series = fresh_copy(p, run / f"s{i:03d}", header)
+                    series = fresh_copy(p, run / f"s{i:03d}", with_header(len(p), header))
                     node.send([series])
                     rows.append(node.finished([_uid(series)])[_uid(series)])
             turn = [r["acknowledged"] - r["received"] for r in rows]

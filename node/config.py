@@ -451,19 +451,29 @@ def _tls(raw: object, where: str, base: Path) -> TLSConfig:
     return tls
 
 
+def _basic_users(s: _Section) -> tuple[dict[str, str], dict[str, str]]:
+    """A section's HTTP basic credentials: ``users`` (name -> password) and ``users_env`` (name ->
+    environment variable holding the password), no user in both."""
+    users = s.get("users", {}, lambda v: isinstance(v, Mapping) and all(
+        isinstance(k, str) and bool(_BASIC_USER.fullmatch(k)) and isinstance(p, str) and p != "" for k, p in v.items()),
+        "must be a mapping user name -> password (non-empty strings, names without ':')")
+    users_env = s.get("users_env", {}, lambda v: isinstance(v, Mapping) and all(
+        isinstance(k, str) and bool(_BASIC_USER.fullmatch(k)) and isinstance(e, str) and bool(_ENV_NAME.fullmatch(e))
+        for k, e in v.items()), "must be a mapping user name -> environment variable name")
+    both = sorted(set(users) & set(users_env))
+    if both:
+        raise s.fail("users_env", f"user {both[0]!r} is in {s.path}.users too: give one password")
+    return dict(users), dict(users_env)
+
+
 def _dicomweb(s: _Section, base: Path) -> DicomWebConfig:
     host, port = s.str("host", "127.0.0.1"), s.int("port", 8080, 1, 65535)
     base_path = s.get("base_path", "/dicomweb", lambda v: isinstance(v, str) and bool(_BASE_PATH.fullmatch(v)),
                       "must be a path starting with '/', without a trailing '/', query or spaces")
-    users = s.get("users", {}, lambda v: isinstance(v, Mapping) and all(
-        isinstance(k, str) and bool(_BASIC_USER.fullmatch(k)) and isinstance(p, str) and p != "" for k, p in v.items()),
-        "must be a mapping user name -> password (non-empty strings, names without ':')")
+    users, users_env = _basic_users(s)
     tokens = s.get("tokens", [], lambda v: isinstance(v, list) and all(isinstance(t, str) and bool(_TOKEN.fullmatch(t))
                                                                       for t in v),
                    "must be a list of bearer tokens (letters, digits and -._~+/ then optional '=')")
-    users_env = s.get("users_env", {}, lambda v: isinstance(v, Mapping) and all(
-        isinstance(k, str) and bool(_BASIC_USER.fullmatch(k)) and isinstance(e, str) and bool(_ENV_NAME.fullmatch(e))
-        for k, e in v.items()), "must be a mapping user name -> environment variable name")
     tokens_env = s.get("tokens_env", [], lambda v: isinstance(v, list) and all(
         isinstance(e, str) and bool(_ENV_NAME.fullmatch(e)) for e in v), "must be a list of environment variable names")
     anonymous = s.bool("allow_anonymous", False)
@@ -473,9 +483,6 @@ def _dicomweb(s: _Section, base: Path) -> DicomWebConfig:
     peers = s.get("peers", [], lambda v: isinstance(v, list) and all(_is_network(x) for x in v),
                   "must be a list of IP addresses or networks like 10.0.0.0/8")
     s.finish()
-    both = sorted(set(users) & set(users_env))
-    if both:
-        raise s.fail("users_env", f"user {both[0]!r} is in dicomweb.users too: give one password")
     if anonymous and (users or tokens or users_env or tokens_env):
         raise s.fail("allow_anonymous", "true while users or tokens are set: give credentials or allow "
                                         "anonymous uploads, not both")
@@ -603,16 +610,8 @@ def _is_loopback(host: str) -> bool:
 
 def _status(s: _Section) -> StatusConfig:
     host, port = s.str("host", "127.0.0.1"), s.int("port", 8088, 0, 65535)
-    users = s.get("users", {}, lambda v: isinstance(v, Mapping) and all(
-        isinstance(k, str) and bool(_BASIC_USER.fullmatch(k)) and isinstance(p, str) and p != "" for k, p in v.items()),
-        "must be a mapping user name -> password (non-empty strings, names without ':')")
-    users_env = s.get("users_env", {}, lambda v: isinstance(v, Mapping) and all(
-        isinstance(k, str) and bool(_BASIC_USER.fullmatch(k)) and isinstance(e, str) and bool(_ENV_NAME.fullmatch(e))
-        for k, e in v.items()), "must be a mapping user name -> environment variable name")
+    users, users_env = _basic_users(s)
     s.finish()
-    both = sorted(set(users) & set(users_env))
-    if both:
-        raise s.fail("users_env", f"user {both[0]!r} is in status.users too: give one password")
     if not _is_loopback(host) and not (users or users_env):
         raise s.fail("users", f"the status page listens on {host}, beyond loopback: it needs a login, "
                               "set status.users ({name: password}) or status.users_env ({name: VARIABLE})")

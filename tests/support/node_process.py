@@ -26,9 +26,9 @@ import pydicom
 import pytest
 import sqlalchemy as sa
 import yaml
-from pydicom.uid import generate_uid
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 
+from neuroread.bench_queue import fresh_copy
 from neuroread.node.deliver import Outbox, OutboxItem
 from neuroread.node.jobs.store import Job, JobStore
 from neuroread.node.tools.dcmtk import DcmtkMissing
@@ -84,18 +84,7 @@ def statuses(run: subprocess.CompletedProcess) -> list[int]:
 
 def copy_series(src: list[Path], out: Path, *, modify: Callable[[pydicom.Dataset], None] | None = None) -> list[Path]:
     """``src`` as a new study and series (fresh UIDs), each data set optionally changed by ``modify``."""
-    out.mkdir(parents=True)
-    study, series = generate_uid(), generate_uid()
-    paths = []
-    for i, path in enumerate(src):
-        ds = pydicom.dcmread(path)
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        if modify is not None:
-            modify(ds)
-        paths.append(out / f"{i:03d}.dcm")
-        ds.save_as(paths[-1], enforce_file_format=True)
-    return paths
+    return fresh_copy(src, out, modify)
 
 
 def uids(paths: list[Path]) -> tuple[str, str, list[str]]:
