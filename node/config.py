@@ -49,6 +49,7 @@ The file, with every section and its default::
       lease_s: 60                  # a running job's lease, renewed every lease_s/3 while it runs;
                                    # a worker that dies loses its jobs to another after this
       max_attempts: 3              # claims per job before it ends failed (a job that kills its worker)
+      retry_s: 30                  # a retryable failure waits this long, doubled per attempt (max 1 h)
       time_limit_s: 3600           # celery: a job running longer is killed (and counts an attempt)
       sweep_s: 5                   # celery: how often the node recovers expired leases and
       republish_s: 120             # ... re-publishes claimable jobs not published for this long
@@ -272,6 +273,7 @@ class QueueConfig:
     time_limit_s: float = 3600.0
     sweep_s: float = 5.0
     republish_s: float = 120.0
+    retry_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -592,7 +594,9 @@ def _queue(s: _Section, root: Path) -> QueueConfig:
                      lambda v: isinstance(v, str) and "://" in v, "must be an SQLAlchemy URL like sqlite:///state.db")
     queue = QueueConfig(database, backend, broker, s.int("workers", 1, 1), s.int("torch_threads", None, 1),
                         seconds("lease_s", 60.0), s.int("max_attempts", 3, 1), seconds("time_limit_s", 3600.0),
-                        seconds("sweep_s", 5.0), seconds("republish_s", 120.0))
+                        seconds("sweep_s", 5.0), seconds("republish_s", 120.0), seconds("retry_s", 30.0))
+    if queue.retry_s > 3600:
+        raise s.fail("retry_s", f"must be at most 3600 s (the longest wait between attempts), got {queue.retry_s:g}")
     if queue.lease_s < 3:
         raise s.fail("lease_s", f"must be at least 3 s (it is renewed every lease_s/3), got {queue.lease_s:g}")
     s.finish()

@@ -42,7 +42,7 @@ def worker_factory(config: Config, registry: ModelRegistry) -> Callable[[], Work
     spool and outbox, with its own model runner."""
     def make() -> Worker:
         q = config.queue
-        store = JobStore(q.database, max_attempts=q.max_attempts)
+        store = JobStore(q.database, max_attempts=q.max_attempts, backoff_s=q.retry_s)
         destinations = build_destinations(config)
         d = config.deliver
         outbox = Outbox(store.engine, config.storage.outbox, destinations,

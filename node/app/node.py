@@ -155,7 +155,8 @@ class Node:
         self.info = encode_info(config)
         self.dciodvfy = find_dciodvfy()
         Path(config.storage.root).mkdir(parents=True, exist_ok=True)  # the default database lives there
-        self.store = JobStore(config.queue.database, max_attempts=config.queue.max_attempts)
+        self.store = JobStore(config.queue.database, max_attempts=config.queue.max_attempts,
+                              backoff_s=config.queue.retry_s)
         self.records = RoutingRecords(self.store.engine)
         d = config.deliver
         self.outbox = Outbox(self.store.engine, config.storage.outbox, self.destinations,

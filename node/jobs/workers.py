@@ -61,6 +61,9 @@ class Worker:
                 outcome = self.run_job(job)
             except JobError as e:
                 reason, retry = e.reason, e.retryable
+            except OperationalError as e:  # the job store unreachable mid-job (a database restart): try again later
+                logger.warning("job %d: the job store was unreachable during the job: %s", job.id, describe_error(e))
+                reason, retry = f"the job store was unreachable: {describe_error(e)}", True
             except Exception as e:  # noqa: BLE001 -- last resort, see below
                 # A bug in a job function must not kill the worker thread, and must not vanish:
                 # the job is recorded failed (not retried: a bug repeats) with the exception, and

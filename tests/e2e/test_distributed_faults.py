@@ -175,11 +175,15 @@ def test_postgresql_restarted_mid_job_the_job_completes(fresh, results_scp, head
     fresh.hold.write_text("")
     series, _ = send(fresh, head_ct, tmp_path / "a")
     job = running_job(fresh, series)
+    before = [len(w.log_text()) for w in fresh.workers]
     fresh.postgres.stop()
-    time.sleep(2)
     (fresh.hold.parent / "hold.running").unlink()
     fresh.hold.unlink()
-    time.sleep(2)  # the job finishes while the database is down: its outcome waits for it
+    # The job goes on while the database is down, until it needs the database: its outcome is
+    # written again until it lands, or the job (its audit and outbox writes failed) is retried.
+    met = ("unreachable during the job", "recording the outcome again")
+    wait_for(lambda: any(m in w.log_text()[n:] for w, n in zip(fresh.workers, before) for m in met), 60,
+             "the job to meet the database outage")
     fresh.postgres.start()
     done = wait_done(fresh.node, series, timeout=120)
     assert done.id == job.id

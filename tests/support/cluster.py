@@ -94,7 +94,7 @@ class Cluster:
         self.postgres = PostgresServer().start()
         queue = {"backend": "celery", "broker": self.redis.url, "database": self.postgres.url,
                  "lease_s": lease_s, "sweep_s": sweep_s, "republish_s": 30, "max_attempts": max_attempts,
-                 "time_limit_s": time_limit_s}
+                 "time_limit_s": time_limit_s, "retry_s": 2}
         status_port = free_port()
         self.status_url = f"http://127.0.0.1:{status_port}" if status else None
         self.node = ServeNode(root / "node", destination_port=destination_port, queue=queue, env=env,

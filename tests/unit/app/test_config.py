@@ -130,6 +130,7 @@ def test_to_dict_round_trips(tmp_path):
     ("queue: {lease_s: 1}", "config: queue.lease_s: must be at least 3 s"),
     ("queue: {sweep_s: 0}", "config: queue.sweep_s: must be a number of seconds > 0, got 0"),
     ("queue: {max_attempts: 0}", "config: queue.max_attempts: must be an integer >= 1, got 0"),
+    ("queue: {retry_s: 7200}", "config: queue.retry_s: must be at most 3600 s"),
     ("status: {host: 0.0.0.0}", "config: status.users: the status page listens on 0.0.0.0, beyond loopback: "
                                 "it needs a login"),
     ("status: {port: x}", "config: status.port: must be an integer 0-65535, got 'x'"),

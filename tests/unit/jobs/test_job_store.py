@@ -360,3 +360,16 @@ def test_unpublished_names_claimable_jobs_whose_message_may_be_missing(store, cl
     store.mark_published(b.id)
     clock.advance(61)
     assert store.unpublished(60) == [a.id, b.id, c.id]  # published long ago: the broker may have lost them
+
+
+def test_a_job_store_outage_inside_the_job_function_is_retried_not_failed(store):
+    from sqlalchemy.exc import OperationalError
+
+    job = _enqueue(store)
+
+    def run(_job):
+        raise OperationalError("UPDATE jobs ...", {}, ConnectionError("server closed the connection"))
+
+    done = Worker(store, run, "w", lease_s=30).run_once()
+    assert (done.id, done.state, done.attempts) == (job.id, "retrying", 1)
+    assert done.reason.startswith("the job store was unreachable")
