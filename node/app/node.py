@@ -244,8 +244,7 @@ class Node:
         self.deliverer.start()
         if self.pool is not None:
             self.pool.start()
-        else:
-            assert self.publisher is not None
+        if self.publisher is not None:
             self.publisher.start()
             logger.info("queue: celery on %s; jobs run in `neuroread worker` processes",
                         maybe_sanitize_url(self.config.queue.broker))
